@@ -1,0 +1,257 @@
+"""Face-detection networks: the standard CNN and the (SS-/DB-)VAE, as pure functions.
+
+The standard classifier of the MIT 6.S191 debiasing lab doubles as the VAE encoder: four
+stride-2 convolutions (12, 24, 48, 72 filters; kernels 5, 5, 3, 3; SAME padding), each followed
+by ReLU and batch norm, then Dense 512 + ReLU and a Dense output layer. The standard CNN has one
+output (the face logit). The SS-VAE / DB-VAE encoder has ``2 * latent_dim + 1`` outputs, split
+into ``y_logit (B,)``, ``z_mean (B, k)`` and ``z_logvar (B, k)``. The decoder mirrors the
+encoder with transposed convolutions back to the input size.
+
+All images are channels-last ``(B, H, W, 3)`` floats in [0, 1].
+
+The Linen modules are thin; the entry points other code should use are the pure functions
+:func:`init_variables`, :func:`encode`, :func:`decode`, :func:`reparameterize` and
+:func:`forward`. They read the architecture (filters, latent size, image size) from the shapes
+of the parameters, so a ``variables`` pytree is all they need.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+# (filter multiplier, kernel size) of the four encoder convolutions.
+_ENCODER_LAYERS = ((1, 5), (2, 5), (4, 3), (6, 3))
+# (filter multiplier, kernel size) of the decoder's transposed convolutions, before the RGB one.
+_DECODER_LAYERS = ((4, 3), (2, 3), (1, 5))
+
+
+class Encoder(nn.Module):
+  """Convolutional face classifier / VAE encoder.
+
+  Attributes:
+    n_outputs: width of the last Dense layer (1 for the standard CNN, 2k+1 for a VAE).
+    n_filters: base number of filters (12 in the labs).
+    dtype: compute dtype (parameters stay float32).
+  """
+  n_outputs: int
+  n_filters: int = 12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    """Maps images (B, H, W, 3) to raw outputs (B, n_outputs), in float32."""
+    x = x.astype(self.dtype)
+    for mult, kernel in _ENCODER_LAYERS:
+      x = nn.Conv(self.n_filters * mult, (kernel, kernel), strides=2, padding="SAME",
+                  dtype=self.dtype)(x)
+      x = nn.relu(x)
+      x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(512, dtype=self.dtype)(x))
+    x = nn.Dense(self.n_outputs, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)
+
+
+class Decoder(nn.Module):
+  """Transposed-convolution decoder from a latent code to an image.
+
+  Attributes:
+    n_filters: base number of filters (mirrors the encoder).
+    image_size: output height and width; a multiple of 16.
+    dtype: compute dtype.
+  """
+  n_filters: int = 12
+  image_size: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    """Maps latent codes (B, k) to images (B, S, S, 3), linear output, float32."""
+    side = self.image_size // 16
+    x = nn.relu(nn.Dense(side * side * 6 * self.n_filters, dtype=self.dtype)(z.astype(self.dtype)))
+    x = x.reshape((x.shape[0], side, side, 6 * self.n_filters))
+    for mult, kernel in _DECODER_LAYERS:
+      x = nn.ConvTranspose(self.n_filters * mult, (kernel, kernel), strides=(2, 2),
+                           padding="SAME", dtype=self.dtype)(x)
+      x = nn.relu(x)
+    x = nn.ConvTranspose(3, (5, 5), strides=(2, 2), padding="SAME", dtype=self.dtype)(x)
+    return x.astype(jnp.float32)
+
+
+class EncoderOutput(NamedTuple):
+  """What :func:`encode` returns.
+
+  Attributes:
+    y_logit: face logit, (B,).
+    z_mean: latent mean, (B, k); (B, 0) for the standard CNN.
+    z_logvar: latent log-variance, (B, k); (B, 0) for the standard CNN.
+    batch_stats: batch-norm statistics (updated when ``train`` is True, else unchanged).
+  """
+  y_logit: Array
+  z_mean: Array
+  z_logvar: Array
+  batch_stats: PyTree
+
+
+def check_image_size(image_size: int) -> None:
+  """Raises ValueError unless ``image_size`` is a positive multiple of 16."""
+  if not isinstance(image_size, int) or image_size < 16 or image_size % 16:
+    raise ValueError(f"image_size must be a positive multiple of 16, got {image_size!r}")
+
+
+def init_variables(key: Array, *, latent_dim: int, n_filters: int = 12,
+                   image_size: int = 64) -> PyTree:
+  """Creates the variables of a standard CNN (``latent_dim=0``) or a VAE (``latent_dim>0``).
+
+  Args:
+    key: PRNG key.
+    latent_dim: number of latent dimensions k; 0 gives the standard one-output classifier.
+    n_filters: base number of convolution filters.
+    image_size: input height and width (a multiple of 16).
+
+  Returns:
+    ``{'params': {'encoder': ..., ['decoder': ...]}, 'batch_stats': {'encoder': ...}}``.
+  """
+  check_image_size(image_size)
+  if latent_dim < 0:
+    raise ValueError(f"latent_dim must be >= 0, got {latent_dim}")
+  if n_filters < 1:
+    raise ValueError(f"n_filters must be >= 1, got {n_filters}")
+  enc_key, dec_key = jax.random.split(key)
+  encoder = Encoder(n_outputs=2 * latent_dim + 1, n_filters=n_filters)
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  enc_vars = encoder.init(enc_key, x, train=False)
+  params = {"encoder": enc_vars["params"]}
+  if latent_dim > 0:
+    decoder = Decoder(n_filters=n_filters, image_size=image_size)
+    params["decoder"] = decoder.init(dec_key, jnp.zeros((1, latent_dim)))["params"]
+  return {"params": params, "batch_stats": {"encoder": enc_vars["batch_stats"]}}
+
+
+def latent_dim_of(params: PyTree) -> int:
+  """Latent size k read from the parameters (0 for the standard CNN)."""
+  n_outputs = params["encoder"]["Dense_1"]["kernel"].shape[-1]
+  return (n_outputs - 1) // 2
+
+
+def n_filters_of(params: PyTree) -> int:
+  """Base filter count read from the encoder's first convolution."""
+  return params["encoder"]["Conv_0"]["kernel"].shape[-1]
+
+
+def image_size_of_decoder(params: PyTree) -> int:
+  """Output image size read from the decoder's first Dense layer."""
+  n_filters = n_filters_of(params)
+  cells = params["decoder"]["Dense_0"]["kernel"].shape[-1] // (6 * n_filters)
+  return int(round(math.sqrt(cells))) * 16
+
+
+def encode(variables: PyTree, x: Array, train: bool = False, *,
+           dtype: Any = jnp.float32) -> EncoderOutput:
+  """Runs the encoder / classifier.
+
+  Args:
+    variables: ``{'params', 'batch_stats'}`` as made by :func:`init_variables`.
+    x: images, (B, H, W, 3), float in [0, 1].
+    train: use batch statistics and return updated running statistics.
+    dtype: compute dtype (e.g. ``jnp.bfloat16`` on accelerators); outputs are float32.
+
+  Returns:
+    :class:`EncoderOutput` with ``y_logit (B,)``, ``z_mean (B, k)``, ``z_logvar (B, k)``.
+  """
+  params = variables["params"]
+  k = latent_dim_of(params)
+  encoder = Encoder(n_outputs=2 * k + 1, n_filters=n_filters_of(params), dtype=dtype)
+  enc_vars = {"params": params["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
+  if train:
+    out, updates = encoder.apply(enc_vars, x, train=True, mutable=["batch_stats"])
+    batch_stats = {"encoder": updates["batch_stats"]}
+  else:
+    out = encoder.apply(enc_vars, x, train=False)
+    batch_stats = variables["batch_stats"]
+  return EncoderOutput(y_logit=out[:, 0], z_mean=out[:, 1:k + 1], z_logvar=out[:, k + 1:],
+                       batch_stats=batch_stats)
+
+
+def decode(params: PyTree, z: Array, *, dtype: Any = jnp.float32) -> Array:
+  """Decodes latent codes to images.
+
+  Args:
+    params: the model parameters (``variables['params']``, with a ``'decoder'`` entry).
+    z: latent codes, (B, k).
+    dtype: compute dtype.
+
+  Returns:
+    Reconstructed images, (B, S, S, 3), float32 (linear output, not clipped).
+  """
+  if "decoder" not in params:
+    raise ValueError("these parameters have no decoder: a standard CNN (latent_dim=0) "
+                     "cannot decode")
+  decoder = Decoder(n_filters=n_filters_of(params), image_size=image_size_of_decoder(params),
+                    dtype=dtype)
+  return decoder.apply({"params": params["decoder"]}, z)
+
+
+def reparameterize(key: Array, z_mean: Array, z_logvar: Array) -> Array:
+  """Samples z = z_mean + exp(0.5 * z_logvar) * eps, eps ~ N(0, I).
+
+  Args:
+    key: PRNG key.
+    z_mean: (B, k).
+    z_logvar: (B, k) log-variance.
+
+  Returns:
+    z, (B, k).
+  """
+  eps = jax.random.normal(key, z_mean.shape, z_mean.dtype)
+  return z_mean + jnp.exp(0.5 * z_logvar) * eps
+
+
+class ForwardOutput(NamedTuple):
+  """What :func:`forward` returns.
+
+  Attributes:
+    y_logit: (B,) face logits.
+    z_mean: (B, k).
+    z_logvar: (B, k).
+    z: (B, k) sampled latent code (``z_mean`` when no key is given).
+    x_recon: (B, S, S, 3) reconstruction; None for the standard CNN.
+    batch_stats: batch-norm statistics (updated when training).
+  """
+  y_logit: Array
+  z_mean: Array
+  z_logvar: Array
+  z: Array
+  x_recon: Array | None
+  batch_stats: PyTree
+
+
+def forward(variables: PyTree, x: Array, key: Array | None = None, train: bool = False, *,
+            dtype: Any = jnp.float32) -> ForwardOutput:
+  """Full forward pass: encode, sample the latent code, decode (VAE) or classify (CNN).
+
+  Args:
+    variables: model variables.
+    x: images, (B, H, W, 3).
+    key: PRNG key for the latent sample; None decodes the mean.
+    train: training mode (batch statistics are updated).
+    dtype: compute dtype.
+
+  Returns:
+    :class:`ForwardOutput`.
+  """
+  enc = encode(variables, x, train, dtype=dtype)
+  if latent_dim_of(variables["params"]) == 0:
+    return ForwardOutput(enc.y_logit, enc.z_mean, enc.z_logvar, enc.z_mean, None,
+                         enc.batch_stats)
+  z = enc.z_mean if key is None else reparameterize(key, enc.z_mean, enc.z_logvar)
+  x_recon = decode(variables["params"], z, dtype=dtype)
+  return ForwardOutput(enc.y_logit, enc.z_mean, enc.z_logvar, z, x_recon, enc.batch_stats)
