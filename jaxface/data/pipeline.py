@@ -1,0 +1,165 @@
+"""Builds the train / validation / test sets from a ``config.data`` ConfigDict.
+
+Fields of ``config.data`` (defaults from :func:`default_data_config`):
+
+* ``source`` (``'planted'``): one of
+
+  - ``'planted'``: procedural faces from :func:`jaxface.data.make_planted_bias`; no files needed.
+  - ``'h5'``: training data from the HDF5 file ``path`` (:func:`load_h5`), e.g. the MIT
+    ``train_face.h5``; an empty ``path`` downloads it (:func:`download_train_face_h5`).
+  - ``'folders'``: training data from ``path/faces_dir`` and ``path/non_faces_dir``
+    (:func:`load_folders`).
+  - ``'manifest'``: splits ``'train'``, ``'val'`` (if present) and ``'test'`` of the CSV
+    manifest ``path`` (:func:`load_manifest`).
+
+* ``path`` (``''``): HDF5 file, folder root or CSV manifest, per ``source``.
+* ``test_path`` (``''``): for ``'h5'`` and ``'folders'``, the test faces in one sub-folder per
+  group (:func:`load_grouped_faces`); if it instead holds ``faces_dir`` (with group
+  sub-folders) and ``non_faces_dir``, both are loaded, the non-faces with label 0.
+* ``faces_dir`` (``'faces'``), ``non_faces_dir`` (``'not_faces'``): sub-folder names.
+* ``image_size`` (64): height and width, a multiple of 16.
+* ``val_fraction`` (0.2): share of the training data held out for validation, stratified by
+  label and group (unused when a manifest has a ``'val'`` split).
+* ``seed`` (0): seed of the planted data and of the train / validation split.
+* ``skip_corrupt`` (False): skip unreadable image files instead of failing.
+* Planted source only: ``n_train_faces`` (6000) and ``n_train_non_faces`` (6000), generated
+  before the validation split; ``dark_fraction`` (0.05), ``accessory_fraction`` (0.1);
+  ``n_test_per_group`` (250) faces in each of LF, LM, DF, DM and ``n_test_non_faces`` (1000)
+  in the test set, with ``test_accessory_fraction`` (0.5) of its faces wearing glasses.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from jaxface.data.container import DataError, FaceData, concatenate
+from jaxface.data.loaders import (download_train_face_h5, load_folders, load_grouped_faces,
+                                  load_h5, load_manifest)
+from jaxface.data.planted import make_planted_bias
+
+SOURCES = ("planted", "h5", "folders", "manifest")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The ``config.data`` defaults: the planted source (see the module docstring)."""
+  return ml_collections.ConfigDict({
+      "source": "planted",
+      "path": "",
+      "test_path": "",
+      "faces_dir": "faces",
+      "non_faces_dir": "not_faces",
+      "image_size": 64,
+      "val_fraction": 0.2,
+      "seed": 0,
+      "skip_corrupt": False,
+      "n_train_faces": 6000,
+      "n_train_non_faces": 6000,
+      "n_test_per_group": 250,
+      "n_test_non_faces": 1000,
+      "dark_fraction": 0.05,
+      "accessory_fraction": 0.1,
+      "test_accessory_fraction": 0.5,
+  })
+
+
+def train_val_split(d: FaceData, val_fraction: float = 0.2,
+                    seed: int = 0) -> tuple[FaceData, FaceData]:
+  """Splits a dataset at random, stratified by label and group.
+
+  Within each (label, group) stratum, ``round(val_fraction * size)`` images go to validation.
+
+  Args:
+    d: the dataset.
+    val_fraction: in [0, 1).
+    seed: split seed.
+
+  Returns:
+    ``(train, val)``, each in the original order.
+  """
+  if not 0.0 <= val_fraction < 1.0:
+    raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+  rng = np.random.Generator(np.random.PCG64([seed, 0x5B1D]))
+  is_val = np.zeros(len(d), bool)
+  strata = np.char.add(d.labels.astype(str), np.char.add(":", d.groups))
+  for stratum in np.unique(strata):
+    idx = np.flatnonzero(strata == stratum)
+    n_val = int(round(val_fraction * len(idx)))
+    is_val[rng.permutation(idx)[:n_val]] = True
+  return d.subset(~is_val), d.subset(is_val)
+
+
+def _check_train(d: FaceData, where: str) -> None:
+  if not d.num_faces:
+    raise DataError(f"{where}: the training data has no faces")
+  if not d.num_non_faces:
+    raise DataError(f"{where}: the training data has no non-faces")
+
+
+def _load_test_folder(root: str, config: ml_collections.ConfigDict) -> FaceData:
+  if not root:
+    raise DataError(f"config.data.test_path is required for source {config.source!r} (a folder "
+                    "of test faces with one sub-folder per group)")
+  path = pathlib.Path(root)
+  faces_path = path / config.faces_dir
+  if faces_path.is_dir():
+    parts = [load_grouped_faces(faces_path, image_size=config.image_size,
+                                skip_corrupt=config.skip_corrupt)]
+    if (path / config.non_faces_dir).is_dir():
+      non_faces = load_folders(path, config.faces_dir, config.non_faces_dir, config.image_size,
+                               config.skip_corrupt)
+      parts.append(non_faces.subset(non_faces.labels == 0))
+    return concatenate(parts)
+  return load_grouped_faces(path, image_size=config.image_size, skip_corrupt=config.skip_corrupt)
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> dict[str, FaceData]:
+  """Loads the data described by ``config`` (the ``config.data`` ConfigDict).
+
+  Returns:
+    ``{'train', 'val', 'test'}`` FaceData; the test set has group labels.
+  """
+  source = config.source
+  if source not in SOURCES:
+    raise DataError(f"config.data.source must be one of {SOURCES}, got {source!r}")
+  size = config.image_size
+  if source == "planted":
+    full = make_planted_bias(config.n_train_faces, config.n_train_non_faces, image_size=size,
+                             seed=config.seed, dark_fraction=config.dark_fraction,
+                             accessory_fraction=config.accessory_fraction)
+    _check_train(full, "config.data (planted)")
+    train, val = train_val_split(full, config.val_fraction, config.seed)
+    test = make_planted_bias(n_per_group=config.n_test_per_group,
+                             n_non_faces=config.n_test_non_faces, image_size=size,
+                             seed=config.seed, accessory_fraction=config.test_accessory_fraction)
+    return {"train": train, "val": val, "test": test}
+  if source == "manifest":
+    if not config.path:
+      raise DataError("config.data.path must name the CSV manifest for source 'manifest'")
+    load = lambda split: load_manifest(config.path, split, size, config.skip_corrupt)
+    full = load("train")
+    _check_train(full, config.path)
+    try:
+      val = load("val")
+    except DataError as e:
+      if "no rows with split" not in str(e):
+        raise
+      train, val = train_val_split(full, config.val_fraction, config.seed)
+    else:
+      train = full
+    return {"train": train, "val": val, "test": load("test")}
+  if source == "h5":
+    path = config.path or download_train_face_h5()
+    full = load_h5(path, size)
+    where = str(path)
+  else:
+    if not config.path:
+      raise DataError("config.data.path must name the dataset folder for source 'folders'")
+    full = load_folders(config.path, config.faces_dir, config.non_faces_dir, size,
+                        config.skip_corrupt)
+    where = config.path
+  _check_train(full, where)
+  train, val = train_val_split(full, config.val_fraction, config.seed)
+  return {"train": train, "val": val, "test": _load_test_folder(config.test_path, config)}
