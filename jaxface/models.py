@@ -17,6 +17,7 @@ of the parameters, so a ``variables`` pytree is all they need.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -125,6 +126,12 @@ def init_variables(key: Array, *, latent_dim: int, n_filters: int = 12,
     raise ValueError(f"latent_dim must be >= 0, got {latent_dim}")
   if n_filters < 1:
     raise ValueError(f"n_filters must be >= 1, got {n_filters}")
+  return _init_variables(key, latent_dim, n_filters, image_size)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_variables(key: Array, latent_dim: int, n_filters: int, image_size: int) -> PyTree:
+  # Jitted: one compile instead of one per initializer op.
   enc_key, dec_key = jax.random.split(key)
   encoder = Encoder(n_outputs=2 * latent_dim + 1, n_filters=n_filters)
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)

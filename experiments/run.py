@@ -1,0 +1,31 @@
+"""Trains and evaluates a model: ``python experiments/run.py --config=configs/dbvae.py``.
+
+Any config field can be overridden, e.g. ``--config.resampling.alpha=0.01``.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxface import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (optionally ':smoke').",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the report "
+                    "(default: ./workdirs/<config name>).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  workdir = FLAGS.workdir or os.path.join("workdirs", config.name)
+  logging.set_verbosity(logging.INFO)
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

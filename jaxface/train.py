@@ -1,0 +1,628 @@
+"""Training and evaluation of the standard CNN, the SS-VAE and the DB-VAE.
+
+``train_and_evaluate(config, workdir)`` reads top to bottom:
+
+1. set-up: validate the config, build the device mesh, load the data;
+2. the train state and one jitted, data-parallel train step (batch sharded on the ``data`` mesh
+   axis, parameters replicated, the state donated, per-step randomness from
+   ``jax.random.fold_in(key, step)``);
+3. DB-VAE resampling: at the start of every epoch all training faces are encoded with a
+   jitted, sharded, batched pass and the batcher's face probabilities are replaced;
+4. checkpoints (Orbax, under ``WORKDIR/checkpoints``) that resume exactly where a run stopped;
+5. the loop, with a progress bar, metrics every ``log_every_steps`` steps to
+   ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end;
+6. the final summary, ``WORKDIR/metrics.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxface import config as config_lib
+from jaxface import data as data_lib
+from jaxface import losses, models, resampling
+
+PyTree = Any
+DATA_AXIS = "data"
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------------
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+  """A one-axis mesh named ``data`` over ``devices`` (default: every device of every host)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+
+
+def shard_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
+  """Places a global host batch (B, ...) on the mesh, split along B over ``data``.
+
+  Every process holds the same global batch (the batcher is deterministic) and contributes the
+  rows of its own devices, so this works on one host and on many.
+  """
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# --------------------------------------------------------------------------------------------
+# Train state and step
+# --------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything the step updates. ``step`` is the global step (int32 scalar)."""
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+
+  @property
+  def variables(self) -> PyTree:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adam(config.learning_rate)
+
+
+def create_train_state(key: jax.Array, config: ml_collections.ConfigDict,
+                       optimizer: optax.GradientTransformation) -> TrainState:
+  variables = models.init_variables(key, latent_dim=config.model.latent_dim,
+                                    n_filters=config.model.n_filters,
+                                    image_size=config.data.image_size)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=optimizer.init(variables["params"]))
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
+               optimizer: optax.GradientTransformation, kl_weight: float, recon: str,
+               dtype: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step of the CNN (latent_dim 0) or the SS-/DB-VAE.
+
+  Args:
+    state: the train state.
+    images: (B, H, W, 3) float32 in [0, 1].
+    labels: (B,) 1 = face.
+    key: the run's base PRNG key; the step's key is ``fold_in(key, state.step)``.
+    optimizer: the optax transformation.
+    kl_weight: KL weight of the VAE loss.
+    recon: 'l1' or 'l2' reconstruction loss.
+    dtype: compute dtype.
+
+  Returns:
+    The new state and scalar metrics (loss, classification, vae, accuracy).
+  """
+  step_key = jax.random.fold_in(key, state.step)
+  is_vae = models.latent_dim_of(state.params) > 0
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    out = models.forward(variables, images, step_key if is_vae else None, train=True,
+                         dtype=dtype)
+    if is_vae:
+      parts = losses.debiasing_loss(images, out.x_recon, labels, out.y_logit, out.z_mean,
+                                    out.z_logvar, kl_weight, recon)
+      total, cls, vae = parts.total, parts.classification, parts.vae
+    else:
+      cls = losses.classification_loss(out.y_logit, labels)
+      total, vae = jnp.mean(cls), jnp.zeros_like(cls)
+    return total, (out, cls, vae)
+
+  (loss, (out, cls, vae)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=out.batch_stats,
+                         opt_state=opt_state)
+  faces = labels.astype(jnp.float32)
+  metrics = {
+      "loss": loss,
+      "classification_loss": jnp.mean(cls),
+      "vae_loss_faces": jnp.sum(vae * faces) / jnp.maximum(jnp.sum(faces), 1.0),
+      "accuracy": jnp.mean(((out.y_logit > 0).astype(jnp.float32) == faces).astype(jnp.float32)),
+  }
+  return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
+                    mesh: Mesh):
+  """The jitted step: state and key replicated, batch sharded on ``data``, state donated."""
+  step_fn = functools.partial(train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
+                              recon=config.loss.recon, dtype=compute_dtype(config))
+  repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+  return jax.jit(step_fn, in_shardings=(repl, batch, batch, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded inference (evaluation and the resampling pass)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "recon"))
+def _infer(variables, images, dtype, recon):
+  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+  enc = models.encode(variables, x, train=False, dtype=dtype)
+  out = {"face_prob": jax.nn.sigmoid(enc.y_logit), "z_mean": enc.z_mean}
+  if models.latent_dim_of(variables["params"]) > 0:
+    x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype)
+    out["recon_error"] = losses.reconstruction_loss(x, x_recon, recon)
+  return out
+
+
+def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size: int = 256,
+                  dtype: Any = jnp.float32, recon: str = "l1") -> dict[str, np.ndarray]:
+  """Eval-mode pass over a whole image array, batched and sharded over the mesh.
+
+  Args:
+    variables: model variables (replicated on the mesh).
+    images: (N, H, W, 3) uint8 or float32 images on the host.
+    mesh: the device mesh; each batch is split over its ``data`` axis.
+    batch_size: images per pass (rounded up to a multiple of the device count).
+    dtype: compute dtype.
+    recon: reconstruction error kind ('l1' or 'l2').
+
+  Returns:
+    ``face_prob (N,)``, ``z_mean (N, k)`` and, for a VAE, ``recon_error (N,)`` (decoding
+    ``z_mean``), as NumPy arrays.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, -(-batch_size // n_dev) * n_dev)
+  n = images.shape[0]
+  parts = []
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
+    if chunk.shape[0] < batch_size:  # pad the last batch: one compiled shape
+      pad = np.zeros((batch_size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
+      chunk = np.concatenate([chunk, pad])
+    parts.append(_infer(variables, shard_batch(mesh, chunk), dtype, recon))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    parts = [multihost_utils.process_allgather(p, tiled=True) for p in parts]
+  parts = jax.device_get(parts)
+  return {key: np.concatenate([p[key] for p in parts])[:n] for key in parts[0]} if parts else {}
+
+
+def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
+                             train_faces: data_lib.FaceData,
+                             mesh: Mesh) -> tuple[np.ndarray, dict[str, Any]]:
+  """New face sampling probabilities from the current model (the DB-VAE's epoch-start pass).
+
+  Args:
+    config: the run config (``resampling`` and ``loss.recon`` are read).
+    variables: current model variables.
+    train_faces: the training faces.
+    mesh: device mesh for the encoding pass.
+
+  Returns:
+    ``(n_faces,)`` float64 probabilities and a summary: the effective sample size (Kish) and,
+    when the faces carry group labels, each group's share of the sampling mass next to its
+    share of the faces.
+  """
+  rs = config.resampling
+  out = infer_dataset(variables, train_faces.images, mesh, config.eval_batch_size,
+                      compute_dtype(config), config.loss.recon)
+  z_mean = out["z_mean"]
+  if not np.isfinite(z_mean).all():
+    raise FloatingPointError("the encoder produced non-finite latent means for the training "
+                             "faces; cannot compute resampling probabilities")
+  p = resampling.sampling_probabilities(z_mean, rs.bins, rs.alpha, rs.combine)
+  if rs.signal == "latent+epistemic":
+    p = resampling.blend_probabilities(p, resampling.epistemic_probabilities(out["recon_error"]))
+  p = np.asarray(p, np.float64)
+  p = p / p.sum()
+  info = {"ess": resampling.effective_sample_size(p), "n_faces": int(p.size)}
+  info["ess_fraction"] = info["ess"] / p.size
+  groups = train_faces.groups
+  if any(groups):
+    info["mass_by_group"] = {g: float(p[groups == g].sum()) for g in train_faces.group_names}
+    info["share_by_group"] = {g: float(np.mean(groups == g)) for g in train_faces.group_names}
+  return p, info
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+class Checkpoints:
+  """Orbax checkpoints of the train state, the face probabilities and the loop position.
+
+  Each checkpoint (keyed by global step) holds ``state`` (the TrainState), ``probs`` (the
+  batcher's face probabilities) and ``meta`` (epoch, step within the epoch, per-epoch history).
+  """
+
+  def __init__(self, directory: Path, keep: int):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                         item_names=("state", "probs", "meta"))
+
+  def save(self, state: TrainState, probs: np.ndarray, meta: dict[str, Any]) -> None:
+    # A host copy: the device buffers are donated to the next step while Orbax writes.
+    host_state = jax.device_get(state)
+    step = int(host_state.step)
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state),
+        probs=ocp.args.StandardSave({"face_probs": np.asarray(probs, np.float64)}),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, abstract_state: TrainState, n_faces: int):
+    """The newest readable checkpoint as ``(state, probs, meta)``, or None when there is none.
+
+    A checkpoint that fails to restore (corrupt or partial) is skipped with a warning and the
+    previous one is tried.
+    """
+    abstract_probs = {"face_probs": jax.ShapeDtypeStruct((n_faces,), np.float64)}
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            probs=ocp.args.StandardRestore(abstract_probs),
+            meta=ocp.args.JsonRestore()))
+        return restored.state, np.asarray(restored.probs["face_probs"]), restored.meta
+      except Exception as err:  # noqa: BLE001 -- any failure means: try the previous one
+        logging.warning("checkpoint at step %d in %s could not be restored (%s: %s); "
+                        "falling back to the previous checkpoint", step,
+                        self.manager.directory, type(err).__name__, err)
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def load_run(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, PyTree]:
+  """The config and the latest model variables of a run directory.
+
+  Args:
+    workdir: a directory written by :func:`train_and_evaluate`.
+
+  Returns:
+    ``(config, variables)`` with variables as host NumPy arrays.
+  """
+  workdir = Path(workdir).absolute()
+  config_path = workdir / "config.json"
+  if not config_path.exists():
+    raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxface run directory?")
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  optimizer = make_optimizer(config)
+  abstract = jax.eval_shape(lambda: create_train_state(jax.random.key(0), config, optimizer))
+  probs_len = json.loads((workdir / "run_info.json").read_text())["n_train_faces"]
+  ckpts = Checkpoints(workdir / "checkpoints", keep=max(1, config.keep_checkpoints))
+  restored = ckpts.restore_latest(abstract, probs_len)
+  ckpts.close()
+  if restored is None:
+    raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
+  return config, jax.device_get(restored[0].variables)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging helpers
+# --------------------------------------------------------------------------------------------
+
+
+class MetricWriter:
+  """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only)."""
+
+  def __init__(self, workdir: Path, active: bool):
+    self.active = active
+    self.path = workdir / "metrics.jsonl"
+    self.tb = None
+    if active:
+      try:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      except ImportError:  # TensorBoard files are optional; the jsonl log is not
+        logging.warning("tensorboardX is not installed: writing metrics.jsonl only")
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines logged after ``step`` (a resumed run logs those steps again)."""
+    if not self.active or not self.path.exists():
+      return
+    lines = [line for line in self.path.read_text().splitlines()
+             if line and json.loads(line).get("step", 0) <= step]
+    self.path.write_text("".join(line + "\n" for line in lines))
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    if self.tb is not None:
+      for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          self.tb.add_scalar(key, value, step)
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _progress(total: int, initial: int, active: bool):
+  if not active:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  raise TypeError(f"not JSON-serialisable: {type(value)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Mesh,
+             config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Validation accuracy and per-group test detection rates.
+
+  Returns:
+    ``val_accuracy``, ``val_face_accuracy``, ``val_non_face_accuracy`` and, with a test set,
+    ``test`` (:func:`jaxface.evaluation.group_metrics`).
+  """
+  from jaxface import evaluation
+
+  result: dict[str, Any] = {}
+  dtype = compute_dtype(config)
+  val = datasets.get("val")
+  if val is not None and len(val):
+    prob = infer_dataset(variables, val.images, mesh, config.eval_batch_size, dtype)["face_prob"]
+    pred = prob > 0.5
+    result["val_accuracy"] = float(np.mean(pred == (val.labels == 1)))
+    faces = val.labels == 1
+    if faces.any():
+      result["val_face_accuracy"] = float(np.mean(pred[faces]))
+    if (~faces).any():
+      result["val_non_face_accuracy"] = float(np.mean(~pred[~faces]))
+  test = datasets.get("test")
+  if test is not None and len(test):
+    prob = infer_dataset(variables, test.images, mesh, config.eval_batch_size, dtype)["face_prob"]
+    result["test"] = evaluation.group_metrics(prob, test.labels, test.groups)
+  return result
+
+
+def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> str:
+  """The one-screen end-of-run summary."""
+  lines = [f"== {config.name} ({config.model.kind}) finished in {final['wall_time_s']:.1f} s, "
+           f"{final['images_per_s']:.0f} train images/s, {final['steps']} steps =="]
+  ev = final.get("eval", {})
+  if "val_accuracy" in ev:
+    lines.append(f"validation accuracy {100 * ev['val_accuracy']:.2f}%")
+  test = ev.get("test")
+  if test:
+    lines.append(f"{'group':<10}{'n':>6}{'detection %':>14}{'mean p(face)':>14}")
+    for name, g in test["groups"].items():
+      rate = "-" if g["detection_rate"] is None else f"{100 * g['detection_rate']:.2f}"
+      prob = "-" if g["mean_face_prob"] is None else f"{g['mean_face_prob']:.3f}"
+      lines.append(f"{name:<10}{g['n']:>6}{rate:>14}{prob:>14}")
+    if test.get("E_A") is not None:
+      lines.append(f"E[A] {test['E_A']:.2f}%  Var[A] {test['Var_A']:.2f}%²  worst group "
+                   f"{test['worst_group']} {test['worst_rate']:.2f}%")
+    if test.get("non_face_accuracy") is not None:
+      lines.append(f"non-face accuracy {100 * test['non_face_accuracy']:.2f}%")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       mesh: Mesh | None = None,
+                       stop_at_step: int | None = None) -> dict[str, Any]:
+  """Trains the configured model, checkpointing as it goes, and evaluates it.
+
+  A run started again on the same ``workdir`` resumes from the latest readable checkpoint and
+  ends with the same parameters and metrics as an uninterrupted run.
+
+  Args:
+    config: the run configuration (see ``jaxface.config.get_base_config``).
+    workdir: output directory (created if needed).
+    mesh: the device mesh (default: a ``data`` axis over every device, :func:`make_mesh`).
+    stop_at_step: stop right after this global step without writing a checkpoint there, as if
+      the process had been killed (for testing resumption). None trains to the end.
+
+  Returns:
+    The final metrics (also written to ``WORKDIR/metrics.json``); for a run stopped by
+    ``stop_at_step``, ``{'stopped_at_step': step}``.
+  """
+  # ---- Set-up ------------------------------------------------------------------------------
+  if config.get("distributed", False):
+    jax.distributed.initialize()
+  mesh = make_mesh() if mesh is None else mesh
+  config_lib.validate_config(config, mesh.devices.size)
+  workdir = Path(workdir).absolute()
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+  logging.info("devices: %d x %s; mesh %s", mesh.devices.size, jax.devices()[0].platform,
+               dict(mesh.shape))
+
+  datasets = data_lib.load_datasets(config.data)
+  train_data = datasets["train"]
+  face_idx = train_data.face_indices()
+  train_faces = train_data.subset(face_idx)
+  # The batch is the same whatever the device count (the step's loss and batch-norm statistics
+  # are global over the sharded batch), so runs on 1 and on N devices see the same data.
+  batcher = data_lib.Batcher(train_data, config.batch_size, seed=config.seed, num_devices=1,
+                             steps_per_epoch=(None if config.steps_per_epoch == -1
+                                              else config.steps_per_epoch))
+  steps_per_epoch = batcher.steps_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+  if is_main:
+    (workdir / "run_info.json").write_text(json.dumps({
+        "n_train_faces": int(face_idx.size), "n_train": len(train_data),
+        "steps_per_epoch": steps_per_epoch, "devices": int(mesh.devices.size),
+        "platform": jax.devices()[0].platform}, indent=2))
+
+  # ---- State and step ----------------------------------------------------------------------
+  optimizer = make_optimizer(config)
+  root_key = jax.random.key(config.seed)
+  init_key, step_key = jax.random.split(root_key)
+  step_key = replicate(mesh, step_key)
+  abstract_state = jax.eval_shape(lambda: create_train_state(init_key, config, optimizer))
+  train_step_fn = make_train_step(config, optimizer, mesh)
+
+  # ---- Resume ------------------------------------------------------------------------------
+  ckpts = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
+  restored = ckpts.restore_latest(abstract_state, int(face_idx.size))
+  writer = MetricWriter(workdir, is_main)
+  if restored is None:
+    state = jax.jit(lambda key: create_train_state(key, config, optimizer),
+                    out_shardings=NamedSharding(mesh, P()))(init_key)
+    epoch, step_in_epoch, history = 0, 0, {"epochs": [], "resampling": []}
+    batcher.set_face_probabilities(None)
+    writer.truncate_after(0)
+  else:
+    state, probs, meta = restored
+    state = replicate(mesh, state)
+    epoch, step_in_epoch, history = meta["epoch"], meta["step_in_epoch"], meta["history"]
+    batcher.set_face_probabilities(probs)
+    writer.truncate_after(int(jax.device_get(state.step)))
+    logging.info("resuming from step %d (epoch %d, step %d of the epoch)",
+                 int(jax.device_get(state.step)), epoch, step_in_epoch)
+
+  def save(state, epoch, step_in_epoch):
+    ckpts.save(state, batcher.face_probabilities,
+               {"epoch": epoch, "step_in_epoch": step_in_epoch, "history": history})
+
+  # ---- Loop --------------------------------------------------------------------------------
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  window_start = time.perf_counter()
+  train_time, trained_images = 0.0, 0
+  bar = _progress(total_steps, epoch * steps_per_epoch + step_in_epoch,
+                  is_main and config.progress_bar)
+
+  def flush_metrics():
+    """Fetches the pending step metrics (one device sync), checks them, logs their mean."""
+    nonlocal window_start, train_time, trained_images
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, fetched):
+      if not math.isfinite(float(m["loss"])):
+        raise FloatingPointError(
+            f"non-finite loss ({float(m['loss'])}) at step {step}: stopping; the last good "
+            f"checkpoint is kept in {workdir / 'checkpoints'}")
+    elapsed = time.perf_counter() - window_start
+    n_images = len(pending) * config.batch_size
+    train_time += elapsed
+    trained_images += n_images
+    mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    mean.update(epoch=epoch, images_per_s=n_images / max(elapsed, 1e-9))
+    writer.write(pending[-1][0], mean)
+    if bar is not None:
+      bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{mean['accuracy']:.3f}",
+                      img_s=f"{mean['images_per_s']:.0f}", epoch=epoch)
+    pending.clear()
+    window_start = time.perf_counter()
+
+  start_time = time.perf_counter()
+  try:
+    while epoch < config.num_epochs:
+      if step_in_epoch == 0 and config.resampling.signal != "none":
+        probs, info = resampling_probabilities(config, state.variables, train_faces, mesh)
+        batcher.set_face_probabilities(probs)
+        info["epoch"] = epoch
+        history["resampling"].append(info)
+        logging.info("epoch %d resampling: effective sample size %.0f of %d (%.1f%%)%s", epoch,
+                     info["ess"], info["n_faces"], 100 * info["ess_fraction"],
+                     "".join(f"; {g} {100 * m:.1f}% of mass ({100 * info['share_by_group'][g]:.1f}%"
+                             " of faces)" for g, m in info.get("mass_by_group", {}).items()))
+        writer.write(int(jax.device_get(state.step)),
+                     {"resampling_ess_fraction": info["ess_fraction"], "epoch": epoch,
+                      **{f"resampling_mass_{g}": m
+                         for g, m in info.get("mass_by_group", {}).items()}})
+      window_start = time.perf_counter()
+      for images, labels in batcher.epoch_batches(epoch, step_in_epoch):
+        global_step = epoch * steps_per_epoch + step_in_epoch + 1
+        state, metrics = train_step_fn(state, shard_batch(mesh, images),
+                                       shard_batch(mesh, labels), step_key)
+        pending.append((global_step, metrics))
+        step_in_epoch += 1
+        if bar is not None:
+          bar.update(1)
+        if global_step % config.log_every_steps == 0:
+          flush_metrics()
+        if stop_at_step is not None and global_step >= stop_at_step:
+          ckpts.wait()
+          return {"stopped_at_step": global_step}
+        if (config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0
+            and step_in_epoch < steps_per_epoch):
+          flush_metrics()  # never checkpoint a state whose loss has not been checked
+          save(state, epoch, step_in_epoch)
+      flush_metrics()
+      ev = evaluate(state.variables, datasets, mesh, config)
+      ev["epoch"] = epoch
+      history["epochs"].append(ev)
+      writer.write(int(jax.device_get(state.step)),
+                   {"epoch": epoch, **{k: v for k, v in ev.items() if k != "test"},
+                    **({"test_E_A": ev["test"]["E_A"], "test_Var_A": ev["test"]["Var_A"]}
+                       if ev.get("test") and ev["test"].get("E_A") is not None else {})})
+      logging.info("epoch %d: %s", epoch, {k: v for k, v in ev.items() if k != "test"})
+      epoch, step_in_epoch = epoch + 1, 0
+      save(state, epoch, step_in_epoch)
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpts.wait()
+
+  # ---- Summary -----------------------------------------------------------------------------
+  wall = time.perf_counter() - start_time
+  final = {
+      "name": config.name, "kind": config.model.kind, "steps": int(jax.device_get(state.step)),
+      "wall_time_s": wall,
+      "images_per_s": trained_images / train_time if train_time else 0.0,
+      "eval": history["epochs"][-1] if history["epochs"] else {},
+      "epochs": history["epochs"], "resampling": history["resampling"],
+      "devices": int(mesh.devices.size),
+  }
+  ckpts.close()
+  writer.close()
+  if is_main:
+    (workdir / "metrics.json").write_text(json.dumps(final, indent=2, default=_json_default))
+    print(format_summary(config, final), flush=True)
+    if config.write_report:
+      from jaxface import report
+      path = report.write_report(workdir)
+      print(f"report: {path}", flush=True)
+  return final

@@ -1,0 +1,225 @@
+"""End-to-end tests of the training runner on tiny planted-bias data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxface import config as config_lib
+from jaxface import data as data_lib
+from jaxface import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(kind: str = "dbvae", **overrides):
+  """A config that trains in seconds: 32x32 images, a few steps, small sets."""
+  config = config_lib.get_base_config()
+  config.name = kind
+  config.model.kind = kind
+  config.model.latent_dim = {"cnn": 0, "ssvae": 8, "dbvae": 16}[kind]
+  config.model.n_filters = 4
+  config.resampling.signal = "latent" if kind == "dbvae" else "none"
+  config.data.image_size = 32
+  config.data.n_train_faces = 96
+  config.data.n_train_non_faces = 96
+  config.data.n_test_per_group = 8
+  config.batch_size = 16
+  config.num_epochs = 2
+  config.steps_per_epoch = 6
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 4
+  config.eval_batch_size = 64
+  config.progress_bar = False
+  config.write_report = False
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def flat_params(variables):
+  return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(variables)])
+
+
+@pytest.mark.parametrize("kind", ["cnn", "ssvae", "dbvae"])
+def test_end_to_end_each_model(tmp_path, kind):
+  final = train.train_and_evaluate(tiny_config(kind), tmp_path)
+  assert final["steps"] == 12
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["kind"] == kind
+  test = metrics["eval"]["test"]
+  assert set(test["groups"]) >= {"LF", "DF"} or len(test["groups"]) >= 2
+  assert 0.0 <= metrics["eval"]["val_accuracy"] <= 1.0
+  assert len(metrics["epochs"]) == 2
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  logged_steps = [line["step"] for line in lines if "loss" in line]
+  assert logged_steps == [2, 4, 6, 8, 10, 12]  # every log_every_steps, not every step
+  assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
+  assert (tmp_path / "config.json").exists()
+  assert any((tmp_path / "tensorboard").iterdir())
+  if kind == "dbvae":
+    assert len(metrics["resampling"]) == 2  # one pass per epoch
+    info = metrics["resampling"][0]
+    assert 0 < info["ess_fraction"] <= 1.0
+    assert abs(sum(info["mass_by_group"].values()) - 1.0) < 1e-6
+  else:
+    assert metrics["resampling"] == []
+  config, variables = train.load_run(tmp_path)
+  assert config.model.kind == kind
+  assert "params" in variables and "batch_stats" in variables
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
+  config = tiny_config("dbvae")
+  full = train.train_and_evaluate(config, tmp_path / "full")
+  # Killed mid-epoch 1, after the checkpoint at global step 8 and before the next one.
+  stopped = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=11)
+  assert stopped == {"stopped_at_step": 11}
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert resumed["steps"] == full["steps"] == 12
+  _, v_full = train.load_run(tmp_path / "full")
+  _, v_res = train.load_run(tmp_path / "resumed")
+  np.testing.assert_allclose(flat_params(v_res), flat_params(v_full), rtol=1e-6, atol=1e-7)
+  assert resumed["eval"]["val_accuracy"] == full["eval"]["val_accuracy"]
+  np.testing.assert_allclose(resumed["eval"]["test"]["E_A"], full["eval"]["test"]["E_A"])
+  assert [r["ess"] for r in resumed["resampling"]] == pytest.approx(
+      [r["ess"] for r in full["resampling"]], rel=1e-6)
+  steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text()
+           .splitlines() if "loss" in json.loads(l)]
+  assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated lines
+
+
+def test_checkpoint_round_trip_and_corrupt_fallback(tmp_path, caplog):
+  config = tiny_config("ssvae")
+  optimizer = train.make_optimizer(config)
+  state = train.create_train_state(jax.random.key(3), config, optimizer)
+  ckpts = train.Checkpoints(tmp_path / "ckpt", keep=3)
+  probs = np.full(10, 0.1)
+  ckpts.save(state, probs, {"epoch": 0, "step_in_epoch": 0, "history": {}})
+  later = state.replace(step=state.step + 5,
+                        params=jax.tree.map(lambda x: x + 1.0, state.params))
+  ckpts.save(later, probs * 2, {"epoch": 0, "step_in_epoch": 5, "history": {}})
+  ckpts.wait()
+  abstract = jax.eval_shape(lambda: state)
+  restored, r_probs, meta = ckpts.restore_latest(abstract, 10)
+  assert int(restored.step) == 5 and meta["step_in_epoch"] == 5
+  np.testing.assert_allclose(flat_params(restored.params), flat_params(later.params))
+  np.testing.assert_allclose(r_probs, probs * 2)
+  ckpts.close()
+  # Corrupt every file of the newest checkpoint's state: restoring falls back to step 0.
+  for path in (tmp_path / "ckpt" / "5" / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  ckpts = train.Checkpoints(tmp_path / "ckpt", keep=3)
+  restored, _, meta = ckpts.restore_latest(abstract, 10)
+  ckpts.close()
+  assert int(restored.step) == 0 and meta["step_in_epoch"] == 0
+  np.testing.assert_allclose(flat_params(restored.params), flat_params(state.params))
+  assert any("falling back" in r.getMessage() for r in caplog.records)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config("cnn", log_every_steps=1, checkpoint_every_steps=2)
+  original = data_lib.Batcher.epoch_batches
+
+  def poisoned(self, epoch, start_step=0, **kwargs):
+    for i, (images, labels) in enumerate(original(self, epoch, start_step, **kwargs)):
+      if epoch == 0 and start_step + i == 4:  # global step 5
+        images = np.full_like(images, np.nan)
+      yield images, labels
+
+  monkeypatch.setattr(data_lib.Batcher, "epoch_batches", poisoned)
+  with pytest.raises(FloatingPointError, match="step 5"):
+    train.train_and_evaluate(config, tmp_path)
+  config_back, variables = train.load_run(tmp_path)  # the last good checkpoint (step 4)
+  assert np.isfinite(flat_params(variables)).all()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("resampling.bins", 0, "resampling.bins"),
+    ("resampling.alpha", -0.1, "resampling.alpha"),
+    ("model.latent_dim", 0, "model.latent_dim"),
+    ("batch_size", 15, "batch_size"),
+    ("data.image_size", 40, "data.image_size"),
+    ("resampling.combine", "mean", "resampling.combine"),
+])
+def test_bad_config_fails_before_compile(tmp_path, field, value, message):
+  config = tiny_config("dbvae", **{field: value})
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_field_and_indivisible_batch():
+  config = tiny_config("dbvae")
+  config.unlock()
+  config.model.latnet_dim = 3
+  with pytest.raises(ValueError, match="unknown config field 'model.latnet_dim'"):
+    config_lib.validate_config(config, 1)
+  with pytest.raises(ValueError, match="divisible by the number of devices"):
+    config_lib.validate_config(tiny_config("dbvae", batch_size=18), 4)
+
+
+def test_config_files_and_smoke_option():
+  import importlib.util
+  for name in ("cnn", "ssvae", "dbvae"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config_lib.validate_config(config, 1)
+    smoke = module.get_config("smoke")
+    config_lib.validate_config(smoke, 1)
+    assert smoke.steps_per_epoch * smoke.num_epochs < 200
+    assert "python experiments/run.py --config=configs/" in module.__doc__
+    with pytest.raises(ValueError, match="unknown config option"):
+      module.get_config("smok")
+  assert module.get_config().resampling.signal == "latent"
+
+
+EQUIVALENCE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from jaxface import train
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_config, flat_params
+    assert len(jax.devices()) == 4, jax.devices()
+    out = {{}}
+    for n in (1, 4):
+        config = tiny_config("dbvae", num_epochs=1, steps_per_epoch=5)
+        final = train.train_and_evaluate(config, {tmp!r} + f"/d{{n}}",
+                                         mesh=train.make_mesh(jax.devices()[:n]))
+        _, variables = train.load_run({tmp!r} + f"/d{{n}}")
+        losses = [json.loads(l)["loss"] for l in open({tmp!r} + f"/d{{n}}/metrics.jsonl")
+                  if "loss" in json.loads(l)]
+        out[n] = {{"params": flat_params(variables).tolist()[:5000], "losses": losses,
+                   "acc": final["eval"]["val_accuracy"]}}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_one_and_four_devices_agree(tmp_path):
+  script = EQUIVALENCE_SCRIPT.format(tests=str(REPO / "tests"), tmp=str(tmp_path))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  one, four = result["1"], result["4"]
+  assert len(one["losses"]) == len(four["losses"]) > 0
+  np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(four["params"], one["params"], rtol=1e-3, atol=1e-5)
+  assert abs(four["acc"] - one["acc"]) < 0.02
