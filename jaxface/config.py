@@ -149,6 +149,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.n_train_faces = 1024
   config.data.n_train_non_faces = 1024
   config.data.n_test_per_group = 64
+  config.data.n_test_non_faces = 256
   return config
 
 

@@ -32,6 +32,7 @@ def tiny_config(kind: str = "dbvae", **overrides):
   config.data.n_train_faces = 96
   config.data.n_train_non_faces = 96
   config.data.n_test_per_group = 8
+  config.data.n_test_non_faces = 32
   config.batch_size = 16
   config.num_epochs = 2
   config.steps_per_epoch = 6
