@@ -406,3 +406,26 @@ def test_utkface_train_subset_and_folders(tmp_path):
   assert d.images.std() > 20  # Real photographs, not blanks.
   grouped = data.load_grouped_faces(UTK / "test" / "faces", groups=["DF", "DM"])
   assert grouped.num_faces == 600 and grouped.group_names == ["DF", "DM"]
+
+
+def test_load_datasets_manifest_val_split_and_partial_config(tmp_path):
+  rows = [("train", f"i/{k}.png", str(k % 2), "LF" if k % 2 else "", "1", "s") for k in range(6)]
+  rows += [("val", "i/v.png", "1", "DM", "2", "s"), ("val", "i/w.png", "0", "", "", "s"),
+           ("test", "i/t.png", "1", "DF", "3", "s")]
+  path = _make_manifest(tmp_path, rows)
+  assert data.manifest_splits(path) == ["test", "train", "val"]
+  import ml_collections
+  partial = ml_collections.ConfigDict({"source": "manifest", "path": str(path)})
+  sets = data.load_datasets(ml_collections.ConfigDict({"data": partial}))
+  assert (len(sets["train"]), len(sets["val"]), len(sets["test"])) == (6, 2, 1)
+  assert list(sets["val"].groups) == ["DM", ""]
+
+
+def test_load_image_folder(tmp_path):
+  for i in range(3):
+    _save(tmp_path / "nf" / f"{i}.png", _rng_images(1, 32, 32, seed=i)[0])
+  d = data.load_image_folder(tmp_path / "nf", label=0, image_size=32, root=tmp_path)
+  assert d.num_non_faces == 3 and list(d.attributes["path"]) == ["nf/0.png", "nf/1.png",
+                                                                  "nf/2.png"]
+  with pytest.raises(DataError, match="image folder not found"):
+    data.load_image_folder(tmp_path / "missing", label=0)

@@ -137,10 +137,12 @@ def test_multi_device_layout():
     ({"batch_size": 6, "num_devices": 2}, "multiple of 4"),
     ({"batch_size": 4, "num_devices": 0}, "num_devices"),
     ({"batch_size": 4, "steps_per_epoch": 0}, "steps_per_epoch"),
+    ({"batch_size": 4, "seed": -1}, "seed"),
 ])
 def test_bad_batch_arguments(kwargs, match):
+  kwargs = {"seed": 0, **kwargs}
   with pytest.raises(DataError, match=match):
-    Batcher(_dataset(), seed=0, **kwargs)
+    Batcher(_dataset(), **kwargs)
 
 
 def test_needs_faces_and_non_faces():

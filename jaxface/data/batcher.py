@@ -53,6 +53,8 @@ class Batcher:
           f"batch_size {batch_size} must be divisible by num_devices {num_devices} into even "
           f"per-device batches (half faces, half non-faces each), i.e. a multiple of "
           f"{2 * num_devices}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     self._faces = data.face_indices()
     self._non_faces = data.non_face_indices()
     if not len(self._faces):

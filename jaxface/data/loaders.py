@@ -156,6 +156,29 @@ def _require_dir(path: pathlib.Path, what: str) -> None:
     raise DataError(f"{path}: {what} is not a folder")
 
 
+def load_image_folder(folder: PathLike, label: int, group: str = "", image_size: int = 64,
+                      skip_corrupt: bool = False, root: PathLike | None = None) -> FaceData:
+  """Loads every image under ``folder`` (recursively) with one label and group.
+
+  Args:
+    folder: the folder.
+    label: 1 for faces, 0 for non-faces.
+    group: group name given to every image.
+    image_size: output height and width.
+    skip_corrupt: skip unreadable images instead of raising.
+    root: the ``path`` attribute is relative to this folder (default: ``folder``).
+
+  Returns:
+    FaceData sorted by path.
+  """
+  folder = pathlib.Path(folder)
+  _check_size(image_size)
+  _require_dir(folder, "image")
+  what = "face" if label == 1 else "non-face"
+  return _load_folder(folder, pathlib.Path(root or folder), label, group, image_size,
+                      skip_corrupt, what)
+
+
 def _load_folder(folder: pathlib.Path, root: pathlib.Path, label: int, group: str,
                  image_size: int, skip_corrupt: bool, what: str) -> FaceData:
   files = _list_images(folder)
@@ -284,6 +307,29 @@ def load_grouped_faces(root: PathLike, groups: Sequence[str] | None = None,
   return concatenate(parts)
 
 
+def _read_manifest(csv_path: pathlib.Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+  """Column names and (line number, row) pairs of a CSV manifest."""
+  if not csv_path.is_file():
+    raise DataError(f"{csv_path}: manifest file not found")
+  try:
+    with open(csv_path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f)
+      columns = list(reader.fieldnames or [])
+      rows = [(reader.line_num, row) for row in reader]
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
+  missing = [c for c in ("split", "path", "label") if c not in columns]
+  if missing:
+    raise DataError(f"{csv_path}: missing column(s) {missing} (found {columns})")
+  return columns, rows
+
+
+def manifest_splits(csv_path: PathLike) -> list[str]:
+  """The sorted split names used in a CSV manifest."""
+  _, rows = _read_manifest(pathlib.Path(csv_path))
+  return sorted({row["split"] for _, row in rows})
+
+
 def load_manifest(csv_path: PathLike, split: str, image_size: int = 64,
                   skip_corrupt: bool = False) -> FaceData:
   """Loads the images of one split listed in a CSV manifest.
@@ -305,18 +351,7 @@ def load_manifest(csv_path: PathLike, split: str, image_size: int = 64,
   """
   csv_path = pathlib.Path(csv_path)
   _check_size(image_size)
-  if not csv_path.is_file():
-    raise DataError(f"{csv_path}: manifest file not found")
-  try:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-      reader = csv.DictReader(f)
-      columns = list(reader.fieldnames or [])
-      rows = [(reader.line_num, row) for row in reader]
-  except (UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
-  missing = [c for c in ("split", "path", "label") if c not in columns]
-  if missing:
-    raise DataError(f"{csv_path}: missing column(s) {missing} (found {columns})")
+  columns, rows = _read_manifest(csv_path)
   selected = [(line, row) for line, row in rows if row["split"] == split]
   if not selected:
     present = sorted({row["split"] for _, row in rows})
@@ -396,9 +431,9 @@ def download_train_face_h5(url: str = DEFAULT_URL,
     return dest
   try:
     cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
   except OSError as e:
-    raise DataError(f"cannot create cache folder {cache}: {e}") from None
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
+    raise DataError(f"cannot write to the cache folder {cache}: {e}") from None
   try:
     logging.info("downloading %s to %s", url, dest)
     with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
@@ -409,7 +444,7 @@ def download_train_face_h5(url: str = DEFAULT_URL,
   except DataError:
     raise
   except (urllib.error.URLError, OSError, ValueError) as e:
-    reason = getattr(e, "reason", None) or e
+    reason = " ".join(str(getattr(e, "reason", None) or e).split())  # One line.
     raise DataError(f"could not download {url} ({reason}); if offline, copy train_face.h5 to "
                     f"{dest} or set config.data.path to a local copy") from None
   finally:

@@ -34,10 +34,11 @@ import pathlib
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from jaxface.data.container import DataError, FaceData, concatenate
 from jaxface.data.loaders import (download_train_face_h5, load_folders, load_grouped_faces,
-                                  load_h5, load_manifest)
+                                  load_h5, load_image_folder, load_manifest, manifest_splits)
 from jaxface.data.planted import make_planted_bias
 
 SOURCES = ("planted", "h5", "folders", "manifest")
@@ -108,19 +109,34 @@ def _load_test_folder(root: str, config: ml_collections.ConfigDict) -> FaceData:
     parts = [load_grouped_faces(faces_path, image_size=config.image_size,
                                 skip_corrupt=config.skip_corrupt)]
     if (path / config.non_faces_dir).is_dir():
-      non_faces = load_folders(path, config.faces_dir, config.non_faces_dir, config.image_size,
-                               config.skip_corrupt)
-      parts.append(non_faces.subset(non_faces.labels == 0))
+      parts.append(load_image_folder(path / config.non_faces_dir, 0, "", config.image_size,
+                                     config.skip_corrupt, root=path))
     return concatenate(parts)
   return load_grouped_faces(path, image_size=config.image_size, skip_corrupt=config.skip_corrupt)
+
+
+def _with_defaults(config) -> ml_collections.ConfigDict:
+  if "source" not in config and "data" in config:
+    config = config.data
+  merged = default_data_config().to_dict()
+  unknown = sorted(set(config) - set(merged))
+  if unknown:
+    logging.warning("config.data has fields the data pipeline does not use: %s", unknown)
+  merged.update(dict(config))
+  return ml_collections.ConfigDict(merged)
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> dict[str, FaceData]:
   """Loads the data described by ``config`` (the ``config.data`` ConfigDict).
 
+  Args:
+    config: the ``config.data`` ConfigDict (a whole config with a ``data`` field also works);
+      fields it lacks take their :func:`default_data_config` values.
+
   Returns:
     ``{'train', 'val', 'test'}`` FaceData; the test set has group labels.
   """
+  config = _with_defaults(config)
   source = config.source
   if source not in SOURCES:
     raise DataError(f"config.data.source must be one of {SOURCES}, got {source!r}")
@@ -141,14 +157,10 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, FaceData]:
     load = lambda split: load_manifest(config.path, split, size, config.skip_corrupt)
     full = load("train")
     _check_train(full, config.path)
-    try:
-      val = load("val")
-    except DataError as e:
-      if "no rows with split" not in str(e):
-        raise
-      train, val = train_val_split(full, config.val_fraction, config.seed)
+    if "val" in manifest_splits(config.path):
+      train, val = full, load("val")
     else:
-      train = full
+      train, val = train_val_split(full, config.val_fraction, config.seed)
     return {"train": train, "val": val, "test": load("test")}
   if source == "h5":
     path = config.path or download_train_face_h5()
