@@ -1,0 +1,347 @@
+"""Tests of jaxface.models: architecture (filters, kernels, strides), shapes for the standard
+CNN and the VAE, batch-norm state, reparameterisation, dtype path and argument checks.
+
+Speed: random initialisation compiles one truncated-normal program per parameter shape, which
+is slow on CPU. Shapes and structure are therefore checked with ``jax.eval_shape`` of
+:func:`models.init_variables` (no compilation), the numerical tests run on variables of exactly
+that structure filled from NumPy, and one test runs the real initialiser on a tiny model.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxface import models
+
+# One jitted forward for the whole module (one compilation per input shape / mode). XLA's
+# backend optimisations are turned down for these test-only jits: compilation, not execution,
+# dominates on CPU, and this halves it.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_forward = jax.jit(models.forward, static_argnames=("train", "dtype"),
+                   compiler_options=FAST_COMPILE)
+_decode = jax.jit(models.decode, compiler_options=FAST_COMPILE)
+
+
+def _abstract_variables(latent_dim, n_filters=12, image_size=64):
+  return jax.eval_shape(
+      functools.partial(models.init_variables, latent_dim=latent_dim, n_filters=n_filters,
+                        image_size=image_size), jax.random.PRNGKey(0))
+
+
+def _shapes(tree):
+  return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _variables(latent_dim, n_filters=12, image_size=64, seed=0):
+  """Variables with init_variables' exact structure, filled with LeCun-scaled NumPy noise."""
+  abstract = _abstract_variables(latent_dim, n_filters, image_size)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      value = rng.normal(size=leaf.shape) / np.sqrt(fan_in)
+    elif name == "bias":
+      value = 0.05 * rng.normal(size=leaf.shape)
+    elif name in ("scale", "var"):
+      value = np.ones(leaf.shape)
+    else:  # batch-norm running mean
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def _images(batch, size, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=(batch, size, size, 3)),
+                     jnp.float32)
+
+
+def _allclose_tree(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture: parameter shapes, strides.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_size", [64, 128])
+@pytest.mark.parametrize("latent_dim", [0, 5])
+def test_encoder_parameter_shapes(latent_dim, image_size):
+  enc = _shapes(_abstract_variables(latent_dim, image_size=image_size)["params"]["encoder"])
+  # Filters 12/24/48/72, kernels 5, 5, 3, 3 (HWIO).
+  assert enc["Conv_0"] == {"kernel": (5, 5, 3, 12), "bias": (12,)}
+  assert enc["Conv_1"] == {"kernel": (5, 5, 12, 24), "bias": (24,)}
+  assert enc["Conv_2"] == {"kernel": (3, 3, 24, 48), "bias": (48,)}
+  assert enc["Conv_3"] == {"kernel": (3, 3, 48, 72), "bias": (72,)}
+  for i, c in enumerate((12, 24, 48, 72)):
+    assert enc[f"BatchNorm_{i}"] == {"scale": (c,), "bias": (c,)}
+  # Four stride-2 convolutions: the flattened map is (S/16)^2 * 72.
+  side = image_size // 16
+  assert enc["Dense_0"] == {"kernel": (side * side * 72, 512), "bias": (512,)}
+  assert enc["Dense_1"] == {"kernel": (512, 2 * latent_dim + 1), "bias": (2 * latent_dim + 1,)}
+  assert set(enc) == {f"Conv_{i}" for i in range(4)} | {f"BatchNorm_{i}" for i in range(4)} | {
+      "Dense_0", "Dense_1"}
+
+
+@pytest.mark.parametrize("image_size", [64, 128])
+def test_encoder_strides_are_two(image_size):
+  abstract = _abstract_variables(3, image_size=image_size)
+  encoder = models.Encoder(n_outputs=7)
+  enc_vars = {"params": abstract["params"]["encoder"],
+              "batch_stats": abstract["batch_stats"]["encoder"]}
+  _, inter = jax.eval_shape(
+      lambda v, x: encoder.apply(v, x, train=False, capture_intermediates=True,
+                                 mutable=["intermediates"]),
+      enc_vars, jax.ShapeDtypeStruct((2, image_size, image_size, 3), jnp.float32))
+  inter = inter["intermediates"]
+  for i, c in enumerate((12, 24, 48, 72)):
+    side = image_size // 2 ** (i + 1)
+    assert inter[f"Conv_{i}"]["__call__"][0].shape == (2, side, side, c)
+
+
+@pytest.mark.parametrize("image_size", [64, 128])
+def test_decoder_parameter_shapes_mirror_encoder(image_size):
+  params = _abstract_variables(4, image_size=image_size)["params"]
+  dec = _shapes(params["decoder"])
+  side = image_size // 16
+  assert dec["Dense_0"] == {"kernel": (4, side * side * 72), "bias": (side * side * 72,)}
+  assert dec["ConvTranspose_0"] == {"kernel": (3, 3, 72, 48), "bias": (48,)}
+  assert dec["ConvTranspose_1"] == {"kernel": (3, 3, 48, 24), "bias": (24,)}
+  assert dec["ConvTranspose_2"] == {"kernel": (5, 5, 24, 12), "bias": (12,)}
+  assert dec["ConvTranspose_3"] == {"kernel": (5, 5, 12, 3), "bias": (3,)}
+  # The helpers read the architecture back from the parameter shapes.
+  assert models.latent_dim_of(params) == 4
+  assert models.n_filters_of(params) == 12
+  assert models.image_size_of_decoder(params) == image_size
+
+
+def test_standard_cnn_has_no_decoder_and_one_output():
+  abstract = _abstract_variables(0)
+  assert set(abstract["params"]) == {"encoder"}
+  assert set(abstract["batch_stats"]) == {"encoder"}
+  assert models.latent_dim_of(abstract["params"]) == 0
+
+
+def test_n_filters_scales_all_layers():
+  enc = _shapes(_abstract_variables(2, n_filters=5)["params"]["encoder"])
+  assert [enc[f"Conv_{i}"]["kernel"][-1] for i in range(4)] == [5, 10, 20, 30]
+
+
+# ----------------------------------------------------------------------------------------------
+# Output shapes.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_forward_shapes(out, latent_dim, batch, image_size):
+  k = latent_dim
+  assert out.y_logit.shape == (batch,)
+  assert out.z_mean.shape == (batch, k)
+  assert out.z_logvar.shape == (batch, k)
+  assert out.z.shape == (batch, k)
+  if k == 0:
+    assert out.x_recon is None
+  else:
+    assert out.x_recon.shape == (batch, image_size, image_size, 3)
+    assert out.x_recon.dtype == jnp.float32
+  for a in (out.y_logit, out.z_mean, out.z_logvar, out.z):
+    assert a.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("image_size", [64, 128])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("latent_dim", [0, 5])
+def test_forward_shapes_abstract(latent_dim, batch, image_size, train):
+  # Full grid by shape inference (no compilation); the real runs below cover a subset.
+  abstract = _abstract_variables(latent_dim, image_size=image_size)
+  x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+  out = jax.eval_shape(functools.partial(models.forward, train=train), abstract, x,
+                       jax.random.PRNGKey(0))
+  _check_forward_shapes(out, latent_dim, batch, image_size)
+  assert _shapes(out.batch_stats) == _shapes(abstract["batch_stats"])
+
+
+# (latent_dim, batch, image_size) run for real: each model, batch size and image size at least
+# once. (5, 3, 64) is the configuration the other numerical tests reuse (compiled once).
+@pytest.mark.parametrize("latent_dim,batch,image_size",
+                         [(0, 1, 64), (0, 3, 128), (5, 3, 64), (5, 1, 128)])
+def test_forward_shapes_and_values(latent_dim, batch, image_size):
+  variables = _variables(latent_dim, image_size=image_size)
+  out = _forward(variables, _images(batch, image_size))
+  _check_forward_shapes(out, latent_dim, batch, image_size)
+  for a in (out.y_logit, out.z_mean, out.z_logvar) + ((out.x_recon,) if latent_dim else ()):
+    assert np.all(np.isfinite(np.asarray(a)))
+  if latent_dim:
+    # Without a key the decoder sees the mean.
+    np.testing.assert_array_equal(np.asarray(out.z), np.asarray(out.z_mean))
+  if batch > 1:
+    # Different images give different outputs (no accidental batch collapse).
+    assert not np.allclose(np.asarray(out.y_logit[0]), np.asarray(out.y_logit[1]))
+    if latent_dim:
+      assert not np.allclose(np.asarray(out.x_recon[0]), np.asarray(out.x_recon[1]))
+
+
+def test_cnn_cannot_decode():
+  variables = _variables(0)
+  with pytest.raises(ValueError):
+    models.decode(variables["params"], jnp.zeros((1, 0)))
+  with pytest.raises(ValueError):
+    models.decode(variables["params"], jnp.zeros((1, 4)))
+
+
+def test_vae_encoder_output_split():
+  # y_logit is output 0 of the last layer, z_mean the next k, z_logvar the last k.
+  k = 5
+  variables = _variables(k)
+  x = _images(3, 64)
+  out = _forward(variables, x)
+  encoder = models.Encoder(n_outputs=2 * k + 1)
+  raw = jax.jit(lambda v, x: encoder.apply(v, x, train=False), compiler_options=FAST_COMPILE)(
+      {"params": variables["params"]["encoder"],
+       "batch_stats": variables["batch_stats"]["encoder"]}, x)
+  raw = np.asarray(raw)
+  assert raw.shape == (3, 2 * k + 1)
+  np.testing.assert_allclose(np.asarray(out.y_logit), raw[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out.z_mean), raw[:, 1:k + 1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out.z_logvar), raw[:, k + 1:], rtol=1e-5, atol=1e-6)
+
+
+def test_forward_with_key_samples_and_decodes_the_sample():
+  k = 5
+  variables = _variables(k)
+  x = _images(3, 64)
+  key = jax.random.PRNGKey(7)
+  out = _forward(variables, x, key)
+  expected_z = np.asarray(out.z_mean) + np.exp(0.5 * np.asarray(out.z_logvar)) * np.asarray(
+      jax.random.normal(key, out.z_mean.shape))
+  np.testing.assert_allclose(np.asarray(out.z), expected_z, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(np.asarray(out.z), np.asarray(out.z_mean))
+  np.testing.assert_allclose(np.asarray(out.x_recon),
+                             np.asarray(_decode(variables["params"], out.z)), rtol=1e-4,
+                             atol=1e-5)
+  # Same key, same sample; the mean-decoded reconstruction differs from the sampled one.
+  again = _forward(variables, x, key)
+  np.testing.assert_array_equal(np.asarray(again.z), np.asarray(out.z))
+  assert not np.allclose(np.asarray(_forward(variables, x).x_recon), np.asarray(out.x_recon))
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+def test_decoder_output_size_matches_input(image_size):
+  params = _abstract_variables(3, image_size=image_size)["params"]
+  recon = jax.eval_shape(models.decode, params, jax.ShapeDtypeStruct((2, 3), jnp.float32))
+  assert recon.shape == (2, image_size, image_size, 3)
+  assert recon.dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch norm: train vs eval.
+# ----------------------------------------------------------------------------------------------
+
+
+def _numpy_conv_stride2_same(x, w, b):
+  """Plain NumPy stride-2 SAME convolution (NHWC, HWIO), TensorFlow/XLA padding convention."""
+  bsz, h, wd, _ = x.shape
+  kh, kw, _, c_out = w.shape
+  oh, ow = -(-h // 2), -(-wd // 2)
+  pad_h = max((oh - 1) * 2 + kh - h, 0)
+  pad_w = max((ow - 1) * 2 + kw - wd, 0)
+  xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                  (0, 0)))
+  out = np.zeros((bsz, oh, ow, c_out))
+  for i in range(kh):
+    for j in range(kw):
+      patch = xp[:, i:i + 2 * oh:2, j:j + 2 * ow:2, :]
+      out += patch @ w[i, j]
+  return out + b
+
+
+def test_train_updates_batch_stats_and_eval_does_not():
+  variables = _variables(5)
+  x = _images(3, 64)
+  old = variables["batch_stats"]
+  out_eval = _forward(variables, x, train=False)
+  assert _allclose_tree(out_eval.batch_stats, old)
+  out_train = _forward(variables, x, train=True)
+  assert _shapes(out_train.batch_stats) == _shapes(old)
+  for layer in range(4):
+    new = out_train.batch_stats["encoder"][f"BatchNorm_{layer}"]
+    prev = old["encoder"][f"BatchNorm_{layer}"]
+    assert not np.allclose(np.asarray(new["mean"]), np.asarray(prev["mean"]))
+    assert not np.allclose(np.asarray(new["var"]), np.asarray(prev["var"]))
+  # First layer: the running mean moves by (1 - momentum) * batch mean of relu(conv(x)), which
+  # is non-negative (ReLU comes before batch norm), with flax's default momentum 0.99.
+  mean0 = np.asarray(out_train.batch_stats["encoder"]["BatchNorm_0"]["mean"])
+  assert np.all(mean0 >= 0)
+  w = np.asarray(variables["params"]["encoder"]["Conv_0"]["kernel"], np.float64)
+  b = np.asarray(variables["params"]["encoder"]["Conv_0"]["bias"], np.float64)
+  expected = 0.01 * _numpy_conv_stride2_same(np.asarray(x, np.float64), w, b).clip(0).mean(
+      axis=(0, 1, 2))
+  np.testing.assert_allclose(mean0, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_eval_mode_is_per_sample_train_mode_is_not():
+  # With running statistics each sample's output is independent of the rest of the batch; with
+  # batch statistics it is not.
+  variables = _variables(5)
+  x = _images(3, 64)
+  x2 = x.at[1:].set(_images(2, 64, seed=5))
+  e1, e2 = _forward(variables, x), _forward(variables, x2)
+  np.testing.assert_allclose(np.asarray(e1.y_logit[0]), np.asarray(e2.y_logit[0]), rtol=1e-5,
+                             atol=1e-6)
+  t1, t2 = _forward(variables, x, train=True), _forward(variables, x2, train=True)
+  assert not np.allclose(np.asarray(t1.y_logit[0]), np.asarray(t2.y_logit[0]), rtol=1e-5,
+                         atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# bfloat16 compute path.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_bfloat16_path_gives_float32_close_to_float32_path():
+  variables = _variables(5)
+  x = _images(3, 64)
+  ref = _forward(variables, x)
+  low = _forward(variables, x, dtype=jnp.bfloat16)
+  for name in ("y_logit", "z_mean", "z_logvar", "x_recon"):
+    a, b = np.asarray(getattr(ref, name)), getattr(low, name)
+    assert b.dtype == jnp.float32, name
+    b = np.asarray(b)
+    assert b.shape == a.shape
+    scale = max(1.0, float(np.abs(a).max()))
+    np.testing.assert_allclose(b, a, atol=0.05 * scale, err_msg=name)
+  # It really ran in reduced precision: not bit-identical.
+  assert not np.array_equal(np.asarray(low.x_recon), np.asarray(ref.x_recon))
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_size", [70, 0, 8, -16, 100, 64.0])
+def test_bad_image_size_raises(image_size):
+  with pytest.raises(ValueError):
+    models.init_variables(jax.random.PRNGKey(0), latent_dim=2, image_size=image_size)
+  with pytest.raises(ValueError):
+    models.check_image_size(image_size)
+
+
+def test_good_image_sizes_pass_check():
+  for s in (16, 32, 64, 128):
+    models.check_image_size(s)
+
+
+def test_bad_latent_dim_and_filters_raise():
+  with pytest.raises(ValueError):
+    models.init_variables(jax.random.PRNGKey(0), latent_dim=-1)
+  with pytest.raises(ValueError):
+    models.init_variables(jax.random.PRNGKey(0), latent_dim=2, n_filters=0)
