@@ -122,8 +122,10 @@ def _sampling_probabilities(z_mean: Array, alpha: Array, bins: int, combine: str
   q = smoothed / jnp.sum(smoothed, axis=0, keepdims=True)  # (bins, k), sums to 1 per dim
   if combine == "max":
     # 1/q normalised over the samples of each dimension: sum_n 1/q(z_n) = sum_b counts_b / q_b.
+    # Empty bins (q = 0 when alpha = 0) are never looked up; keep them out of the sum.
     inv_q = 1.0 / q
-    per_dim = inv_q / jnp.sum(counts * inv_q, axis=0, keepdims=True)
+    norm = jnp.sum(jnp.where(counts > 0, counts * inv_q, 0.0), axis=0, keepdims=True)
+    per_dim = inv_q / norm
     w = lookup(per_dim, jnp.max)
     return w / jnp.sum(w)
   return jax.nn.softmax(-lookup(jnp.log(q), jnp.sum))

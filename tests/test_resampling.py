@@ -129,11 +129,6 @@ def test_hand_computed_one_dimension():
   np.testing.assert_allclose(p, np.array([3, 3, 3, 5]) / 14, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in jaxface/resampling.py _sampling_probabilities, combine='max': with alpha=0 (allowed "
-    "by _check) an empty bin has q=0, so inv_q=inf and sum(counts * inv_q) contains 0*inf=NaN; "
-    "the whole dimension's weights, and so every probability, become NaN. The lab loop only "
-    "evaluates 1/q at occupied bins and is finite."))
 def test_max_alpha_zero_with_an_empty_bin():
   # Values 0, 0, 0, 1 with 3 bins: counts (3, 0, 1); q = (.75, 0, .25) with alpha = 0; the
   # occupied bins give 1/q = (4/3, 4/3, 4/3, 4) -> (1/6, 1/6, 1/6, 1/2).
