@@ -84,3 +84,4 @@ def test_tile_images():
   assert grid.shape == (4, 6, 3)
   np.testing.assert_array_equal(grid[2:4, 2:4], images[4])
   assert (grid[2:4, 4:6] == 0).all()
+

@@ -11,8 +11,8 @@ With ``num_devices > 1`` the batch is laid out as ``num_devices`` consecutive sh
 the leading axis across devices gives every device a balanced shard.
 
 Images stay uint8 in memory; a batch is gathered and converted to float32 in [0, 1] in two
-vectorised numpy passes (about 1-2 ms for 256 64x64 images), see
-``experiments/bench_batcher.py``.
+vectorised numpy passes: 50,000-90,000 64x64 images/s at batch 32 and 256 on one shared CPU
+core (``experiments/bench_batcher.py``), far more than a training step consumes.
 """
 
 from __future__ import annotations

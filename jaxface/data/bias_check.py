@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -20,22 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
 
 from jaxface import losses, models
 from jaxface.data.batcher import Batcher
 from jaxface.data.container import FaceData
 from jaxface.data.planted import make_planted_bias
-
-_EPOCHS = flags.DEFINE_integer("epochs", 2, "Training epochs.")
-_N_FACES = flags.DEFINE_integer("n_faces", 6000, "Training faces (and as many non-faces).")
-_N_PER_GROUP = flags.DEFINE_integer("n_per_group", 250, "Test faces per group.")
-_DARK = flags.DEFINE_float("dark_fraction", 0.05, "Fraction of darker training faces.")
-_ACCESSORY = flags.DEFINE_float("accessory_fraction", 0.1, "Fraction of training faces with "
-                                "glasses.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
-_LR = flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate.")
-_SEED = flags.DEFINE_integer("seed", 0, "Data and model seed.")
 
 
 def train_standard_cnn(train: FaceData, epochs: int, batch_size: int, learning_rate: float,
@@ -83,25 +73,36 @@ def detection_rates(variables: dict, test: FaceData, batch_size: int = 500) -> d
   return rates
 
 
-def main(argv):
-  del argv
-  t0 = time.perf_counter()
-  data = make_planted_bias(_N_FACES.value, seed=_SEED.value, dark_fraction=_DARK.value,
-                           accessory_fraction=_ACCESSORY.value)
-  gen_rate = len(data) / (time.perf_counter() - t0)
-  test = make_planted_bias(n_per_group=_N_PER_GROUP.value, seed=_SEED.value,
-                           accessory_fraction=0.5)
-  t0 = time.perf_counter()
-  variables = train_standard_cnn(data, _EPOCHS.value, _BATCH.value, _LR.value, _SEED.value)
-  train_s = time.perf_counter() - t0
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--epochs", type=int, default=2)
+  parser.add_argument("--n_faces", type=int, default=6000,
+                      help="training faces (and as many non-faces)")
+  parser.add_argument("--n_per_group", type=int, default=250, help="test faces per group")
+  parser.add_argument("--dark_fraction", type=float, default=0.05)
+  parser.add_argument("--accessory_fraction", type=float, default=0.1)
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--learning_rate", type=float, default=5e-4)
+  parser.add_argument("--seed", type=int, default=0, help="data and model seed")
+  args = parser.parse_args()
+
+  start = time.perf_counter()
+  train = make_planted_bias(args.n_faces, seed=args.seed, dark_fraction=args.dark_fraction,
+                            accessory_fraction=args.accessory_fraction)
+  gen_rate = len(train) / (time.perf_counter() - start)
+  test = make_planted_bias(n_per_group=args.n_per_group, seed=args.seed, accessory_fraction=0.5)
+  start = time.perf_counter()
+  variables = train_standard_cnn(train, args.epochs, args.batch_size, args.learning_rate,
+                                 args.seed)
+  train_s = time.perf_counter() - start
   rates = detection_rates(variables, test)
   print(json.dumps({
-      "dark_fraction": _DARK.value, "epochs": _EPOCHS.value, "n_train_faces": data.num_faces,
-      "rates": {k: round(v, 4) for k, v in rates.items()},
+      "dark_fraction": args.dark_fraction, "epochs": args.epochs, "seed": args.seed,
+      "n_train_faces": train.num_faces, "rates": {k: round(v, 4) for k, v in rates.items()},
       "gap_lighter_minus_darker": round(rates["lighter"] - rates["darker"], 4),
       "generation_images_per_s": round(gen_rate), "train_s": round(train_s, 1),
   }, indent=1))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
