@@ -51,6 +51,7 @@ def test_facedata_helpers():
   assert f.dtype == np.float32 and f.shape == (1, 16, 16, 3)
   np.testing.assert_allclose(f[0], images[1] / 255.0, atol=1e-6)
   assert 0.0 <= d.float_images().min() and d.float_images().max() <= 1.0
+  np.testing.assert_array_equal(d.float_images(d.labels == 0), d.float_images([1, 4]))
   both = data.concatenate([d, sub])
   assert len(both) == 8 and list(both.attributes) == ["age"]
 

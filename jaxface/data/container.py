@@ -128,13 +128,17 @@ class FaceData:
     """Images as float32 in [0, 1].
 
     Args:
-      idx: optional indices; None converts every image.
+      idx: optional integer indices or boolean mask; None converts every image.
 
     Returns:
       (N or len(idx), H, W, 3) float32.
     """
-    images = self.images if idx is None else np.take(self.images, np.asarray(idx), axis=0)
-    return to_float(images)
+    if idx is None:
+      return to_float(self.images)
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+      idx = np.flatnonzero(idx)
+    return to_float(np.take(self.images, idx, axis=0))
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

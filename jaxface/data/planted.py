@@ -97,7 +97,7 @@ def make_planted_bias(n_faces: int = 6000, n_non_faces: int | None = None, *,
     ``gender``, ``accessory`` (int8, -1 for non-faces; ``skin`` is the tone of hard-negative
     heads) and ``kind`` (``'face'`` or a non-face kind).
   """
-  if not isinstance(image_size, int) or image_size < 16 or image_size % 16:
+  if not isinstance(image_size, (int, np.integer)) or image_size < 16 or image_size % 16:
     raise DataError(f"image_size must be a positive multiple of 16, got {image_size!r}")
   for name, value in (("dark_fraction", dark_fraction), ("accessory_fraction", accessory_fraction),
                       ("female_fraction", female_fraction),
@@ -137,6 +137,7 @@ def make_planted_bias(n_faces: int = 6000, n_non_faces: int | None = None, *,
   hard_dark[kinds == 3] = _exact_flags(plan_rng, n_hard, hard_negative_dark_fraction)
 
   # Images are drawn in fixed-size chunks, each from its own stream keyed by its start index.
+  image_size = int(image_size)
   images = np.empty((n_faces + n_non_faces, image_size, image_size, 3), np.uint8)
   face_key, non_face_key = face_seq.generate_state(2), non_face_seq.generate_state(2)
   for start in range(0, n_faces, _CHUNK):
