@@ -3,6 +3,7 @@
 Any config field can be overridden, e.g. ``--config.resampling.alpha=0.01``.
 """
 
+import logging as py_logging
 import os
 
 from absl import app, flags, logging
@@ -17,12 +18,20 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the re
                     "(default: ./workdirs/<config name>).")
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the run's log (its warnings still show)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name)
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   train.train_and_evaluate(config, workdir)
 
 

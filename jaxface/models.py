@@ -2,8 +2,9 @@
 
 The standard classifier of the MIT 6.S191 debiasing lab doubles as the VAE encoder: four
 stride-2 convolutions (12, 24, 48, 72 filters; kernels 5, 5, 3, 3; SAME padding), each followed
-by ReLU and batch norm, then Dense 512 + ReLU and a Dense output layer. The standard CNN has one
-output (the face logit). The SS-VAE / DB-VAE encoder has ``2 * latent_dim + 1`` outputs, split
+by ReLU and batch norm, then Dense 512 + ReLU and a Dense output layer. Batch-norm running
+statistics use momentum 0.9 (PyTorch's default), so they settle within a few dozen steps. The
+standard CNN has one output (the face logit). The SS-VAE / DB-VAE encoder has ``2 * latent_dim + 1`` outputs, split
 into ``y_logit (B,)``, ``z_mean (B, k)`` and ``z_logvar (B, k)``. The decoder mirrors the
 encoder with transposed convolutions back to the input size.
 
@@ -54,7 +55,7 @@ class Encoder(nn.Module):
       x = nn.Conv(self.n_filters * mult, (kernel, kernel), strides=2, padding="SAME",
                   dtype=self.dtype)(x)
       x = nn.relu(x)
-      x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(512, dtype=self.dtype)(x))
     x = nn.Dense(self.n_outputs, dtype=self.dtype)(x)
