@@ -24,6 +24,4 @@ from jaxface import config as config_lib
 def get_config(arg: str | None = None):
   config = config_lib.get_base_config()
   config.name = "dbvae"
-  if "smoke" in config_lib.parse_config_arg(arg):
-    config_lib.apply_smoke(config)
-  return config
+  return config_lib.with_options(config, arg)

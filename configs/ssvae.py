@@ -17,6 +17,4 @@ def get_config(arg: str | None = None):
   config.model.kind = "ssvae"
   config.model.latent_dim = 32
   config.resampling.signal = "none"
-  if "smoke" in config_lib.parse_config_arg(arg):
-    config_lib.apply_smoke(config)
-  return config
+  return config_lib.with_options(config, arg)

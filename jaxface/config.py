@@ -160,3 +160,10 @@ def parse_config_arg(arg: str | None) -> set[str]:
   if unknown:
     raise ValueError(f"unknown config option(s) {sorted(unknown)}; known: ['smoke']")
   return options
+
+
+def with_options(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the ``:opt`` options of ``--config=configs/x.py:opt`` (see :func:`parse_config_arg`)."""
+  if "smoke" in parse_config_arg(arg):
+    apply_smoke(config)
+  return config
