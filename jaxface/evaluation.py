@@ -1,0 +1,560 @@
+"""Evaluation and bias diagnosis of trained face detectors.
+
+Conventions used throughout:
+
+* A sample is *detected as a face* when its face probability ``p = sigmoid(y_logit)`` is
+  strictly greater than the threshold (``p > 0.5`` by default, as the reference study). A
+  non-face is classified correctly when it is not detected (``p <= threshold``).
+* Per-group detection rates are fractions in [0, 1]; the aggregate bias figures of the DB-VAE
+  paper are in percent: ``E_A`` (mean of the group rates), ``Var_A`` (population variance of the
+  group rates, percent squared), ``worst_rate`` and ``gap`` (best minus worst rate).
+* Risk scores of a face, all of shape (N,):
+
+  - **bias** (latent density): the log of the histogram-estimated joint density of the face's
+    latent mean, :func:`jaxface.resampling.bias_score`; *low = rare*.
+  - **epistemic**: the L1 reconstruction error of the face decoded from its latent mean; *high =
+    unfamiliar*.
+  - **aleatoric**: the Bernoulli predictive entropy of the face probability, in nats,
+    ``H(p) = -p log p - (1 - p) log(1 - p)`` in [0, log 2]; *high = ambiguous*. It measures how
+    uncertain the classifier's own output distribution is for that input (maximal at p = 0.5),
+    as opposed to how unfamiliar the input is (epistemic). It is defined for the standard CNN too.
+
+Everything returns NumPy arrays or plain Python values so results can go straight to JSON or
+matplotlib.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface import losses, models, resampling
+
+Array = jax.Array
+PyTree = Any
+
+
+class Predictions(NamedTuple):
+  """Model outputs for N images.
+
+  Attributes:
+    face_prob: (N,) sigmoid of the face logit.
+    y_logit: (N,) face logit.
+    z_mean: (N, k) latent mean; (N, 0) for the standard CNN.
+    z_logvar: (N, k) latent log-variance; (N, 0) for the standard CNN.
+    recon_error: (N,) L1 error (mean over pixels and channels) of the image decoded from
+      ``z_mean``; None for the standard CNN.
+  """
+  face_prob: np.ndarray
+  y_logit: np.ndarray
+  z_mean: np.ndarray
+  z_logvar: np.ndarray
+  recon_error: np.ndarray | None
+
+
+def _as_float_images(x: Array) -> Array:
+  """uint8 images to float32 / 255, other dtypes to float32 (static choice under jit)."""
+  if x.dtype == jnp.uint8:
+    return x.astype(jnp.float32) * (1.0 / 255.0)
+  return x.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _predict_batch(variables: PyTree, x: Array, dtype: Any) -> tuple:
+  x = _as_float_images(x)
+  enc = models.encode(variables, x, train=False, dtype=dtype)
+  recon_error = None
+  if models.latent_dim_of(variables["params"]) > 0:
+    x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype)
+    recon_error = losses.reconstruction_loss(x, x_recon, "l1")
+  return jax.nn.sigmoid(enc.y_logit), enc.y_logit, enc.z_mean, enc.z_logvar, recon_error
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _reconstruct_batch(variables: PyTree, x: Array, dtype: Any) -> Array:
+  x = _as_float_images(x)
+  z_mean = models.encode(variables, x, train=False, dtype=dtype).z_mean
+  return jnp.clip(models.decode(variables["params"], z_mean, dtype=dtype), 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _decode_batch(params: PyTree, z: Array, dtype: Any) -> Array:
+  return jnp.clip(models.decode(params, z, dtype=dtype), 0.0, 1.0)
+
+
+def _batched(fn, first: PyTree, inputs: np.ndarray, batch_size: int, dtype: Any) -> list:
+  """Applies a jitted ``fn(first, batch, dtype)`` over ``inputs`` in fixed-size batches.
+
+  The batch size is ``min(batch_size, next power of two >= N)`` and the last batch is padded
+  with copies of the first row, so at most one shape is compiled per power of two.
+
+  Returns:
+    The per-batch outputs (pytrees of device arrays), with padding rows removed.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  n = inputs.shape[0]
+  batch = min(int(batch_size), 1 << max(n - 1, 0).bit_length())
+  outputs = []
+  for start in range(0, n, batch):
+    chunk = inputs[start:start + batch]
+    valid = chunk.shape[0]
+    if valid < batch:
+      pad = np.broadcast_to(chunk[:1], (batch - valid,) + chunk.shape[1:])
+      chunk = np.concatenate([chunk, pad], axis=0)
+    out = fn(first, jnp.asarray(chunk), dtype)
+    outputs.append(jax.tree.map(lambda a, v=valid: a[:v], out))
+  return outputs
+
+
+def _check_images(images) -> np.ndarray:
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
+  return images
+
+
+def predict(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256, *,
+            dtype: Any = jnp.float32) -> Predictions:
+  """Runs a model in evaluation mode over a set of images, in batches.
+
+  Args:
+    variables: model variables (standard CNN or VAE).
+    images: (N, H, W, 3), uint8 in [0, 255] (divided by 255) or float in [0, 1].
+    batch_size: images per jitted call; the last partial batch is padded.
+    dtype: compute dtype (e.g. ``jnp.bfloat16``); outputs are float32.
+
+  Returns:
+    :class:`Predictions` as NumPy arrays.
+  """
+  images = _check_images(images)
+  dtype = jnp.dtype(dtype)
+  k = models.latent_dim_of(variables["params"])
+  if images.shape[0] == 0:
+    empty = np.zeros((0,), np.float32)
+    return Predictions(empty, empty, np.zeros((0, k), np.float32), np.zeros((0, k), np.float32),
+                       empty if k else None)
+  outs = _batched(_predict_batch, variables, images, batch_size, dtype)
+  parts = [np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(4)]
+  recon = np.concatenate([np.asarray(o[4]) for o in outs]) if k else None
+  return Predictions(*parts, recon_error=recon)
+
+
+def reconstruct(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256, *,
+                dtype: Any = jnp.float32) -> np.ndarray:
+  """Reconstructions decoded from the latent means (VAE only).
+
+  Args:
+    variables: VAE variables.
+    images: (N, H, W, 3), uint8 or float in [0, 1].
+    batch_size: images per jitted call.
+    dtype: compute dtype.
+
+  Returns:
+    (N, H, W, 3) float32 images clipped to [0, 1].
+  """
+  images = _check_images(images)
+  if models.latent_dim_of(variables["params"]) == 0:
+    raise ValueError("the standard CNN (latent_dim=0) has no decoder to reconstruct with")
+  if images.shape[0] == 0:
+    return np.zeros(images.shape, np.float32)
+  outs = _batched(_reconstruct_batch, variables, images, batch_size, jnp.dtype(dtype))
+  return np.concatenate([np.asarray(o) for o in outs])
+
+
+def decode_latents(variables: PyTree, z: np.ndarray | Array, batch_size: int = 256, *,
+                   dtype: Any = jnp.float32) -> np.ndarray:
+  """Decodes latent codes (M, k) to images (M, H, W, 3) float32 clipped to [0, 1]."""
+  z = np.asarray(z, np.float32)
+  if z.ndim != 2:
+    raise ValueError(f"z must be (M, k), got shape {z.shape}")
+  if z.shape[0] == 0:
+    size = models.image_size_of_decoder(variables["params"])
+    return np.zeros((0, size, size, 3), np.float32)
+  outs = _batched(_decode_batch, variables["params"], z, batch_size, jnp.dtype(dtype))
+  return np.concatenate([np.asarray(o) for o in outs])
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def _opt_float(x) -> float | None:
+  x = float(x)
+  return None if not np.isfinite(x) else x
+
+
+def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                  threshold: float = 0.5, group_order: Sequence[str] | None = None) -> dict:
+  """Detection rate per demographic group and the aggregate bias figures.
+
+  A sample counts as detected when ``face_prob > threshold``.
+
+  Args:
+    face_prob: (N,) face probabilities.
+    labels: (N,) 1 = face, 0 = non-face.
+    groups: (N,) group name per sample, ``''`` for non-faces and faces of unknown group.
+    threshold: decision threshold.
+    group_order: groups to report, in this order; a listed group with no faces is reported
+      with ``n = 0`` and ``None`` rates and left out of the aggregates. Groups present in the
+      data but not listed are appended in sorted order. None: the sorted groups present.
+
+  Returns:
+    A JSON-serialisable dict: ``groups`` ``{name: {'n', 'detection_rate' (fraction),
+    'mean_face_prob'}}``; ``group_order``; over the groups with faces ``E_A`` (mean rate, %),
+    ``Var_A`` (``np.var`` of the rates in %, i.e. %²), ``worst_group``, ``worst_rate`` (%),
+    ``gap`` (max - min rate, %); ``face_detection_rate`` (all faces, fraction),
+    ``non_face_accuracy`` (fraction of non-faces with ``p <= threshold``, None without
+    non-faces), ``accuracy`` (all samples), ``n_faces``, ``n_non_faces`` and ``threshold``.
+    Aggregates over no groups are None.
+  """
+  face_prob = np.asarray(face_prob, np.float64).reshape(-1)
+  labels = np.asarray(labels).reshape(-1)
+  groups = np.asarray(groups, dtype=str).reshape(-1)
+  if not face_prob.shape == labels.shape == groups.shape:
+    raise ValueError(f"face_prob {face_prob.shape}, labels {labels.shape} and groups "
+                     f"{groups.shape} must have the same length")
+  detected = face_prob > threshold
+  is_face = labels == 1
+  present = sorted({g for g in groups[is_face].tolist() if g})
+  order = list(group_order) if group_order is not None else []
+  order += [g for g in present if g not in order]
+
+  per_group = {}
+  rates = []
+  for g in order:
+    mask = is_face & (groups == g)
+    n = int(mask.sum())
+    if n:
+      rate = float(detected[mask].mean())
+      rates.append((g, rate))
+      per_group[g] = {"n": n, "detection_rate": rate,
+                      "mean_face_prob": float(face_prob[mask].mean())}
+    else:
+      per_group[g] = {"n": 0, "detection_rate": None, "mean_face_prob": None}
+
+  result = {"threshold": float(threshold), "group_order": order, "groups": per_group,
+            "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None, "gap": None}
+  if rates:
+    pct = np.array([r for _, r in rates]) * 100.0
+    worst = int(np.argmin(pct))
+    result.update(E_A=float(pct.mean()), Var_A=float(np.var(pct)), worst_group=rates[worst][0],
+                  worst_rate=float(pct[worst]), gap=float(pct.max() - pct.min()))
+  n_faces, n_non = int(is_face.sum()), int((labels == 0).sum())
+  result["n_faces"], result["n_non_faces"] = n_faces, n_non
+  result["face_detection_rate"] = float(detected[is_face].mean()) if n_faces else None
+  result["non_face_accuracy"] = float((~detected[labels == 0]).mean()) if n_non else None
+  result["accuracy"] = float((detected == is_face).mean()) if labels.size else None
+  return result
+
+
+# ------------------------------------------------------------------------------- risk scores
+
+
+def aleatoric_score(y_logit: np.ndarray | Array) -> np.ndarray:
+  """Bernoulli predictive entropy of the face probability, in nats.
+
+  ``H = -p log p - (1 - p) log(1 - p)`` with ``p = sigmoid(y_logit)``, computed stably from the
+  logit as ``p * softplus(-l) + (1 - p) * softplus(l)``. 0 for a confident prediction, log 2 at
+  p = 0.5.
+
+  Args:
+    y_logit: (N,) face logits.
+
+  Returns:
+    (N,) float32 entropy in [0, log 2].
+  """
+  logit = jnp.asarray(y_logit, jnp.float32)
+  p = jax.nn.sigmoid(logit)
+  return np.asarray(p * jax.nn.softplus(-logit) + (1.0 - p) * jax.nn.softplus(logit))
+
+
+def reference_bias_score(z_mean: np.ndarray, reference_z_mean: np.ndarray,
+                         bins: int = 10) -> np.ndarray:
+  """Log latent density of each code under histograms of a reference set (low = rare).
+
+  The histograms are built as in :func:`jaxface.resampling.bias_score` (per dimension,
+  ``bins`` equal-width bins from the reference's lowest to highest value, a constant dimension
+  widened by +-0.5), but on ``reference_z_mean`` (e.g. the training faces), so the density of
+  held-out faces reflects what the model was trained on. A code's mass in each dimension is the
+  reference count of its bin over the reference size; a code in an empty bin or outside the
+  reference range counts as half a sample. The score is the sum over dimensions of the log mass.
+  With ``z_mean`` equal to the reference this matches ``resampling.bias_score``.
+
+  Args:
+    z_mean: (N, k) codes to score.
+    reference_z_mean: (M, k) codes the density is estimated from.
+    bins: bins per dimension.
+
+  Returns:
+    (N,) float64 log density.
+  """
+  z = np.asarray(z_mean, np.float64)
+  ref = np.asarray(reference_z_mean, np.float64)
+  if z.ndim != 2 or ref.ndim != 2 or z.shape[1] != ref.shape[1] or ref.shape[0] < 1:
+    raise ValueError(f"z_mean (N, k) and reference_z_mean (M>=1, k) must agree in k, got "
+                     f"{z.shape} and {ref.shape}")
+  if bins < 1:
+    raise ValueError(f"bins must be >= 1, got {bins}")
+  m, k = ref.shape
+  lo, hi = ref.min(axis=0), ref.max(axis=0)
+  constant = hi == lo
+  lo, hi = np.where(constant, lo - 0.5, lo), np.where(constant, hi + 0.5, hi)
+  scale = bins / (hi - lo)
+
+  def index(codes):
+    pos = np.floor((codes - lo) * scale)
+    inside = (codes >= lo) & (codes <= hi)
+    return np.clip(pos, 0, bins - 1).astype(np.int64) * k + np.arange(k), inside
+
+  ref_index, _ = index(ref)
+  counts = np.bincount(ref_index.reshape(-1), minlength=bins * k).astype(np.float64)
+  idx, inside = index(z)
+  count = np.where(inside, counts[idx], 0.0)
+  return np.sum(np.log(np.maximum(count, 0.5) / m), axis=1)
+
+
+def risk_scores_from_predictions(predictions: Predictions, bins: int = 10,
+                                 reference_z_mean: np.ndarray | None = None) -> dict:
+  """Per-face risk scores from precomputed :class:`Predictions`.
+
+  Args:
+    predictions: model outputs for N faces.
+    bins: histogram bins per latent dimension for the bias score.
+    reference_z_mean: (M, k) latent means the density is estimated from (e.g. training faces);
+      None estimates it on the N faces themselves (``resampling.bias_score``).
+
+  Returns:
+    ``{'bias', 'epistemic', 'aleatoric'}``, each (N,) NumPy; ``bias`` and ``epistemic`` are
+    None for the standard CNN.
+  """
+  aleatoric = aleatoric_score(predictions.y_logit)
+  z_mean = predictions.z_mean
+  if z_mean.shape[1] == 0:
+    return {"bias": None, "epistemic": None, "aleatoric": aleatoric}
+  if z_mean.shape[0] == 0:
+    bias = np.zeros((0,), np.float32)
+  elif reference_z_mean is None:
+    bias = np.asarray(resampling.bias_score(jnp.asarray(z_mean), bins))
+  else:
+    bias = reference_bias_score(z_mean, reference_z_mean, bins)
+  return {"bias": bias, "epistemic": np.asarray(predictions.recon_error),
+          "aleatoric": aleatoric}
+
+
+def risk_scores(variables: PyTree, images: np.ndarray | Array, bins: int = 10, *,
+                reference_images: np.ndarray | None = None, batch_size: int = 256,
+                dtype: Any = jnp.float32) -> dict:
+  """Bias, epistemic and aleatoric score of each face (see the module docstring).
+
+  Args:
+    variables: model variables.
+    images: (N, H, W, 3) faces, uint8 or float in [0, 1].
+    bins: histogram bins per latent dimension.
+    reference_images: optional faces (e.g. from the training set) whose latent density the
+      bias score is measured against; None uses ``images`` themselves.
+    batch_size: images per jitted call.
+    dtype: compute dtype.
+
+  Returns:
+    ``{'bias', 'epistemic', 'aleatoric'}``, each (N,); ``bias`` (low = rare) and ``epistemic``
+    are None for the standard CNN.
+  """
+  pred = predict(variables, images, batch_size, dtype=dtype)
+  ref = None
+  if reference_images is not None and pred.z_mean.shape[1]:
+    ref = predict(variables, reference_images, batch_size, dtype=dtype).z_mean
+  return risk_scores_from_predictions(pred, bins, ref)
+
+
+# -------------------------------------------------------------------------------- diagnostics
+
+
+class LatentAccuracy(NamedTuple):
+  """Face probability along each latent dimension (the SS-VAE diagnosis).
+
+  Attributes:
+    mean_curve: (bins,) mean over dimensions of ``per_dim`` (NaN where no dimension has faces).
+    per_dim: (k, bins) mean face probability of the faces in each bin; NaN for empty bins and
+      for dimensions whose 5th and 95th percentiles coincide.
+    counts: (k, bins) number of faces per bin.
+    share: (bins,) mean over dimensions of the fraction of the binned faces in each bin (the
+      latent density at that position).
+  """
+  mean_curve: np.ndarray
+  per_dim: np.ndarray
+  counts: np.ndarray
+  share: np.ndarray
+
+
+def accuracy_vs_latent(z_mean: np.ndarray, face_prob: np.ndarray, bins: int = 10,
+                       percentiles: tuple[float, float] = (5.0, 95.0)) -> LatentAccuracy:
+  """Mean face probability per bin of every latent dimension.
+
+  In each dimension, the faces between the given percentiles of ``z_mean[:, d]`` are split
+  into ``bins`` equal-width bins; faces outside are left out. The outer bins hold the rarer
+  latent values, so a curve that drops at both ends means the model detects faces worse where
+  the latent density is low.
+
+  Args:
+    z_mean: (N, k) latent means of faces.
+    face_prob: (N,) their face probabilities.
+    bins: bins per dimension.
+    percentiles: lower and upper percentile of the binned range.
+
+  Returns:
+    :class:`LatentAccuracy`.
+  """
+  z = np.asarray(z_mean, np.float64)
+  prob = np.asarray(face_prob, np.float64).reshape(-1)
+  if z.ndim != 2 or z.shape[0] != prob.shape[0]:
+    raise ValueError(f"z_mean (N, k) and face_prob (N,) disagree: {z.shape}, {prob.shape}")
+  k = z.shape[1]
+  sums = np.zeros((k, bins))
+  counts = np.zeros((k, bins), np.int64)
+  if z.shape[0]:
+    lo, hi = np.percentile(z, percentiles, axis=0)
+    for d in np.flatnonzero(hi > lo):
+      keep = (z[:, d] >= lo[d]) & (z[:, d] <= hi[d])
+      idx = np.minimum(((z[keep, d] - lo[d]) * (bins / (hi[d] - lo[d]))).astype(np.int64),
+                       bins - 1)
+      counts[d] = np.bincount(idx, minlength=bins)
+      sums[d] = np.bincount(idx, weights=prob[keep], minlength=bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    per_dim = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    valid = ~np.isnan(per_dim)
+    n_valid = valid.sum(axis=0)
+    mean_curve = np.where(n_valid > 0, np.nansum(per_dim, axis=0) / np.maximum(n_valid, 1),
+                          np.nan)
+    totals = counts.sum(axis=1, keepdims=True)
+    used = totals[:, 0] > 0
+    share = (counts[used] / totals[used]).mean(axis=0) if used.any() else np.full(bins, np.nan)
+  return LatentAccuracy(mean_curve, per_dim, counts, share)
+
+
+class QuantileRates(NamedTuple):
+  """Detection rate per quantile band of a score (band 0 = lowest scores).
+
+  Attributes:
+    rate: (n_bins,) fraction of the band's faces with ``p > threshold`` (NaN when empty).
+    mean_prob: (n_bins,) mean face probability (NaN when empty).
+    count: (n_bins,) faces per band.
+    edges: (n_bins + 1,) score of the lowest face of each band, then the highest score.
+  """
+  rate: np.ndarray
+  mean_prob: np.ndarray
+  count: np.ndarray
+  edges: np.ndarray
+
+
+def _rank_bands(score: np.ndarray, n_bins: int) -> list[np.ndarray]:
+  """Indices of ``score`` split by rank into ``n_bins`` near-equal bands, lowest first."""
+  if n_bins < 1:
+    raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+  return np.array_split(np.argsort(score, kind="stable"), n_bins)
+
+
+def rate_by_quantile(score: np.ndarray, face_prob: np.ndarray, n_bins: int = 10,
+                     threshold: float = 0.5) -> QuantileRates:
+  """Detection rate of faces per rank quantile (decile by default) of a score.
+
+  Faces are sorted by score (ties kept in input order) and split into ``n_bins`` bands of
+  near-equal size.
+
+  Args:
+    score: (N,) per-face score.
+    face_prob: (N,) face probabilities of the same faces.
+    n_bins: number of bands.
+    threshold: detection threshold (``p > threshold``).
+
+  Returns:
+    :class:`QuantileRates`.
+  """
+  score = np.asarray(score, np.float64).reshape(-1)
+  prob = np.asarray(face_prob, np.float64).reshape(-1)
+  if score.shape != prob.shape:
+    raise ValueError(f"score {score.shape} and face_prob {prob.shape} differ in shape")
+  bands = _rank_bands(score, n_bins)
+  count = np.array([len(b) for b in bands], np.int64)
+  rate = np.array([(prob[b] > threshold).mean() if len(b) else np.nan for b in bands])
+  mean_prob = np.array([prob[b].mean() if len(b) else np.nan for b in bands])
+  lows = [score[b[0]] if len(b) else np.nan for b in bands]
+  edges = np.array(lows + [score.max() if score.size else np.nan])
+  return QuantileRates(rate, mean_prob, count, edges)
+
+
+def percentile_faces(images: np.ndarray, score: np.ndarray,
+                     n_bands: int = 10) -> tuple[np.ndarray, np.ndarray]:
+  """Mean face of each rank-percentile band of a score ("percentile faces").
+
+  Args:
+    images: (N, H, W, 3) faces, uint8 or float in [0, 1].
+    score: (N,) per-face score.
+    n_bands: number of bands, lowest scores first.
+
+  Returns:
+    ``(means (n_bands, H, W, 3) float32 in [0, 1], counts (n_bands,))``; an empty band's mean
+    is black.
+  """
+  images = _check_images(images)
+  score = np.asarray(score).reshape(-1)
+  if score.shape[0] != images.shape[0]:
+    raise ValueError(f"{images.shape[0]} images but {score.shape[0]} scores")
+  scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+  bands = _rank_bands(score, n_bands)
+  means = np.zeros((n_bands,) + images.shape[1:], np.float32)
+  for i, b in enumerate(bands):
+    if len(b):
+      means[i] = images[b].mean(axis=0, dtype=np.float64) * scale
+  return np.clip(means, 0.0, 1.0), np.array([len(b) for b in bands], np.int64)
+
+
+def top_variance_dims(z_mean: np.ndarray, n: int = 5) -> np.ndarray:
+  """Indices (n,) of the latent dimensions with the largest variance of ``z_mean`` (N, k)."""
+  var = np.var(np.asarray(z_mean, np.float64), axis=0)
+  return np.argsort(-var, kind="stable")[:n]
+
+
+class Traversal(NamedTuple):
+  """Decoded images along chosen latent dimensions.
+
+  Attributes:
+    dims: (D,) latent dimensions walked.
+    values: (D, steps) values the walked dimension takes.
+    images: (D, steps, H, W, 3) float32 in [0, 1].
+  """
+  dims: np.ndarray
+  values: np.ndarray
+  images: np.ndarray
+
+
+def latent_traversal(variables: PyTree, z_mean: np.ndarray, dims: Sequence[int] | None = None,
+                     steps: int = 7, n_dims: int = 5, *, dtype: Any = jnp.float32) -> Traversal:
+  """Decodes the mean latent code with one dimension walked across its observed range.
+
+  Args:
+    variables: VAE variables.
+    z_mean: (N, k) latent means of faces (the observed codes).
+    dims: dimensions to walk; None takes the ``n_dims`` of largest variance.
+    steps: values per dimension, evenly spaced from its lowest to its highest observed value.
+    n_dims: how many dimensions when ``dims`` is None.
+    dtype: compute dtype.
+
+  Returns:
+    :class:`Traversal`.
+  """
+  z = np.asarray(z_mean, np.float32)
+  if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
+    raise ValueError(f"z_mean must be (N>=1, k>=1), got {z.shape}")
+  dims = top_variance_dims(z, n_dims) if dims is None else np.asarray(dims, np.int64)
+  centre = z.mean(axis=0)
+  values = np.stack([np.linspace(z[:, d].min(), z[:, d].max(), steps) for d in dims])
+  codes = np.repeat(centre[None, None], len(dims) * steps, axis=0).reshape(len(dims), steps, -1)
+  codes[np.arange(len(dims))[:, None], np.arange(steps)[None], dims[:, None]] = values
+  images = decode_latents(variables, codes.reshape(len(dims) * steps, -1), dtype=dtype)
+  return Traversal(dims, values.astype(np.float32),
+                   images.reshape((len(dims), steps) + images.shape[1:]))
