@@ -1,0 +1,1 @@
+"""Helpers of the experiment scripts (not part of the jaxface package)."""

@@ -1,0 +1,81 @@
+"""Smoke tests of the quick modes of experiments/benchmark.py and experiments/study.py."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+DATA = EXPERIMENTS.parent.parent / "shared" / "data" / "utkface-bias"
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"_experiments_{name}", EXPERIMENTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_benchmark_quick_sections():
+  benchmark = _load("benchmark")
+  rows = benchmark.main(["--quick", "--sections", "train", "resampling", "batcher", "memory",
+                         "--kinds", "cnn", "--batch_sizes", "32", "--rounds", "1",
+                         "--resampling_sizes", "2000"])
+  by_section = {}
+  for row in rows:
+    json.dumps(row)  # every row is one JSON line
+    by_section.setdefault(row["section"], []).append(row)
+  assert by_section["train"][0]["model"] == "cnn"
+  assert by_section["train"][0]["images_per_s"] > 0
+  assert "load" in by_section["train"][0]
+  resampled = by_section["resampling"][0]
+  assert resampled["n"] == 2000 and resampled["max_rel_diff_vs_numpy"] < 1e-4
+  assert by_section["batcher"][0]["batch_images_per_s"] > 0
+  assert by_section["memory"][0]["peak_rss_mib"] > 0
+
+
+def _tiny_manifest(path: Path, per_group_train: int = 8, per_group_test: int = 4) -> Path:
+  """A manifest of a few rows of each (split, label, group) of the real one, absolute paths."""
+  with open(DATA / "manifest.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  quota = {"train": per_group_train, "test": per_group_test}
+  counts: dict[tuple, int] = {}
+  kept = []
+  for row in rows:
+    key = (row["split"], row["label"], row["group"])
+    limit = quota.get(row["split"], 0) * (4 if row["label"] == "0" else 1)
+    if counts.get(key, 0) < limit:
+      counts[key] = counts.get(key, 0) + 1
+      kept.append({**row, "path": str(DATA / row["path"])})
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(kept)
+  return path
+
+
+@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(),
+                    reason="../shared/data/utkface-bias is not present")
+def test_study_quick_is_resumable(tmp_path):
+  study = _load("study")
+  manifest = _tiny_manifest(tmp_path / "manifest.csv")
+  argv = ["--quick", "--manifest", str(manifest), "--workdir", str(tmp_path / "runs"),
+          "--steps_per_epoch", "3", "--xla_cache", ""]
+  result = study.main(argv)
+  assert set(result["summary"]) == {"cnn", "dbvae-product-a0.01"}
+  cnn = result["summary"]["cnn"]
+  assert {"rate_LF", "rate_DM", "E_A", "Var_A", "worst_rate", "non_face_accuracy"} <= set(cnn)
+  assert "mass_dark" in result["summary"]["dbvae-product-a0.01"]
+  table = (tmp_path / "runs" / "quick" / "study.md").read_text()
+  assert "| cnn | 1 |" in table
+  metrics = tmp_path / "runs" / "quick" / "cnn" / "seed0" / "metrics.json"
+  stamp = metrics.stat().st_mtime_ns
+  again = study.main(argv)  # finished runs are skipped
+  assert metrics.stat().st_mtime_ns == stamp
+  assert again["summary"]["cnn"]["E_A"] == cnn["E_A"]
