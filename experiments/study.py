@@ -198,49 +198,53 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def target_checks(rows: dict[str, dict[str, dict[str, float]]],
                   lab: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-  """Each DB-VAE config against the issue's targets.
+  """Each DB-VAE config against the issue's targets (all on means over seeds).
 
-  Targets: Var[A] cut at least 3x (28.8 -> 9.4 in the paper) against our standard CNN, a higher
-  worst-group rate than our CNN, non-face accuracy >= 99%, and better than the lab pipeline
-  (``lab``: its CNN and DB-VAE mean E[A], Var[A], worst rate) on Var[A] and the worst rate.
+  The paper's headline is a cut in Var[A] (28.8 -> 9.4, about 3x) while E[A] rose, so a cut
+  counts only with E[A] at least the reference's. Targets: that cut (>= 3x) against our
+  standard CNN, a higher worst-group rate than our CNN, non-face accuracy >= 99%, and better
+  than the lab pipeline (``lab``: the mean E[A], Var[A] and worst rate of its CNN and DB-VAE;
+  the better of the two is the bar) on Var[A] (with E[A] not lower) and the worst rate.
   """
   cnn = rows.get("cnn")
   if cnn is None:
     return []
   lab_var = min(v["Var_A"] for v in lab.values())
   lab_worst = max(v["worst_rate"] for v in lab.values())
+  lab_e = max(v["E_A"] for v in lab.values())
   checks = []
   for name, stats in rows.items():
     if not name.startswith("dbvae"):
       continue
-    var, worst = stats["Var_A"]["mean"], stats["worst_rate"]["mean"]
+    var, worst, e_a = (stats[k]["mean"] for k in ("Var_A", "worst_rate", "E_A"))
     cut = cnn["Var_A"]["mean"] / var if var > 0 else math.inf
-    checks.append({
+    check = {
         "config": name,
         "var_cut_vs_cnn": cut,
-        "var_cut_ge_3x": cut >= 3.0,
+        "E_A_gain_vs_cnn": e_a - cnn["E_A"]["mean"],
+        "var_cut_ge_3x_with_E_A_kept": cut >= 3.0 and e_a >= cnn["E_A"]["mean"],
         "worst_gain_vs_cnn": worst - cnn["worst_rate"]["mean"],
         "worst_above_cnn": worst > cnn["worst_rate"]["mean"],
         "non_face_ge_99": stats["non_face_accuracy"]["mean"] >= 99.0,
-        "E_A_gain_vs_cnn": stats["E_A"]["mean"] - cnn["E_A"]["mean"],
-        "var_below_lab": var < lab_var,
+        "var_below_lab_with_E_A_kept": var < lab_var and e_a >= lab_e,
         "worst_above_lab": worst > lab_worst,
-        "E_A_above_lab": stats["E_A"]["mean"] > max(v["E_A"] for v in lab.values()),
-    })
+    }
+    check["all_met"] = all(v for k, v in check.items() if isinstance(v, bool))
+    checks.append(check)
   return checks
 
 
 def checks_markdown(checks: list[dict[str, Any]]) -> str:
-  header = ["config", "Var cut vs CNN", ">= 3x", "worst - CNN", "non-face >= 99",
-            "E[A] - CNN", "Var < lab", "worst > lab"]
+  header = ["config", "Var cut vs CNN", "E[A] - CNN", ">= 3x, E[A] kept", "worst - CNN",
+            "non-face >= 99", "Var < lab, E[A] kept", "worst > lab", "all met"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   yes = lambda b: "yes" if b else "no"  # noqa: E731
   for c in checks:
     lines.append("| " + " | ".join([
-        c["config"], f"{c['var_cut_vs_cnn']:.2f}x", yes(c["var_cut_ge_3x"]),
-        f"{c['worst_gain_vs_cnn']:+.2f}", yes(c["non_face_ge_99"]),
-        f"{c['E_A_gain_vs_cnn']:+.2f}", yes(c["var_below_lab"]),
-        yes(c["worst_above_lab"])]) + " |")
+        c["config"], f"{c['var_cut_vs_cnn']:.2f}x", f"{c['E_A_gain_vs_cnn']:+.2f}",
+        yes(c["var_cut_ge_3x_with_E_A_kept"]), f"{c['worst_gain_vs_cnn']:+.2f}",
+        yes(c["non_face_ge_99"]), yes(c["var_below_lab_with_E_A_kept"]),
+        yes(c["worst_above_lab"]), yes(c["all_met"])]) + " |")
   return "\n".join(lines)
 
 
