@@ -12,8 +12,9 @@ average taken just before it, since absolute numbers on a shared machine drift:
   best round is reported, with the median beside it.
 * ``xla``: the DB-VAE step under XLA:CPU options (passed as per-compile debug options, the same
   fields ``XLA_FLAGS`` sets), bfloat16 compute, uint8 input batches converted in the step, and
-  the sub-pixel decoder of ``experiments/peer/subpixel.py``; each as a ratio to the default
-  step timed in the same rounds.
+  the plain Flax ``Conv`` / ``ConvTranspose`` layers instead of the sub-pixel stride-2 layers of
+  ``jaxface.ops`` (``flax_layers``, the step before that rewrite); each as a ratio to the
+  default step timed in the same rounds.
 * ``data_path``: the train loop fed by ``jaxface.data.Batcher`` (float32 batches, prefetched,
   as in ``train_and_evaluate``) against a batch already on the device.
 * ``epoch``: one DB-VAE epoch on ``--epoch_images`` random images (half faces), including the
@@ -41,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,31 +58,30 @@ from bench_resampling import best_time  # noqa: E402
 from jaxface import config as config_lib  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
 from jaxface import resampling, train  # noqa: E402
-from peer import subpixel  # noqa: E402
+from jaxface import models  # noqa: E402
 
 SECTIONS = ("train", "xla", "data_path", "epoch", "resampling", "batcher", "devices",
             "reference", "memory")
 REFERENCE_SCRIPT = HERE.parent.parent / "shared" / "bench" / "peer_torch_dbvae.py"
 DEFAULT_REFERENCE_PYTHON = "/tmp/torch-ref/bin/python"
 
-# name -> (per-compile XLA options, config.dtype, input kind, decoder); input kind 'float32'
-# feeds [0, 1] floats, 'uint8' feeds bytes that the step converts.
+# name -> (per-compile XLA options, config.dtype, input kind, layers); input kind 'float32'
+# feeds [0, 1] floats, 'uint8' feeds bytes that the step converts; layers 'ops' are jaxface's
+# sub-pixel stride-2 layers, 'flax' the plain nn.Conv / nn.ConvTranspose.
 XLA_VARIANTS: dict[str, tuple[dict[str, Any], str, str, str]] = {
-    "default": ({}, "float32", "float32", "flax"),
-    "fast_math": ({"xla_cpu_enable_fast_math": True}, "float32", "float32", "flax"),
-    "no_fusion_emitters": ({"xla_cpu_use_fusion_emitters": False}, "float32", "float32", "flax"),
+    "default": ({}, "float32", "float32", "ops"),
+    "fast_math": ({"xla_cpu_enable_fast_math": True}, "float32", "float32", "ops"),
+    "no_fusion_emitters": ({"xla_cpu_use_fusion_emitters": False}, "float32", "float32", "ops"),
     "xnn_graph_fusion_greedy": (
         {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
-        "float32", "float32", "flax"),
-    "onednn": ({"xla_cpu_use_onednn": True}, "float32", "float32", "flax"),
-    "single_thread_eigen": ({"xla_cpu_multi_thread_eigen": False}, "float32", "float32", "flax"),
-    "bfloat16": ({}, "bfloat16", "float32", "flax"),
-    "uint8_batch": ({}, "float32", "uint8", "flax"),
-    "subpixel_decoder": ({}, "float32", "float32", "subpixel"),
-    "subpixel_decoder+fast_math": ({"xla_cpu_enable_fast_math": True}, "float32", "float32",
-                                   "subpixel"),
+        "float32", "float32", "ops"),
+    "onednn": ({"xla_cpu_use_onednn": True}, "float32", "float32", "ops"),
+    "single_thread_eigen": ({"xla_cpu_multi_thread_eigen": False}, "float32", "float32", "ops"),
+    "bfloat16": ({}, "bfloat16", "float32", "ops"),
+    "uint8_batch": ({}, "float32", "uint8", "ops"),
+    "flax_layers": ({}, "float32", "float32", "flax"),
 }
-QUICK_XLA_VARIANTS = ("default", "fast_math", "bfloat16", "subpixel_decoder")
+QUICK_XLA_VARIANTS = ("default", "fast_math", "bfloat16", "flax_layers")
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +115,17 @@ def emit(row: dict[str, Any], out: list[dict[str, Any]]) -> None:
   print(json.dumps(row), flush=True)
 
 
+@contextlib.contextmanager
+def flax_layers() -> Iterator[None]:
+  """Inside the block, models trace with plain ``nn.Conv`` / ``nn.ConvTranspose`` layers."""
+  original = models._stride2  # noqa: SLF001 -- the one switch between the two layer kinds
+  models._stride2 = lambda *args, **kwargs: original(*args, **{**kwargs, "plain": True})
+  try:
+    yield
+  finally:
+    models._stride2 = original
+
+
 def model_config(kind: str, batch_size: int, dtype: str = "float32"):
   """The default config of the CNN ('cnn') or the DB-VAE ('dbvae') at a batch size."""
   config = config_lib.get_base_config()
@@ -129,7 +140,7 @@ class Step:
   """A compiled train step with its own state and a resident random batch."""
 
   def __init__(self, config, mesh, options: dict[str, Any] | None = None,
-               input_kind: str = "float32", decoder: str = "flax", seed: int = 0):
+               input_kind: str = "float32", layers: str = "ops", seed: int = 0):
     optimizer = train.make_optimizer(config)
     state = train.create_train_state(jax.random.key(seed), config, optimizer)
     self.state = train.replicate(mesh, state)
@@ -148,8 +159,7 @@ class Step:
                  train.replicate(mesh, jax.random.key(seed + 1)))
     self.batch_size = config.batch_size
     start = time.perf_counter()
-    lowered_with = subpixel.patched_decoder() if decoder == "subpixel" else contextlib.nullcontext()
-    with lowered_with:
+    with flax_layers() if layers == "flax" else contextlib.nullcontext():
       lowered = step_fn.lower(self.state, *self.args)
     self.compiled = lowered.compile(options or None)
     self.compile_s = time.perf_counter() - start
@@ -209,10 +219,10 @@ def bench_xla(mesh, batch_sizes: Sequence[int], variants: Sequence[str], rounds:
   for batch_size in batch_sizes:
     steps = {}
     for name in variants:
-      options, dtype, input_kind, decoder = XLA_VARIANTS[name]
+      options, dtype, input_kind, layers = XLA_VARIANTS[name]
       try:
         steps[name] = Step(model_config("dbvae", batch_size, dtype), mesh, options, input_kind,
-                           decoder)
+                           layers)
       except Exception as err:  # noqa: BLE001 -- an option this XLA build rejects
         emit({"section": "xla", "variant": name, "batch": batch_size,
               "error": f"{type(err).__name__}: {str(err)[:200]}"}, out)
@@ -424,10 +434,10 @@ def bench_reference(python: str, batch_steps: Sequence[tuple[int, int]], n: int,
       mine = ours[("dbvae", batch_size)]["images_per_s"]
       row["ours_dbvae_images_per_s"] = mine
       row["ratio_ours_vs_torch"] = round(mine / row["torch_train_images_per_s"], 3)
-    if ("subpixel_decoder", batch_size) in variants:
-      mine = variants[("subpixel_decoder", batch_size)]["images_per_s"]
-      row["ours_subpixel_images_per_s"] = mine
-      row["ratio_subpixel_vs_torch"] = round(mine / row["torch_train_images_per_s"], 3)
+    if ("flax_layers", batch_size) in variants:
+      mine = variants[("flax_layers", batch_size)]["images_per_s"]
+      row["ours_flax_layers_images_per_s"] = mine
+      row["ratio_flax_layers_vs_torch"] = round(mine / row["torch_train_images_per_s"], 3)
     if n in resampled:
       row["ours_resample_max_s"] = resampled[n]["jax_max_s"]
       row["resample_speedup_vs_torch_script"] = round(row["torch_resample_s"]

@@ -269,9 +269,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="JSON lines of peer_torch_study.py, added to the table")
   parser.add_argument("--xla_cache", default="/tmp/jaxface-study-xla-cache",
                       help="persistent compilation cache ('' for none)")
-  parser.add_argument("--subpixel_decoder", action="store_true",
-                      help="train with experiments/peer/subpixel.py's decoder: the same "
-                           "parameters and outputs (to float rounding), about 3x faster on CPU")
   parser.add_argument("--aggregate_only", action="store_true",
                       help="train nothing: summarise the runs that have finished")
   parser.add_argument("--quick", action="store_true",
@@ -305,9 +302,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
   with contextlib.ExitStack() as stack:
     stack.enter_context(shared_datasets())
-    if args.subpixel_decoder:
-      from peer import subpixel
-      stack.enter_context(subpixel.patched_decoder())
     for seed in range(args.seeds):  # seed-major: a partial study has every config
       for spec in specs:
         workdir = root / spec.name / f"seed{seed}"
@@ -341,14 +335,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "checks": checks}
   natural = next((r["share_dark"] for rs in runs.values() for r in rs if "share_dark" in r), None)
   natural_text = "" if natural is None else f" (their share of the training faces: {natural:.1f}%)"
-  decoder = " Sub-pixel decoder (experiments/peer/subpixel.py)." if args.subpixel_decoder else ""
   md = "\n\n".join([
       f"Study on `{manifest.parent.name}`: {args.epochs} epochs, batch {args.batch_size}, Adam "
       f"{args.learning_rate:g}, steps/epoch {args.steps_per_epoch} (-1: n_train // batch), "
       f"seeds 0..{args.seeds - 1}; mean ± sample std over seeds. Rates on the test set in %, "
       "Var[A] in %², dark mass = share of the last epoch's resampling mass on DF + DM faces"
       f"{natural_text}; ESS = Kish effective sample size of that epoch's face probabilities "
-      f"as % of the faces.{decoder}",
+      "as % of the faces.",
       markdown_table(table_rows),
       "Targets (DB-VAE configs vs our CNN and vs the lab pipeline):",
       checks_markdown(checks)])

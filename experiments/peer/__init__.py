@@ -1,1 +1,0 @@
-"""Helpers of the experiment scripts (not part of the jaxface package)."""

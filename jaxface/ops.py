@@ -1,0 +1,151 @@
+"""Stride-2 convolutions whose forward and backward passes are stride-1 convolutions.
+
+XLA:CPU runs plain stride-1 (and stride-2) convolutions on its fast path, but a convolution of a
+zero-dilated input (``lhs_dilation=2``) falls off it. Such a convolution appears twice in the
+lab networks: every decoder layer is a stride-2 transposed convolution (a convolution of the
+dilated input), and the gradient of every stride-2 encoder convolution with respect to its
+input is one too. On a 2-core CPU these dominate the DB-VAE train step (several times the
+cost of the forward pass).
+
+Both are rewritten here as *sub-pixel* convolutions: the output pixel ``2m + r`` of one
+spatial dimension (phase ``r`` in {0, 1}) sees the input pixels ``m + d`` for a few offsets
+``d``, each through one kernel tap. A stride-1 convolution of the undilated input with a
+*phase kernel* (the taps gathered, ``4 * C_out`` output channels, one block per phase pair)
+followed by a depth-to-space shuffle gives the same result up to float rounding. The phase
+kernel is a static gather of the ordinary ``(k, k, C_in, C_out)`` kernel, so parameters and
+checkpoints are those of ``flax.linen.Conv`` / ``flax.linen.ConvTranspose``.
+
+* :func:`conv_transpose_s2`: ``ConvTranspose(strides=2, padding='SAME')``, computed sub-pixel
+  (its gradients are then stride-1 convolutions as well).
+* :func:`conv_s2`: ``Conv(strides=2, padding='SAME')``; the forward pass is XLA's own stride-2
+  convolution, the input gradient a sub-pixel transposed convolution (``jax.custom_vjp``).
+
+Speed-ups are measured by ``experiments/benchmark.py`` (section ``xla``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _phase_taps(k: int, tap_of: Callable[[int, int], int]) -> tuple[np.ndarray, int, int]:
+  """Kernel tap used by each (output phase ``r``, input offset ``d``) of one dimension.
+
+  Args:
+    k: kernel size.
+    tap_of: ``(r, t) -> 2 * d`` for the offset ``d`` at which tap ``t`` serves phase ``r``
+      (only even results are valid pairs).
+
+  Returns:
+    ``taps (2, L)`` (``k`` where no tap serves that pair), the lowest offset ``d_min`` and the
+    highest ``d_max`` (``L = d_max - d_min + 1``).
+  """
+  offsets = {r: {tap_of(r, t) // 2: t for t in range(k) if tap_of(r, t) % 2 == 0}
+             for r in (0, 1)}
+  used = [d for table in offsets.values() for d in table]
+  d_min, d_max = min(used), max(used)
+  taps = np.full((2, d_max - d_min + 1), k, np.int32)
+  for r, table in offsets.items():
+    for d, t in table.items():
+      taps[r, d - d_min] = t
+  return taps, d_min, d_max
+
+
+def _subpixel(x: Array, kernel: Array, tap_of: Callable[[int, int], int]) -> Array:
+  """``y[2m + r] = sum_d x[m + d] @ kernel[tap(r, d)]`` in both spatial dimensions.
+
+  Args:
+    x: (B, n, n, C_in).
+    kernel: (k, k, C_in, C_out).
+    tap_of: see :func:`_phase_taps`.
+
+  Returns:
+    (B, 2n, 2n, C_out).
+  """
+  k, _, c_in, c_out = kernel.shape
+  taps, d_min, d_max = _phase_taps(k, tap_of)
+  length = taps.shape[1]
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap k is zero
+  phase = padded[taps][:, :, taps]  # (r_h, j_h, r_w, j_w, C_in, C_out)
+  phase = phase.transpose(1, 3, 4, 0, 2, 5).reshape(length, length, c_in, 4 * c_out)
+  pad = ((-d_min, d_max), (-d_min, d_max))
+  y = lax.conv_general_dilated(x, phase, (1, 1), pad, dimension_numbers=_DIMS)
+  b, n = y.shape[0], y.shape[1]
+  return y.reshape(b, n, n, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, 2 * n, 2 * n, c_out)
+
+
+def _same_pad_transpose(k: int) -> int:
+  """Low padding of the dilated input in ``lax.conv_transpose(..., strides=2, 'SAME')``."""
+  return k - 1 if 2 > k - 1 else -(-k // 2)
+
+
+def _same_pad_conv(k: int) -> tuple[int, int]:
+  """(low, high) padding of a stride-2 'SAME' convolution of an even-sized input."""
+  total = max(k - 2, 0)
+  return total // 2, total - total // 2
+
+
+def conv_transpose_s2(x: Array, kernel: Array) -> Array:
+  """``flax.linen.ConvTranspose(strides=(2, 2), padding='SAME')`` without the bias.
+
+  Args:
+    x: (B, n, n, C_in) NHWC input.
+    kernel: (k, k, C_in, C_out), the ConvTranspose kernel (not flipped).
+
+  Returns:
+    (B, 2n, 2n, C_out).
+  """
+  pad_lo = _same_pad_transpose(kernel.shape[0])
+  # y[2m + r] sums x[m + d] @ kernel[t] over the taps with t = 2d + pad_lo - r.
+  return _subpixel(x, kernel, lambda r, t: r + t - pad_lo)
+
+
+def _conv_s2_plain(x: Array, kernel: Array) -> Array:
+  lo, hi = _same_pad_conv(kernel.shape[0])
+  return lax.conv_general_dilated(x, kernel, (2, 2), ((lo, hi), (lo, hi)),
+                                  dimension_numbers=_DIMS)
+
+
+@jax.custom_vjp
+def conv_s2(x: Array, kernel: Array) -> Array:
+  """``flax.linen.Conv(strides=2, padding='SAME')`` without the bias, for even H and W.
+
+  The forward pass is XLA's stride-2 convolution; the input gradient is computed as a
+  sub-pixel transposed convolution (stride 1) and the kernel gradient by XLA's own rule.
+
+  Args:
+    x: (B, H, W, C_in) NHWC input, H and W even.
+    kernel: (k, k, C_in, C_out).
+
+  Returns:
+    (B, H / 2, W / 2, C_out).
+  """
+  return _conv_s2_plain(x, kernel)
+
+
+def _conv_s2_fwd(x, kernel):
+  if x.shape[1] % 2 or x.shape[2] % 2:
+    raise ValueError(f"conv_s2 needs an even height and width, got {x.shape}")
+  return _conv_s2_plain(x, kernel), (x, kernel)
+
+
+def _conv_s2_bwd(residuals, y_grad):
+  x, kernel = residuals
+  lo, _ = _same_pad_conv(kernel.shape[0])
+  # y[o] = sum_t x[2o + t - lo] k[t], so x[2m + r] receives y[m + d] through t = r + lo - 2d.
+  x_grad = _subpixel(y_grad, jnp.swapaxes(kernel, 2, 3), lambda r, t: r + lo - t)
+  _, kernel_vjp = jax.vjp(lambda w: _conv_s2_plain(x, w), kernel)
+  (kernel_grad,) = kernel_vjp(y_grad)
+  return x_grad.astype(x.dtype), kernel_grad
+
+
+conv_s2.defvjp(_conv_s2_fwd, _conv_s2_bwd)
