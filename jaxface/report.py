@@ -140,6 +140,35 @@ def _frac_pct(x: float | None, digits: int = 1) -> str:
   return _pct(None if x is None else 100 * x, digits)
 
 
+def distinct_decimals(values: Sequence[float] | np.ndarray, min_decimals: int = 2,
+                      max_decimals: int = 8) -> int:
+  """Fewest decimals (at least ``min_decimals``) at which distinct values get distinct labels.
+
+  Values equal at ``max_decimals`` decimals count as one value, so genuine ties stay ties.
+
+  Args:
+    values: the numbers to label (non-finite ones are ignored).
+    min_decimals: the fewest decimals to use.
+    max_decimals: the most decimals to use.
+
+  Returns:
+    The number of decimals, in ``[min_decimals, max(min_decimals, max_decimals)]``.
+  """
+  values = np.asarray(values, np.float64).ravel()
+  values = values[np.isfinite(values)]
+  target = len({f"{v:.{max_decimals}f}" for v in values})
+  for decimals in range(min_decimals, max_decimals):
+    if len({f"{v:.{decimals}f}" for v in values}) == target:
+      return decimals
+  return max(min_decimals, max_decimals)
+
+
+def format_fixed(value: float, decimals: int) -> str:
+  """``value`` with ``decimals`` decimals, without a minus sign on a rounded zero ('-0.00')."""
+  text = f"{value:.{decimals}f}"
+  return text[1:] if text.startswith("-") and float(text) == 0.0 else text
+
+
 def _composition(groups: np.ndarray, order: Sequence[str]) -> str:
   """'DF 9, DM 5, LF 2' (most frequent first) for a set of group names."""
   counts = collections.Counter(str(g) for g in groups)
@@ -175,13 +204,15 @@ def plot_group_bars(metrics: dict, path: str | os.PathLike, title: str) -> Path:
   axes = fig.subplots(1, 2)
   ticks = [f"{g}\nn={groups[g]['n']}" for g in order]
   x = np.arange(len(order))
-  for ax, key, scale, ylabel, fmt in (
-      (axes[0], "detection_rate", 100.0, "detection rate (%)", "{:.1f}"),
-      (axes[1], "mean_face_prob", 1.0, "mean face probability", "{:.3f}")):
+  # (axis, key, scale, y label, fewest and most decimals on the bars)
+  for ax, key, scale, ylabel, digits in (
+      (axes[0], "detection_rate", 100.0, "detection rate (%)", (1, 1)),
+      (axes[1], "mean_face_prob", 1.0, "mean face probability", (3, 5))):
     values = [groups[g][key] for g in order]
     heights = [0.0 if v is None else v * scale for v in values]
+    decimals = distinct_decimals([v * scale for v in values if v is not None], *digits)
     bars = ax.bar(x, heights, color=[colors[g] for g in order], width=0.65)
-    ax.bar_label(bars, labels=["no faces" if v is None else fmt.format(v * scale)
+    ax.bar_label(bars, labels=["no faces" if v is None else format_fixed(v * scale, decimals)
                                for v in values], padding=2, fontsize=9)
     ax.set_xticks(x, ticks)
     ax.set_ylim(0, 1.15 * scale)
@@ -220,15 +251,19 @@ def plot_group_comparison(names: Sequence[str], metrics_list: Sequence[dict],
   axes = fig.subplots(1, 2)
   x = np.arange(len(order))
   fontsize = 8 if n_runs <= 3 else 7
-  for ax, key, scale, ylabel, fmt in (
-      (axes[0], "detection_rate", 100.0, "detection rate (%)", "{:.1f}"),
-      (axes[1], "mean_face_prob", 1.0, "mean face probability", "{:.2f}")):
-    for r, (name, m) in enumerate(zip(names, metrics_list)):
-      values = [m["groups"].get(g, {}).get(key) for g in order]
+  # (axis, key, scale, y label, fewest and most decimals on the bars)
+  for ax, key, scale, ylabel, digits in (
+      (axes[0], "detection_rate", 100.0, "detection rate (%)", (1, 1)),
+      (axes[1], "mean_face_prob", 1.0, "mean face probability", (3, 5))):
+    table = [[m["groups"].get(g, {}).get(key) for g in order] for m in metrics_list]
+    decimals = distinct_decimals([v * scale for row in table for v in row if v is not None],
+                                 *digits)
+    for r, (name, values) in enumerate(zip(names, table)):
       heights = [0.0 if v is None else v * scale for v in values]
       bars = ax.bar(x + (r - (n_runs - 1) / 2) * width, heights, width * 0.95, color=cmap(r % 8),
                     label=name if ax is axes[0] else None)
-      ax.bar_label(bars, labels=["–" if v is None else fmt.format(v * scale) for v in values],
+      ax.bar_label(bars, labels=["no faces" if v is None else format_fixed(v * scale, decimals)
+                                 for v in values],
                    padding=2, fontsize=fontsize, rotation=90 if n_runs > 2 else 0)
     ax.set_xticks(x, order)
     ax.set_xlabel("group")
@@ -238,7 +273,9 @@ def plot_group_comparison(names: Sequence[str], metrics_list: Sequence[dict],
   axes[0].set_title("Faces detected")
   axes[1].set_title("Mean face probability")
   fig.suptitle("Detection per group: " + " vs ".join(names))
-  fig.legend(loc="outside upper center", ncols=min(n_runs, 4), frameon=False)
+  # Below the axes: constrained layout puts an 'outside upper' legend on top of the suptitle.
+  fig.legend(loc="outside lower center", ncols=min(n_runs, 4), frameon=False,
+             title="run", title_fontsize=9)
   return _save(fig, Path(path))
 
 
@@ -353,7 +390,11 @@ def plot_latent_traversal(z_mean: np.ndarray, traversal: evaluation.Traversal,
     strip_ax.imshow(strips[i], extent=(lo, hi, 0, 1), aspect="auto", interpolation="nearest")
     strip_ax.set_xlim(lo, hi)
     strip_ax.set_yticks([])
-    strip_ax.set_xticks(v, [f"{x:.2f}" for x in v], fontsize=7)
+    # Enough decimals to show the even spacing (rounding under a fifth of a step) and to keep
+    # the labels of a narrow range distinct ('-0.03, -0.03' at two decimals).
+    fine = int(np.clip(np.ceil(-np.log10(step / 5)), 2, 8)) if step > 0 else 2
+    decimals = distinct_decimals(v, fine)
+    strip_ax.set_xticks(v, [format_fixed(x, decimals) for x in v], fontsize=7)
     strip_ax.set_xlabel(f"z[{int(d)}] (others at the mean code)", fontsize=8)
   fig.suptitle("Latent traversals: decoded mean face with one dimension walked",
                y=1 - 0.12 / total, va="top")
@@ -417,7 +458,7 @@ def plot_score_by_group(scores: dict[str, np.ndarray], groups: np.ndarray, order
   groups = np.asarray(groups)
   order = [g for g in order if np.any(groups == g)]
   colors = _group_colors(order)
-  fig = Figure(figsize=(max(4.0, 3.4 * len(names)), 3.8), layout="constrained")
+  fig = Figure(figsize=(max(5.0, 3.4 * len(names)), 4.0), layout="constrained")
   axes = fig.subplots(1, len(names), squeeze=False)[0]
   for ax, name in zip(axes, names):
     data = [np.asarray(scores[name])[groups == g] for g in order]
@@ -432,8 +473,11 @@ def plot_score_by_group(scores: dict[str, np.ndarray], groups: np.ndarray, order
     ax.set_title(f"{label}\n({meaning})", fontsize=9)
     ax.set_xlabel("group")
     ax.grid(axis="y", alpha=0.3)
-  fig.suptitle("Risk scores per group (test faces; boxes: quartiles, diamonds: means)",
-               fontsize=11)
+    # Scores like the entropy sit in a narrow band (0.69314...): print them in full rather
+    # than as an offset ('1e-5+6.931e-1') above the axis.
+    ax.ticklabel_format(axis="y", useOffset=False)
+  fig.suptitle("Risk scores per group (test faces)\nboxes: quartiles, whiskers: 1.5 IQR, "
+               "diamonds: means", fontsize=10)
   return _save(fig, Path(path))
 
 
@@ -508,8 +552,10 @@ def plot_percentile_faces(rows: dict[str, tuple[np.ndarray, np.ndarray]],
 # ----------------------------------------------------------------------------------- analysis
 
 
-def _face_captions(groups: np.ndarray, values: np.ndarray, fmt: str) -> list[str]:
-  return [f"{g or '?'}\n{fmt.format(v)}" for g, v in zip(groups, values)]
+def _face_captions(groups: np.ndarray, values: np.ndarray, decimals: int,
+                   prefix: str = "") -> list[str]:
+  """'GROUP\\nPREFIXVALUE' under each face, the value with ``decimals`` decimals."""
+  return [f"{g or '?'}\n{prefix}{format_fixed(v, decimals)}" for g, v in zip(groups, values)]
 
 
 def analyse_run(run: RunArtifacts, order: Sequence[str]) -> dict:
@@ -612,13 +658,14 @@ def _run_diagnostics(page: _Page, run: RunArtifacts, result: dict, slug: str, or
     low, high = order_err[:n_show], order_err[::-1][:n_show]
     both = np.concatenate([low, high])
     recon = evaluation.reconstruct(run.variables, images[both], run.batch_size)
+    decimals = distinct_decimals(pred.recon_error[both], 3, 6)
     path = plot_face_panels([
         {"title": "Lowest reconstruction loss (each face above its reconstruction)",
          "images": images[low], "recon": recon[:n_show],
-         "captions": _face_captions(groups[low], pred.recon_error[low], "L1 {:.3f}")},
+         "captions": _face_captions(groups[low], pred.recon_error[low], decimals, "L1 ")},
         {"title": "Highest reconstruction loss", "images": images[high],
          "recon": recon[n_show:],
-         "captions": _face_captions(groups[high], pred.recon_error[high], "L1 {:.3f}")},
+         "captions": _face_captions(groups[high], pred.recon_error[high], decimals, "L1 ")},
     ], out / f"{slug}_reconstruction.png", f"{run.name}: test faces by reconstruction loss")
     page.figure(path, f"{run.name}: the {n_show} test faces the VAE reconstructs best (top) and "
                 f"worst (bottom), each above its reconstruction from the latent mean, with "
@@ -665,12 +712,15 @@ def _run_diagnostics(page: _Page, run: RunArtifacts, result: dict, slug: str, or
     label, meaning = SCORE_TEXT[name]
     rank = np.argsort(values, kind="stable")
     low, high = rank[:n_show], rank[::-1][:n_show]
-    fmt = "{:.2f}" if name == "bias" else "{:.3f}"
+    # Enough decimals that different scores read differently (the entropy of a near-chance
+    # classifier differs only in the fifth decimal).
+    decimals = distinct_decimals(values[np.concatenate([low, high])],
+                                 2 if name == "bias" else 3, 6)
     path = plot_face_panels([
         {"title": f"Lowest {label}", "images": images[low],
-         "captions": _face_captions(groups[low], values[low], fmt)},
+         "captions": _face_captions(groups[low], values[low], decimals)},
         {"title": f"Highest {label}", "images": images[high],
-         "captions": _face_captions(groups[high], values[high], fmt)},
+         "captions": _face_captions(groups[high], values[high], decimals)},
     ], out / f"{slug}_faces_{name}.png", f"{run.name}: test faces by {label} ({meaning})")
     extra = ""
     if name == "bias":

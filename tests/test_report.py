@@ -3,7 +3,9 @@ directories are loaded, and the command-line script runs."""
 
 import json
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxface import config as config_lib
 from jaxface import evaluation, models, report
 
 # The architecture of test_evaluation.py, so the compiled functions are shared.
@@ -199,3 +202,127 @@ def test_experiments_script_reports_a_missing_run(tmp_path):
       cwd=REPO)
   assert proc.returncode != 0
   assert "config.json" in proc.stderr
+
+
+def test_distinct_decimals_keeps_labels_apart():
+  # A narrow traversal range: two decimals would print '-0.03, -0.03, ...'.
+  values = np.linspace(-0.034, -0.026, 5)
+  decimals = report.distinct_decimals(values)
+  labels = [report.format_fixed(v, decimals) for v in values]
+  assert len(set(labels)) == len(labels)
+  assert decimals == 3
+  assert report.distinct_decimals([1.0, 2.0, 3.0]) == 2  # never fewer than min_decimals
+  assert report.distinct_decimals([0.5, 0.5, np.nan], 3) == 3  # ties and NaN are fine
+  entropies = [0.6931412, 0.6931457, 0.6931471]
+  assert len({f"{v:.{report.distinct_decimals(entropies, 3, 6)}f}" for v in entropies}) == 3
+  assert report.format_fixed(-0.001, 2) == "0.00"
+  assert report.format_fixed(-0.01, 2) == "-0.01"
+
+
+def test_score_axes_have_no_offset(tmp_path, monkeypatch):
+  figures = []
+  save = report._save
+  monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+  groups = np.repeat(np.array(GROUPS), 5)
+  entropy = 0.69312 + np.linspace(0, 3e-5, len(groups))  # a near-chance classifier's scores
+  bias = -20 + np.linspace(0, 1e-4, len(groups))
+  path = report.plot_score_by_group({"bias": bias, "aleatoric": entropy}, groups, GROUPS,
+                                    tmp_path / "s.png")
+  assert path.stat().st_size > 8_000
+  (fig,) = figures
+  for ax in fig.axes:  # no '1e-5+6.931e-1' above the axis
+    assert ax.yaxis.get_offset_text().get_text() == ""
+
+
+def test_latent_traversal_ticks_are_distinct(tmp_path, monkeypatch):
+  figures = []
+  save = report._save
+  monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+  rng = np.random.default_rng(0)
+  values = np.stack([np.linspace(-0.034, -0.026, 7), np.linspace(-0.01, 0.01, 7)])
+  traversal = evaluation.Traversal(np.array([0, 1]), values.astype(np.float32),
+                                   rng.uniform(0, 1, (2, 7, 16, 16, 3)).astype(np.float32))
+  z_mean = rng.uniform(-0.035, 0.01, (50, 2))
+  report.plot_latent_traversal(z_mean, traversal, tmp_path / "t.png")
+  (fig,) = figures
+  strips = [ax for ax in fig.axes if ax.get_xticklabels()]
+  assert len(strips) == 2
+  for ax in strips:
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(set(labels)) == 7, labels
+    assert not any(label.startswith("-0.00") and float(label) == 0 for label in labels)
+
+
+def _tiny_report_config(name: str = "dbvae") -> ml_collections.ConfigDict:
+  """A DB-VAE run of a few steps on 32x32 planted faces that writes its report.
+
+  The pattern of ``tests/test_train.py``'s ``tiny_config``, smaller still.
+  """
+  config = config_lib.get_base_config()
+  config.name = name
+  config.model.kind = "dbvae"
+  config.model.latent_dim = 8
+  config.model.n_filters = 4
+  config.resampling.signal = "latent"
+  config.data.image_size = 32
+  config.data.n_train_faces = 64
+  config.data.n_train_non_faces = 64
+  config.data.n_test_per_group = 6
+  config.data.n_test_non_faces = 16
+  config.batch_size = 16
+  config.num_epochs = 1
+  config.steps_per_epoch = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 4
+  config.eval_batch_size = 64
+  config.progress_bar = False
+  config.write_report = True
+  return config
+
+
+def _check_report_dir(report_dir: Path) -> list[str]:
+  """index.html exists and every figure it references exists and is non-empty."""
+  index = report_dir / "index.html"
+  assert index.exists()
+  referenced = re.findall(r'<img src="([^"]+)"', index.read_text(encoding="utf-8"))
+  assert "db-vae_groups.png" in referenced and "db-vae_latent_traversal.png" in referenced
+  for name in referenced:
+    path = report_dir / name
+    assert path.is_file() and path.stat().st_size > 0, name
+  assert len(referenced) == len(set(referenced)) == len(VAE_FIGURES)
+  metrics = json.loads((report_dir / "metrics.json").read_text())
+  assert sorted(f["file"] for f in metrics["figures"]) == sorted(referenced)
+  return referenced
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """The run directory of a real tiny training with ``write_report = True``."""
+  from jaxface import train
+  workdir = tmp_path_factory.mktemp("trained") / "dbvae"
+  train.train_and_evaluate(_tiny_report_config(), workdir)
+  return workdir
+
+
+def test_training_writes_report(trained_run):
+  assert (trained_run / "metrics.json").exists()
+  _check_report_dir(trained_run / "report")
+
+
+def test_experiments_script_writes_report(trained_run, tmp_path):
+  # A copy of the run without its report, so the script's output is what is checked.
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_run, workdir, ignore=shutil.ignore_patterns("report"))
+  assert not (workdir / "report").exists()
+  env = dict(os.environ)
+  cache = jax.config.jax_compilation_cache_dir  # reuse this session's compiled executables
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "report.py"), f"--workdir={workdir}"],
+      capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"report: {workdir / 'report' / 'index.html'}" in proc.stdout
+  _check_report_dir(workdir / "report")
