@@ -267,6 +267,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="training data held out for validation (the reference holds none)")
   parser.add_argument("--reference_log", default="",
                       help="JSON lines of peer_torch_study.py, added to the table")
+  parser.add_argument("--reference_from", default="",
+                      help="a study.json whose lab-pipeline rows are reused (instead of a log)")
   parser.add_argument("--xla_cache", default="/tmp/jaxface-study-xla-cache",
                       help="persistent compilation cache ('' for none)")
   parser.add_argument("--aggregate_only", action="store_true",
@@ -324,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   rows = {name: aggregate(r) for name, r in runs.items() if r}
   reference = reference_runs(args.reference_log) if args.reference_log else {}
+  if args.reference_from and not reference:
+    reference = json.loads(Path(args.reference_from).read_text())["reference"]
   table_rows = dict(rows)
   table_rows.update({name: aggregate(r) for name, r in reference.items()})
   lab = ({("cnn" if "cnn" in k else "dbvae"): {m: v[m]["mean"] for m in ("E_A", "Var_A",
