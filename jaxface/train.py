@@ -8,7 +8,9 @@
    ``jax.random.fold_in(key, step)``);
 3. DB-VAE resampling: at the start of every epoch all training faces are encoded with a
    jitted, sharded, batched pass and the batcher's face probabilities are replaced;
-4. checkpoints (Orbax, under ``WORKDIR/checkpoints``) that resume exactly where a run stopped;
+4. checkpoints (Orbax, under ``WORKDIR/checkpoints``) that resume exactly where a run stopped,
+   after checking that the run's seed, batch, model, data size and PRNG key match the
+   checkpoint's (:func:`run_identity`);
 5. the loop, with a progress bar, metrics every ``log_every_steps`` steps to
    ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end;
 6. the final summary, ``WORKDIR/metrics.json`` and the report.
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,19 +171,21 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "recon"))
-def _infer(variables, images, dtype, recon):
+@functools.partial(jax.jit, static_argnames=("dtype", "recon", "with_recon"))
+def _infer(variables, images, dtype, recon, with_recon=True):
+  """Eval-mode encoding of one batch; decodes ``z_mean`` only for a VAE with ``with_recon``."""
   x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
   enc = models.encode(variables, x, train=False, dtype=dtype)
   out = {"face_prob": jax.nn.sigmoid(enc.y_logit), "z_mean": enc.z_mean}
-  if models.latent_dim_of(variables["params"]) > 0:
+  if with_recon and models.latent_dim_of(variables["params"]) > 0:
     x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype)
     out["recon_error"] = losses.reconstruction_loss(x, x_recon, recon)
   return out
 
 
 def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size: int = 256,
-                  dtype: Any = jnp.float32, recon: str = "l1") -> dict[str, np.ndarray]:
+                  dtype: Any = jnp.float32, recon: str = "l1",
+                  with_recon: bool = True) -> dict[str, np.ndarray]:
   """Eval-mode pass over a whole image array, batched and sharded over the mesh.
 
   Args:
@@ -190,10 +195,12 @@ def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size:
     batch_size: images per pass (rounded up to a multiple of the device count).
     dtype: compute dtype.
     recon: reconstruction error kind ('l1' or 'l2').
+    with_recon: decode ``z_mean`` and return its reconstruction error (a VAE only); False
+      skips the decoder.
 
   Returns:
-    ``face_prob (N,)``, ``z_mean (N, k)`` and, for a VAE, ``recon_error (N,)`` (decoding
-    ``z_mean``), as NumPy arrays.
+    ``face_prob (N,)``, ``z_mean (N, k)`` and, for a VAE with ``with_recon``,
+    ``recon_error (N,)`` (decoding ``z_mean``), as NumPy arrays.
   """
   n_dev = mesh.devices.size
   batch_size = max(n_dev, -(-batch_size // n_dev) * n_dev)
@@ -204,7 +211,7 @@ def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size:
     if chunk.shape[0] < batch_size:  # pad the last batch: one compiled shape
       pad = np.zeros((batch_size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
       chunk = np.concatenate([chunk, pad])
-    parts.append(_infer(variables, shard_batch(mesh, chunk), dtype, recon))
+    parts.append(_infer(variables, shard_batch(mesh, chunk), dtype, recon, with_recon))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     parts = [multihost_utils.process_allgather(p, tiled=True) for p in parts]
@@ -229,8 +236,10 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     share of the faces.
   """
   rs = config.resampling
+  # Only the epistemic signal needs the reconstruction error: 'latent' skips the decoder.
   out = infer_dataset(variables, train_faces.images, mesh, config.eval_batch_size,
-                      compute_dtype(config), config.loss.recon)
+                      compute_dtype(config), config.loss.recon,
+                      with_recon=rs.signal == "latent+epistemic")
   z_mean = out["z_mean"]
   if not np.isfinite(z_mean).all():
     raise FloatingPointError("the encoder produced non-finite latent means for the training "
@@ -254,11 +263,65 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
 # --------------------------------------------------------------------------------------------
 
 
+def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_train_faces: int,
+                 step_key: jax.Array) -> dict[str, Any]:
+  """What a resumed run must share with the run that wrote the checkpoint (JSON-ready).
+
+  ``num_epochs`` is not part of it: a finished run may be resumed with more epochs.
+
+  Args:
+    config: the run config.
+    steps_per_epoch: the resolved number of steps per epoch.
+    n_train_faces: the number of training faces (after the validation split).
+    step_key: the run's base step key (host or replicated).
+
+  Returns:
+    A flat dict keyed by field name; ``step_key`` is ``jax.random.key_data`` as a list.
+  """
+  return {
+      "seed": int(config.seed),
+      "batch_size": int(config.batch_size),
+      "steps_per_epoch": int(steps_per_epoch),
+      "model.kind": str(config.model.kind),
+      "model.latent_dim": int(config.model.latent_dim),
+      "model.n_filters": int(config.model.n_filters),
+      "data.image_size": int(config.data.image_size),
+      "n_train_faces": int(n_train_faces),
+      "step_key": np.asarray(jax.device_get(jax.random.key_data(step_key))).ravel().tolist(),
+  }
+
+
+def check_resume(meta: dict[str, Any], current: dict[str, Any],
+                 checkpoint_dir: str | os.PathLike) -> None:
+  """Raises ValueError when a checkpoint's run identity differs from the current run's.
+
+  Fields the checkpoint lacks (one written before these checks) are not compared.
+
+  Args:
+    meta: the checkpoint's meta (run-identity fields at its top level).
+    current: :func:`run_identity` of the current run.
+    checkpoint_dir: the checkpoint directory (for the message).
+  """
+  differ = [field for field, value in current.items() if field in meta and meta[field] != value]
+  if "seed" in differ and "step_key" in differ:
+    differ.remove("step_key")  # another seed gives another key: name the cause only
+  mismatches = [f"{field}: checkpoint has {meta[field]!r}, config has {current[field]!r}"
+                for field in differ]
+  if mismatches:
+    hint = (" (the same seed gave another PRNG key: a different JAX version or PRNG "
+            "implementation)" if "step_key" in differ else "")
+    raise ValueError(
+        f"cannot resume from the checkpoints in {checkpoint_dir}: the run that wrote them "
+        f"differs from this one in {'; '.join(mismatches)}{hint}. Use a fresh --workdir for "
+        "the new settings, or run again with the checkpoint's values to resume.")
+
+
 class Checkpoints:
   """Orbax checkpoints of the train state, the face probabilities and the loop position.
 
   Each checkpoint (keyed by global step) holds ``state`` (the TrainState), ``probs`` (the
-  batcher's face probabilities) and ``meta`` (epoch, step within the epoch, per-epoch history).
+  batcher's face probabilities) and ``meta`` (epoch, step within the epoch, per-epoch history
+  and the :func:`run_identity` fields).
   """
 
   def __init__(self, directory: Path, keep: int):
@@ -276,25 +339,42 @@ class Checkpoints:
         probs=ocp.args.StandardSave({"face_probs": np.asarray(probs, np.float64)}),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, abstract_state: TrainState, n_faces: int):
+  def restore_latest(self, abstract_state: TrainState, n_faces: int,
+                     check_meta: Callable[[dict[str, Any]], Any] | None = None):
     """The newest readable checkpoint as ``(state, probs, meta)``, or None when there is none.
 
     A checkpoint that fails to restore (corrupt or partial) is skipped with a warning and the
     previous one is tried.
+
+    Args:
+      abstract_state: the TrainState's shapes and dtypes.
+      n_faces: the length of the face probabilities.
+      check_meta: called with each checkpoint's meta before its state is read; the errors it
+        raises (e.g. :func:`check_resume`'s ValueError) are not caught.
     """
     abstract_probs = {"face_probs": jax.ShapeDtypeStruct((n_faces,), np.float64)}
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+      except Exception as err:  # noqa: BLE001 -- any failure means: try the previous one
+        self._skip(step, err)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
-            probs=ocp.args.StandardRestore(abstract_probs),
-            meta=ocp.args.JsonRestore()))
-        return restored.state, np.asarray(restored.probs["face_probs"]), restored.meta
-      except Exception as err:  # noqa: BLE001 -- any failure means: try the previous one
-        logging.warning("checkpoint at step %d in %s could not be restored (%s: %s); "
-                        "falling back to the previous checkpoint", step,
-                        self.manager.directory, type(err).__name__, err)
+            probs=ocp.args.StandardRestore(abstract_probs)))
+        return restored.state, np.asarray(restored.probs["face_probs"]), meta
+      except Exception as err:  # noqa: BLE001
+        self._skip(step, err)
     return None
+
+  def _skip(self, step: int, err: Exception) -> None:
+    logging.warning("checkpoint at step %d in %s could not be restored (%s: %s); "
+                    "falling back to the previous checkpoint", step, self.manager.directory,
+                    type(err).__name__, err)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -403,7 +483,8 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
   dtype = compute_dtype(config)
   val = datasets.get("val")
   if val is not None and len(val):
-    prob = infer_dataset(variables, val.images, mesh, config.eval_batch_size, dtype)["face_prob"]
+    prob = infer_dataset(variables, val.images, mesh, config.eval_batch_size, dtype,
+                         with_recon=False)["face_prob"]
     pred = prob > 0.5
     result["val_accuracy"] = float(np.mean(pred == (val.labels == 1)))
     faces = val.labels == 1
@@ -413,7 +494,8 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
       result["val_non_face_accuracy"] = float(np.mean(~pred[~faces]))
   test = datasets.get("test")
   if test is not None and len(test):
-    prob = infer_dataset(variables, test.images, mesh, config.eval_batch_size, dtype)["face_prob"]
+    prob = infer_dataset(variables, test.images, mesh, config.eval_batch_size, dtype,
+                         with_recon=False)["face_prob"]
     result["test"] = evaluation.group_metrics(prob, test.labels, test.groups)
   return result
 
@@ -451,7 +533,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """Trains the configured model, checkpointing as it goes, and evaluates it.
 
   A run started again on the same ``workdir`` resumes from the latest readable checkpoint and
-  ends with the same parameters and metrics as an uninterrupted run.
+  ends with the same parameters and metrics as an uninterrupted run; ``num_epochs`` may grow,
+  but a run whose :func:`run_identity` (seed, batch size, steps per epoch, model, number of
+  training faces, PRNG key) differs from the checkpoint's raises ValueError.
 
   Args:
     config: the run configuration (see ``jaxface.config.get_base_config``).
@@ -473,7 +557,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json(indent=2))
   logging.info("devices: %d x %s; mesh %s", mesh.devices.size, jax.devices()[0].platform,
                dict(mesh.shape))
 
@@ -488,23 +571,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                               else config.steps_per_epoch))
   steps_per_epoch = batcher.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  if is_main:
-    (workdir / "run_info.json").write_text(json.dumps({
-        "n_train_faces": int(face_idx.size), "n_train": len(train_data),
-        "steps_per_epoch": steps_per_epoch, "devices": int(mesh.devices.size),
-        "platform": jax.devices()[0].platform}, indent=2))
 
   # ---- State and step ----------------------------------------------------------------------
   optimizer = make_optimizer(config)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
-  step_key = replicate(mesh, step_key)
+  identity = run_identity(config, steps_per_epoch, int(face_idx.size), step_key)
   abstract_state = jax.eval_shape(lambda: create_train_state(init_key, config, optimizer))
   train_step_fn = make_train_step(config, optimizer, mesh)
 
   # ---- Resume ------------------------------------------------------------------------------
+  # The checkpoint's run identity is checked before its state is read and before config.json
+  # is rewritten: a run with other settings fails here and leaves the workdir as it was.
   ckpts = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
-  restored = ckpts.restore_latest(abstract_state, int(face_idx.size))
+  try:
+    restored = ckpts.restore_latest(
+        abstract_state, int(face_idx.size),
+        check_meta=functools.partial(check_resume, current=identity,
+                                     checkpoint_dir=ckpts.manager.directory))
+  except ValueError:
+    ckpts.close()
+    raise
+  meta = {} if restored is None else restored[2]
+  missing = [field for field in identity if field not in meta]
+  if restored is not None and missing:
+    logging.warning("the checkpoint in %s predates run-identity checks (it lacks %s): resuming "
+                    "without checking that these settings match", ckpts.manager.directory,
+                    ", ".join(missing))
+  if "step_key" in meta:  # the checkpoint's key (checked equal to the re-derived one)
+    step_key = jax.random.wrap_key_data(np.asarray(meta["step_key"], np.uint32).reshape(
+        jax.random.key_data(step_key).shape))
+  step_key = replicate(mesh, step_key)
+  if is_main:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+    (workdir / "run_info.json").write_text(json.dumps({
+        "n_train_faces": int(face_idx.size), "n_train": len(train_data),
+        "steps_per_epoch": steps_per_epoch, "devices": int(mesh.devices.size),
+        "platform": jax.devices()[0].platform}, indent=2))
   writer = MetricWriter(workdir, is_main)
   if restored is None:
     state = jax.jit(lambda key: create_train_state(key, config, optimizer),
@@ -523,7 +626,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   def save(state, epoch, step_in_epoch):
     ckpts.save(state, batcher.face_probabilities,
-               {"epoch": epoch, "step_in_epoch": step_in_epoch, "history": history})
+               {"epoch": epoch, "step_in_epoch": step_in_epoch, "history": history, **identity})
 
   # ---- Loop --------------------------------------------------------------------------------
   pending: list[tuple[int, dict[str, jax.Array]]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,125 @@ def test_end_to_end_each_model(tmp_path, kind):
   config, variables = train.load_run(tmp_path)
   assert config.model.kind == kind
   assert "params" in variables and "batch_stats" in variables
+
+
+@pytest.mark.parametrize("overrides", [
+    {"resampling.signal": "latent+epistemic"},
+    {"dtype": "bfloat16"},
+], ids=["latent+epistemic", "bfloat16"])
+def test_end_to_end_dbvae_variants(tmp_path, overrides):
+  config = tiny_config("dbvae", num_epochs=1, steps_per_epoch=4, **overrides)
+  final = train.train_and_evaluate(config, tmp_path)
+  assert final["steps"] == 4
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  losses = [line["loss"] for line in lines if "loss" in line]
+  assert len(losses) == 2 and np.isfinite(losses).all()
+  assert 0.0 <= final["eval"]["val_accuracy"] <= 1.0
+  assert np.isfinite(final["eval"]["test"]["E_A"]) and np.isfinite(final["eval"]["test"]["Var_A"])
+  info = final["resampling"][0]
+  assert np.isfinite(info["ess"]) and 0 < info["ess_fraction"] <= 1.0
+  _, variables = train.load_run(tmp_path)
+  assert np.isfinite(flat_params(variables)).all()
+
+
+def _identity_run(kind: str = "cnn", **overrides):
+  """A one-epoch, two-step config for the resume-identity tests."""
+  settings = dict(num_epochs=1, steps_per_epoch=2, log_every_steps=1, checkpoint_every_steps=0)
+  settings.update(overrides)
+  return tiny_config(kind, **settings)
+
+
+def test_resume_with_other_settings_raises_naming_the_field(tmp_path):
+  train.train_and_evaluate(_identity_run(), tmp_path)
+  saved_config = (tmp_path / "config.json").read_text()
+  cases = [
+      (_identity_run(seed=1), "seed: checkpoint has 0, config has 1"),
+      (_identity_run(batch_size=8), "batch_size: checkpoint has 16, config has 8"),
+      (_identity_run(steps_per_epoch=3), "steps_per_epoch: checkpoint has 2, config has 3"),
+      (_identity_run("ssvae"), "model.kind: checkpoint has 'cnn', config has 'ssvae'"),
+      (_identity_run(**{"data.n_train_faces": 64}), "n_train_faces: checkpoint has "),
+  ]
+  for config, message in cases:
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+      train.train_and_evaluate(config, tmp_path)
+    assert "fresh --workdir" in str(err.value)
+  with pytest.raises(ValueError) as err:
+    train.train_and_evaluate(_identity_run(seed=1), tmp_path)
+  assert "step_key" not in str(err.value)  # the seed is named as the cause, not the key
+  # Nothing was overwritten: the run resumes (and may train longer) with its own settings.
+  assert (tmp_path / "config.json").read_text() == saved_config
+  final = train.train_and_evaluate(_identity_run(num_epochs=2), tmp_path)
+  assert final["steps"] == 4 and len(final["epochs"]) == 2
+
+
+def test_resume_restores_the_step_key_and_accepts_old_checkpoints(tmp_path, caplog):
+  config = _identity_run(num_epochs=2)
+  train.train_and_evaluate(config, tmp_path, stop_at_step=3)  # checkpoint at step 2
+  ckpts = train.Checkpoints(tmp_path / "checkpoints", keep=3)
+  abstract = jax.eval_shape(lambda: train.create_train_state(
+      jax.random.key(0), config, train.make_optimizer(config)))
+  n_faces = json.loads((tmp_path / "run_info.json").read_text())["n_train_faces"]
+  state, probs, meta = ckpts.restore_latest(abstract, n_faces)
+  _, step_key = jax.random.split(jax.random.key(config.seed))
+  current = train.run_identity(config, 2, n_faces, step_key)
+  assert {k: meta[k] for k in current} == current
+  assert meta["step_key"] == np.asarray(jax.random.key_data(step_key)).tolist()
+  # A key that the seed does not give (another JAX / PRNG implementation) is refused too.
+  other_key = dict(current, step_key=[k + 1 for k in current["step_key"]])
+  with pytest.raises(ValueError, match="step_key: checkpoint has .*PRNG"):
+    train.check_resume(other_key, current, tmp_path)
+  # An older checkpoint, without the run-identity fields, resumes with a warning.
+  old_meta = {k: meta[k] for k in ("epoch", "step_in_epoch", "history")}
+  ckpts.manager.delete(int(state.step))
+  ckpts.save(state, probs, old_meta)
+  ckpts.wait()
+  ckpts.close()
+  final = train.train_and_evaluate(config, tmp_path)
+  assert final["steps"] == 4
+  assert any("predates run-identity checks" in r.getMessage() for r in caplog.records)
+
+
+def random_variables(config, seed: int = 0):
+  """Model variables of ``config`` without compiling the initialiser (small random weights)."""
+  abstract = jax.eval_shape(lambda key: train.create_train_state(
+      key, config, train.make_optimizer(config)).variables, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, s):
+    name = str(path[-1])
+    if "var" in name:
+      return np.ones(s.shape, s.dtype)
+    if "mean" in name:
+      return np.zeros(s.shape, s.dtype)
+    return (0.05 * rng.standard_normal(s.shape)).astype(s.dtype)
+
+  return jax.tree.map_with_path(leaf, abstract)
+
+
+def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
+  config = tiny_config("dbvae")
+  datasets = data_lib.load_datasets(config.data)
+  faces = datasets["train"].subset(datasets["train"].face_indices())
+  variables = random_variables(config)
+  mesh = train.make_mesh()
+  seen = []
+  original = train.infer_dataset
+
+  def spy(*args, **kwargs):
+    out = original(*args, **kwargs)
+    seen.append(set(out))
+    return out
+
+  monkeypatch.setattr(train, "infer_dataset", spy)
+  for signal in ("latent", "latent+epistemic"):
+    config.resampling.signal = signal
+    p, _ = train.resampling_probabilities(config, variables, faces, mesh)
+    assert p.shape == (len(faces),) and np.isfinite(p).all()
+  assert seen == [{"face_prob", "z_mean"}, {"face_prob", "z_mean", "recon_error"}]
+  # The default keeps the reconstruction error for other callers (same compiled shapes).
+  assert "recon_error" in original(variables, faces.images, mesh, config.eval_batch_size)
+  assert "recon_error" not in original(variables, faces.images, mesh, config.eval_batch_size,
+                                       with_recon=False)
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
