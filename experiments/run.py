@@ -5,6 +5,7 @@ Any config field can be overridden, e.g. ``--config.resampling.alpha=0.01``.
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,6 +26,16 @@ class _QuietLibraries(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a one-line error for a ``--config.FIELD=`` naming no field."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as err:  # ml_collections' answer to an unknown field
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"error: unknown config field {str(err).strip(chr(34))} in "
+             f"{' '.join(overrides)}; the fields are listed in jaxface/config.py")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -37,4 +48,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
