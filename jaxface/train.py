@@ -251,6 +251,12 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
   p = p / p.sum()
   info = {"ess": resampling.effective_sample_size(p), "n_faces": int(p.size)}
   info["ess_fraction"] = info["ess"] / p.size
+  if info["ess"] < max(0.01 * p.size, config.batch_size // 2):  # < 1%, or < one batch's faces
+    logging.warning(
+        "resampling puts almost all sampling mass on a few faces (effective sample size %.1f "
+        "of %d): training will see little but them. combine='product' over %d latent "
+        "dimensions does this; combine='max' or a larger alpha spreads the mass.",
+        info["ess"], p.size, z_mean.shape[1])
   groups = train_faces.groups
   if any(groups):
     info["mass_by_group"] = {g: float(p[groups == g].sum()) for g in train_faces.group_names}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -200,6 +201,30 @@ def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
   assert "recon_error" in original(variables, faces.images, mesh, config.eval_batch_size)
   assert "recon_error" not in original(variables, faces.images, mesh, config.eval_batch_size,
                                        with_recon=False)
+
+
+def test_resampling_pass_warns_when_the_mass_collapses(caplog, monkeypatch):
+  config = tiny_config("dbvae")
+  datasets = data_lib.load_datasets(config.data)
+  faces = datasets["train"].subset(datasets["train"].face_indices())
+  n = len(faces)
+  rng = np.random.default_rng(0)
+  spread = rng.normal(size=(n, 4)).astype(np.float32)
+  outlier = np.zeros((n, 4), np.float32)
+  outlier[0] = 10.0  # alone in its bins of every dimension: product mode puts the mass on it
+  config.resampling.signal, config.resampling.alpha = "latent", 0.0
+  for z_mean, combine, collapses in ((spread, "max", False), (outlier, "product", True)):
+    monkeypatch.setattr(train, "infer_dataset",
+                        lambda *args, z_mean=z_mean, **kwargs: {"z_mean": z_mean})
+    config.resampling.combine = combine
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      _, info = train.resampling_probabilities(config, None, faces, train.make_mesh())
+    assert (info["ess"] < 2) == collapses, (combine, info["ess"])
+    warned = [r.getMessage() for r in caplog.records if "almost all sampling mass" in
+              r.getMessage()]
+    assert bool(warned) == collapses
+  assert "combine='max'" in warned[0]
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
