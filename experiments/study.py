@@ -63,7 +63,8 @@ def study_specs(alphas: Sequence[float], combines: Sequence[str]) -> list[RunSpe
 
 
 def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_size: int,
-               learning_rate: float, steps_per_epoch: int, val_fraction: float):
+               learning_rate: float, steps_per_epoch: int, val_fraction: float,
+               bn_recalibration_batches: int = 0):
   """The jaxface config of one run."""
   from jaxface import config as config_lib
 
@@ -86,6 +87,7 @@ def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_si
   config.batch_size = batch_size
   config.learning_rate = learning_rate
   config.steps_per_epoch = steps_per_epoch
+  config.bn_recalibration_batches = bn_recalibration_batches
   config.write_report = False
   config.progress_bar = False
   config.log_every_steps = 100
@@ -265,6 +267,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "here); 20 with --quick")
   parser.add_argument("--val_fraction", type=float, default=0.0,
                       help="training data held out for validation (the reference holds none)")
+  parser.add_argument("--bn_recalibration_batches", type=int, default=0,
+                      help="config.bn_recalibration_batches of every run (0: running averages)")
   parser.add_argument("--reference_log", default="",
                       help="JSON lines of peer_torch_study.py, added to the table")
   parser.add_argument("--reference_from", default="",
@@ -314,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           config = run_config(spec, seed, str(manifest), epochs=args.epochs,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               steps_per_epoch=args.steps_per_epoch,
-                              val_fraction=args.val_fraction)
+                              val_fraction=args.val_fraction,
+                              bn_recalibration_batches=args.bn_recalibration_batches)
           start = time.perf_counter()
           train.train_and_evaluate(config, workdir)
           print(json.dumps({"run": spec.name, "seed": seed,
@@ -345,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       f"seeds 0..{args.seeds - 1}; mean ± sample std over seeds. Rates on the test set in %, "
       "Var[A] in %², dark mass = share of the last epoch's resampling mass on DF + DM faces"
       f"{natural_text}; ESS = Kish effective sample size of that epoch's face probabilities "
-      "as % of the faces.",
+      "as % of the faces."
+      + (f" Batch norm recalibrated on {args.bn_recalibration_batches} uniform batches before "
+         "each evaluation." if args.bn_recalibration_batches else ""),
       markdown_table(table_rows),
       "Targets (DB-VAE configs vs our CNN and vs the lab pipeline):",
       checks_markdown(checks)])

@@ -45,6 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.learning_rate = 5e-4
   config.dtype = "float32"  # compute dtype; parameters and losses stay float32
   config.eval_batch_size = 256
+  # Before every evaluation, replace the batch norms' running averages by the mean statistics
+  # of this many uniformly drawn training batches (half faces) of eval_batch_size; 0 = off.
+  config.bn_recalibration_batches = 0
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500  # also at every epoch end; 0 = epoch ends only
@@ -109,6 +112,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("batch_size", f"must be divisible by the number of devices ({num_devices})")
   if config.eval_batch_size < 1:
     fail("eval_batch_size", "must be >= 1")
+  if config.bn_recalibration_batches < 0:
+    fail("bn_recalibration_batches", "must be >= 0")
   if config.num_epochs < 1:
     fail("num_epochs", "must be >= 1")
   if config.steps_per_epoch == 0 or config.steps_per_epoch < -1:

@@ -35,6 +35,8 @@ from jaxface import ops
 Array = jax.Array
 PyTree = Any
 
+BN_MOMENTUM = 0.9  # running-statistics momentum of the encoder's batch norms (PyTorch's 0.1)
+
 # (filter multiplier, kernel size) of the four encoder convolutions.
 _ENCODER_LAYERS = ((1, 5), (2, 5), (4, 3), (6, 3))
 # (filter multiplier, kernel size) of the decoder's transposed convolutions, before the RGB one.
@@ -99,7 +101,7 @@ class Encoder(nn.Module):
       x = _stride2(self.n_filters * mult, kernel, i, transpose=False, plain=self.plain_layers,
                    dtype=self.dtype)(x)
       x = nn.relu(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(512, dtype=self.dtype)(x))
     x = nn.Dense(self.n_outputs, dtype=self.dtype)(x)
@@ -234,6 +236,24 @@ def encode(variables: PyTree, x: Array, train: bool = False, *,
     batch_stats = variables["batch_stats"]
   return EncoderOutput(y_logit=out[:, 0], z_mean=out[:, 1:k + 1], z_logvar=out[:, k + 1:],
                        batch_stats=batch_stats)
+
+
+def batch_norm_statistics(variables: PyTree, x: Array, *, dtype: Any = jnp.float32) -> PyTree:
+  """The batch statistics (mean, var) of every batch norm of the encoder on one batch.
+
+  Args:
+    variables: model variables.
+    x: images, (B, H, W, 3).
+    dtype: compute dtype.
+
+  Returns:
+    A pytree shaped like ``variables['batch_stats']`` holding this batch's statistics.
+  """
+  zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+  # From zero running statistics, one train-mode update leaves (1 - momentum) * batch statistic.
+  updated = encode({"params": variables["params"], "batch_stats": zeros}, x, train=True,
+                   dtype=dtype).batch_stats
+  return jax.tree.map(lambda s: s / (1.0 - BN_MOMENTUM), updated)
 
 
 def decode(params: PyTree, z: Array, *, dtype: Any = jnp.float32) -> Array:

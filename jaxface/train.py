@@ -219,6 +219,48 @@ def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size:
   return {key: np.concatenate([p[key] for p in parts])[:n] for key in parts[0]} if parts else {}
 
 
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _batch_norm_statistics(variables, images, dtype):
+  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+  return models.batch_norm_statistics(variables, x, dtype=dtype)
+
+
+def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mesh: Mesh,
+                           config: ml_collections.ConfigDict, epoch: int) -> TrainState:
+  """Replaces the running batch-norm statistics by their mean over uniform training batches.
+
+  The exponential running averages (momentum ``models.BN_MOMENTUM``) follow the last few dozen
+  training batches, which are small and, for the DB-VAE, drawn with the resampling weights;
+  in eval mode their noise can shift the face logits of a whole group. Averaging the batch
+  statistics of ``config.bn_recalibration_batches`` batches of ``config.eval_batch_size``
+  images (half faces, half non-faces, drawn uniformly and deterministically from ``seed + 1``
+  and the epoch, a stream apart from the training batches') gives population statistics
+  instead. Training is unaffected: train-mode steps
+  use the statistics of their own batch.
+
+  Args:
+    state: the train state.
+    train_data: the training set (faces and non-faces).
+    mesh: device mesh; each batch is sharded over its ``data`` axis.
+    config: the run config.
+    epoch: the epoch just finished (selects the batches).
+
+  Returns:
+    The state with new ``batch_stats``.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(2 * n_dev, -(-config.eval_batch_size // (2 * n_dev)) * 2 * n_dev)
+  batcher = data_lib.Batcher(train_data, batch_size, seed=config.seed + 1, num_devices=1,
+                             steps_per_epoch=config.bn_recalibration_batches)
+  total = None
+  for images, _ in batcher.epoch_batches(epoch):
+    stats = _batch_norm_statistics(state.variables, shard_batch(mesh, images),
+                                   compute_dtype(config))
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  n = config.bn_recalibration_batches
+  return state.replace(batch_stats=jax.tree.map(lambda s: s / n, total))
+
+
 def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
                              train_faces: data_lib.FaceData,
                              mesh: Mesh) -> tuple[np.ndarray, dict[str, Any]]:
@@ -700,6 +742,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           flush_metrics()  # never checkpoint a state whose loss has not been checked
           save(state, epoch, step_in_epoch)
       flush_metrics()
+      if config.bn_recalibration_batches:
+        state = recalibrate_batch_norm(state, train_data, mesh, config, epoch)
       ev = evaluate(state.variables, datasets, mesh, config)
       ev["epoch"] = epoch
       history["epochs"].append(ev)

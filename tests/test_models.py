@@ -345,3 +345,16 @@ def test_bad_latent_dim_and_filters_raise():
     models.init_variables(jax.random.PRNGKey(0), latent_dim=-1)
   with pytest.raises(ValueError):
     models.init_variables(jax.random.PRNGKey(0), latent_dim=2, n_filters=0)
+
+
+def test_batch_norm_statistics_make_eval_mode_equal_train_mode():
+  variables = models.init_variables(jax.random.key(0), latent_dim=3, image_size=32)
+  x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
+  stats = models.batch_norm_statistics(variables, x)
+  assert jax.tree.structure(stats) == jax.tree.structure(variables["batch_stats"])
+  train_out = models.encode(variables, x, train=True)
+  eval_out = models.encode({"params": variables["params"], "batch_stats": stats}, x)
+  np.testing.assert_allclose(eval_out.y_logit, train_out.y_logit, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(eval_out.z_mean, train_out.z_mean, rtol=1e-4, atol=1e-4)
+  # The running averages were not used: they differ from this batch's statistics.
+  assert not np.allclose(jax.tree.leaves(stats)[0], jax.tree.leaves(variables["batch_stats"])[0])

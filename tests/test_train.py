@@ -12,12 +12,13 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxface import config as config_lib
 from jaxface import data as data_lib
-from jaxface import train
+from jaxface import models, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +88,8 @@ def test_end_to_end_each_model(tmp_path, kind):
 @pytest.mark.parametrize("overrides", [
     {"resampling.signal": "latent+epistemic"},
     {"dtype": "bfloat16"},
-], ids=["latent+epistemic", "bfloat16"])
+    {"bn_recalibration_batches": 2, "eval_batch_size": 16},
+], ids=["latent+epistemic", "bfloat16", "bn_recalibration"])
 def test_end_to_end_dbvae_variants(tmp_path, overrides):
   config = tiny_config("dbvae", num_epochs=1, steps_per_epoch=4, **overrides)
   final = train.train_and_evaluate(config, tmp_path)
@@ -101,6 +103,22 @@ def test_end_to_end_dbvae_variants(tmp_path, overrides):
   assert np.isfinite(info["ess"]) and 0 < info["ess_fraction"] <= 1.0
   _, variables = train.load_run(tmp_path)
   assert np.isfinite(flat_params(variables)).all()
+
+
+def test_recalibrated_batch_norm_is_the_mean_of_uniform_batch_statistics():
+  config = tiny_config("dbvae", bn_recalibration_batches=2, eval_batch_size=16)
+  train_data = data_lib.load_datasets(config.data)["train"]
+  variables = random_variables(config)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           batch_stats=variables["batch_stats"], opt_state=())
+  new = train.recalibrate_batch_norm(state, train_data, train.make_mesh(), config, epoch=1)
+  batcher = data_lib.Batcher(train_data, 16, seed=config.seed + 1, steps_per_epoch=2)
+  per_batch = [models.batch_norm_statistics(variables, jnp.asarray(batcher.batch(1, step)[0]))
+               for step in range(2)]
+  expected = jax.tree.map(lambda a, b: (a + b) / 2, *per_batch)
+  for got, want in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert jax.tree.leaves(new.params)[0] is jax.tree.leaves(state.params)[0]
 
 
 def _identity_run(kind: str = "cnn", **overrides):
