@@ -64,7 +64,7 @@ def study_specs(alphas: Sequence[float], combines: Sequence[str]) -> list[RunSpe
 
 def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_size: int,
                learning_rate: float, steps_per_epoch: int, val_fraction: float,
-               bn_recalibration_batches: int = 0):
+               bn_recalibration_batches: int | None = None):
   """The jaxface config of one run."""
   from jaxface import config as config_lib
 
@@ -87,7 +87,8 @@ def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_si
   config.batch_size = batch_size
   config.learning_rate = learning_rate
   config.steps_per_epoch = steps_per_epoch
-  config.bn_recalibration_batches = bn_recalibration_batches
+  if bn_recalibration_batches is not None:
+    config.bn_recalibration_batches = bn_recalibration_batches
   config.write_report = False
   config.progress_bar = False
   config.log_every_steps = 100
@@ -267,8 +268,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "here); 20 with --quick")
   parser.add_argument("--val_fraction", type=float, default=0.0,
                       help="training data held out for validation (the reference holds none)")
-  parser.add_argument("--bn_recalibration_batches", type=int, default=0,
-                      help="config.bn_recalibration_batches of every run (0: running averages)")
+  parser.add_argument("--bn_recalibration_batches", type=int, default=None,
+                      help="config.bn_recalibration_batches of every run (default: the "
+                           "config's; 0: the running averages)")
   parser.add_argument("--reference_log", default="",
                       help="JSON lines of peer_torch_study.py, added to the table")
   parser.add_argument("--reference_from", default="",
@@ -286,6 +288,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.workdir = os.path.join(args.workdir, "quick")
   if args.seeds is None:
     args.seeds = 1 if args.quick else 3
+  if args.bn_recalibration_batches is None:
+    from jaxface import config as config_lib
+    args.bn_recalibration_batches = config_lib.get_base_config().bn_recalibration_batches
   if args.steps_per_epoch is None:
     args.steps_per_epoch = 20 if args.quick else -1
   return args
@@ -351,8 +356,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "Var[A] in %², dark mass = share of the last epoch's resampling mass on DF + DM faces"
       f"{natural_text}; ESS = Kish effective sample size of that epoch's face probabilities "
       "as % of the faces."
-      + (f" Batch norm recalibrated on {args.bn_recalibration_batches} uniform batches before "
-         "each evaluation." if args.bn_recalibration_batches else ""),
+      + (" Batch-norm running averages kept (no recalibration)."
+         if args.bn_recalibration_batches == 0 else
+         f" Batch norm recalibrated on {args.bn_recalibration_batches} uniform batches of 256"
+         " before each evaluation."),
       markdown_table(table_rows),
       "Targets (DB-VAE configs vs our CNN and vs the lab pipeline):",
       checks_markdown(checks)])

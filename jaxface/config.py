@@ -46,8 +46,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"  # compute dtype; parameters and losses stay float32
   config.eval_batch_size = 256
   # Before every evaluation, replace the batch norms' running averages by the mean statistics
-  # of this many uniformly drawn training batches (half faces) of eval_batch_size; 0 = off.
-  config.bn_recalibration_batches = 0
+  # of this many uniformly drawn training batches (half faces) of eval_batch_size; 0 keeps the
+  # running averages (jaxface.train.recalibrate_batch_norm says why).
+  config.bn_recalibration_batches = 32
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500  # also at every epoch end; 0 = epoch ends only
@@ -151,6 +152,7 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.steps_per_epoch = 40
   config.log_every_steps = 10
   config.checkpoint_every_steps = 25
+  config.bn_recalibration_batches = 8
   config.data.n_train_faces = 1024
   config.data.n_train_non_faces = 1024
   config.data.n_test_per_group = 64
