@@ -45,8 +45,9 @@ Glasses are rare but not a handicap: faces with glasses were detected more often
 without (0.84-0.87), since the frames add contrast around the eyes. The harmful bias is in skin
 tone.
 
-Generation speed at 64x64: about 2,700 images/s of CPU time on one core (1,850 images/s wall
-clock while the 2-core machine was shared), measured with ``experiments/bench_batcher.py``.
+Generation speed at 64x64, one core of an otherwise idle 2-core CPU: 5,271 images/s wall clock
+(5,175 of CPU time), ``python experiments/bench_batcher.py``; about 2,700 of CPU time while the
+machine was shared.
 """
 
 from __future__ import annotations
