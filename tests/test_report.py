@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import config as config_lib
 from jaxface import evaluation, models, report
+
+from helpers import tiny_config
 
 # The architecture of test_evaluation.py, so the compiled functions are shared.
 IMAGE_SIZE = 32
@@ -254,30 +255,11 @@ def test_latent_traversal_ticks_are_distinct(tmp_path, monkeypatch):
 
 
 def _tiny_report_config(name: str = "dbvae") -> ml_collections.ConfigDict:
-  """A DB-VAE run of a few steps on 32x32 planted faces that writes its report.
-
-  The pattern of ``tests/test_train.py``'s ``tiny_config``, smaller still.
-  """
-  config = config_lib.get_base_config()
-  config.name = name
-  config.model.kind = "dbvae"
-  config.model.latent_dim = 8
-  config.model.n_filters = 4
-  config.resampling.signal = "latent"
-  config.data.image_size = 32
-  config.data.n_train_faces = 64
-  config.data.n_train_non_faces = 64
-  config.data.n_test_per_group = 6
-  config.data.n_test_non_faces = 16
-  config.batch_size = 16
-  config.num_epochs = 1
-  config.steps_per_epoch = 4
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 4
-  config.eval_batch_size = 64
-  config.progress_bar = False
-  config.write_report = True
-  return config
+  """A DB-VAE run of a few steps on 32x32 planted faces that writes its report."""
+  return tiny_config("dbvae", name=name, num_epochs=1, steps_per_epoch=4, write_report=True,
+                     **{"model.latent_dim": 8, "data.n_train_faces": 64,
+                        "data.n_train_non_faces": 64, "data.n_test_per_group": 6,
+                        "data.n_test_non_faces": 16})
 
 
 def _check_report_dir(report_dir: Path) -> list[str]:

@@ -1,0 +1,33 @@
+"""Helpers shared by the test modules (pytest puts this folder on ``sys.path``)."""
+
+from jaxface import config as config_lib
+
+
+def tiny_config(kind: str = "dbvae", **overrides):
+  """A config that trains in seconds: 32x32 images, a few steps, small sets."""
+  config = config_lib.get_base_config()
+  config.name = kind
+  config.model.kind = kind
+  config.model.latent_dim = {"cnn": 0, "ssvae": 8, "dbvae": 16}[kind]
+  config.model.n_filters = 4
+  config.resampling.signal = "latent" if kind == "dbvae" else "none"
+  config.data.image_size = 32
+  config.data.n_train_faces = 96
+  config.data.n_train_non_faces = 96
+  config.data.n_test_per_group = 8
+  config.data.n_test_non_faces = 32
+  config.batch_size = 16
+  config.num_epochs = 2
+  config.steps_per_epoch = 6
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 4
+  config.eval_batch_size = 64
+  config.progress_bar = False
+  config.write_report = False
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
