@@ -20,10 +20,12 @@ def _flax_fn(layer, features, k):
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7])
 @pytest.mark.parametrize("transpose", [False, True])
-def test_matches_flax_layer_and_its_gradients(k, transpose):
-  c_in, c_out, side = 5, 7, 8
+@pytest.mark.parametrize("chunk", [32, 2], ids=["one_chunk", "chunks_2_2_1"])
+def test_matches_flax_layer_and_its_gradients(k, transpose, chunk, monkeypatch):
+  monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", chunk)
+  c_in, c_out, side, batch = 5, 7, 8, 5
   key_x, key_w, key_g = jax.random.split(jax.random.key(k), 3)
-  x = jax.random.normal(key_x, (3, side // 2 if transpose else side, side // 2 if transpose
+  x = jax.random.normal(key_x, (batch, side // 2 if transpose else side, side // 2 if transpose
                                 else side, c_in))
   w = jax.random.normal(key_w, (k, k, c_in, c_out))
   reference = _flax_fn(nn.ConvTranspose if transpose else nn.Conv, c_out, k)
@@ -36,6 +38,12 @@ def test_matches_flax_layer_and_its_gradients(k, transpose):
   for g_ref, g in zip(vjp_ref(y_grad), vjp(y_grad)):
     assert g.shape == g_ref.shape
     assert _rel(g_ref, g) < 1e-5
+
+
+def test_batch_chunks_cover_the_batch_on_cpu(monkeypatch):
+  monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", 32)
+  expected = [(0, 32), (32, 64), (64, 70)] if jax.default_backend() == "cpu" else [(0, 70)]
+  assert ops._chunks(70) == expected  # noqa: SLF001
 
 
 def test_conv_s2_gradient_rejects_odd_sizes():
