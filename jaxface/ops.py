@@ -23,7 +23,7 @@ checkpoints are those of ``flax.linen.Conv`` / ``flax.linen.ConvTranspose``.
 On the CPU backend both also run a large batch as consecutive chunks of at most
 :data:`CPU_BATCH_CHUNK` images (unrolled at trace time, results concatenated): XLA:CPU's
 convolutions lose cache locality on large activations (the DB-VAE step at batch 256 spent
-about 40% more time per image than at batch 32). Other backends get the whole batch.
+a third more time per image than at batch 32). Other backends get the whole batch.
 
 Speed-ups are measured by ``experiments/benchmark.py`` (section ``xla``).
 """
