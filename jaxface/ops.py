@@ -147,13 +147,17 @@ def conv_s2(x: Array, kernel: Array) -> Array:
   Returns:
     (B, H / 2, W / 2, C_out).
   """
+  return _conv_s2_chunked(x, kernel)
+
+
+def _conv_s2_chunked(x: Array, kernel: Array) -> Array:
   return _per_chunk(lambda part: _conv_s2_plain(part, kernel), x)
 
 
 def _conv_s2_fwd(x, kernel):
   if x.shape[1] % 2 or x.shape[2] % 2:
     raise ValueError(f"conv_s2 needs an even height and width, got {x.shape}")
-  return _per_chunk(lambda part: _conv_s2_plain(part, kernel), x), (x, kernel)
+  return _conv_s2_chunked(x, kernel), (x, kernel)
 
 
 def _conv_s2_bwd(residuals, y_grad):

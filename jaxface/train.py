@@ -171,10 +171,15 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
 # --------------------------------------------------------------------------------------------
 
 
+def _unit_float(images: jax.Array) -> jax.Array:
+  """uint8 images as float32 in [0, 1]; float images unchanged."""
+  return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+
+
 @functools.partial(jax.jit, static_argnames=("dtype", "recon", "with_recon"))
 def _infer(variables, images, dtype, recon, with_recon=True):
   """Eval-mode encoding of one batch; decodes ``z_mean`` only for a VAE with ``with_recon``."""
-  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+  x = _unit_float(images)
   enc = models.encode(variables, x, train=False, dtype=dtype)
   out = {"face_prob": jax.nn.sigmoid(enc.y_logit), "z_mean": enc.z_mean}
   if with_recon and models.latent_dim_of(variables["params"]) > 0:
@@ -221,8 +226,7 @@ def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size:
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _batch_norm_statistics(variables, images, dtype):
-  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
-  return models.batch_norm_statistics(variables, x, dtype=dtype)
+  return models.batch_norm_statistics(variables, _unit_float(images), dtype=dtype)
 
 
 def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mesh: Mesh,
@@ -235,8 +239,7 @@ def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mes
   statistics of ``config.bn_recalibration_batches`` batches of ``config.eval_batch_size``
   images (half faces, half non-faces, drawn uniformly and deterministically from ``seed + 1``
   and the epoch, a stream apart from the training batches') gives population statistics
-  instead. Training is unaffected: train-mode steps
-  use the statistics of their own batch.
+  instead. Training is unaffected: train-mode steps use the statistics of their own batch.
 
   Args:
     state: the train state.
