@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 MODEL_KINDS = ("cnn", "ssvae", "dbvae")
-SIGNALS = ("none", "latent", "latent+epistemic")
+SIGNALS = ("none", "latent", "latent+epistemic", "groups")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -34,7 +34,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.recon = "l1"  # 'l1' (labs) or 'l2' (paper)
 
   config.resampling = ml_collections.ConfigDict()
-  config.resampling.signal = "latent"  # 'none', 'latent' or 'latent+epistemic'
+  # 'none', 'latent', 'latent+epistemic', or 'groups' (equal mass per labelled group: a
+  # known-groups baseline for any model, not a latent method)
+  config.resampling.signal = "latent"
   config.resampling.bins = 10
   config.resampling.alpha = 1e-3
   config.resampling.combine = "max"  # 'max' (lab) or 'product' (paper)
@@ -89,8 +91,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if kind == "cnn":
     if config.model.latent_dim != 0:
       fail("model.latent_dim", "must be 0 for the standard CNN")
-    if config.resampling.signal != "none":
-      fail("resampling.signal", "the standard CNN has no latent space: use 'none'")
+    if config.resampling.signal not in ("none", "groups"):
+      fail("resampling.signal", "the standard CNN has no latent space: use 'none' or 'groups'")
   elif config.model.latent_dim < 1:
     fail("model.latent_dim", "must be >= 1 for a VAE")
   if config.model.n_filters < 1:

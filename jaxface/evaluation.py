@@ -188,6 +188,35 @@ def _opt_float(x) -> float | None:
   return None if not np.isfinite(x) else x
 
 
+def var_a_sampling_noise(rates: Sequence[float], counts: Sequence[int]) -> float:
+  """The part of Var[A] (%²) that the finite test set alone contributes.
+
+  Each group's measured rate ``r_g`` is a binomial estimate from ``n_g`` faces, with sampling
+  variance ``s_g² = r_g (1 - r_g) / (n_g - 1)`` (unbiased). Even groups with equal true rates
+  then show a population variance of the G measured rates of, in expectation,
+  ``(G - 1) / G² * sum_g s_g²``; that is returned. ``Var_A`` minus it estimates the variance of
+  the true group rates, so a Var[A] near it cannot be told from a perfectly fair detector, and
+  a cut below it cannot be measured on this test set.
+
+  Args:
+    rates: (G,) detection rates as fractions in [0, 1].
+    counts: (G,) faces per group, each >= 2.
+
+  Returns:
+    The expected sampling part of Var[A] in percent squared.
+  """
+  rates = np.asarray(rates, np.float64)
+  counts = np.asarray(counts, np.float64)
+  if rates.shape != counts.shape or rates.ndim != 1 or rates.size == 0:
+    raise ValueError(f"rates {rates.shape} and counts {counts.shape} must be the same (G,) shape")
+  if np.any(counts < 2):
+    raise ValueError(f"every group needs at least 2 faces, got counts {counts.tolist()}")
+  if np.any((rates < 0) | (rates > 1)):
+    raise ValueError(f"rates must be fractions in [0, 1], got {rates.tolist()}")
+  g = rates.size
+  return float((g - 1) / g**2 * np.sum(rates * (1 - rates) / (counts - 1)) * 1e4)
+
+
 def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                   threshold: float = 0.5, group_order: Sequence[str] | None = None) -> dict:
   """Detection rate per demographic group and the aggregate bias figures.
@@ -206,7 +235,9 @@ def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
   Returns:
     A JSON-serialisable dict: ``groups`` ``{name: {'n', 'detection_rate' (fraction),
     'mean_face_prob'}}``; ``group_order``; over the groups with faces ``E_A`` (mean rate, %),
-    ``Var_A`` (``np.var`` of the rates in %, i.e. %²), ``worst_group``, ``worst_rate`` (%),
+    ``Var_A`` (``np.var`` of the rates in %, i.e. %²), ``Var_A_noise`` (its part expected from
+    the test set's size alone, :func:`var_a_sampling_noise`; None unless every group has >= 2
+    faces), ``worst_group``, ``worst_rate`` (%),
     ``gap`` (max - min rate, %); ``face_detection_rate`` (all faces, fraction),
     ``non_face_accuracy`` (fraction of non-faces with ``p <= threshold``, None without
     non-faces), ``accuracy`` (all samples), ``n_faces``, ``n_non_faces`` and ``threshold``.
@@ -238,12 +269,16 @@ def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
       per_group[g] = {"n": 0, "detection_rate": None, "mean_face_prob": None}
 
   result = {"threshold": float(threshold), "group_order": order, "groups": per_group,
-            "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None, "gap": None}
+            "E_A": None, "Var_A": None, "Var_A_noise": None, "worst_group": None,
+            "worst_rate": None, "gap": None}
   if rates:
     pct = np.array([r for _, r in rates]) * 100.0
     worst = int(np.argmin(pct))
     result.update(E_A=float(pct.mean()), Var_A=float(np.var(pct)), worst_group=rates[worst][0],
                   worst_rate=float(pct[worst]), gap=float(pct.max() - pct.min()))
+    counts = [per_group[g]["n"] for g, _ in rates]
+    if min(counts) >= 2:
+      result["Var_A_noise"] = var_a_sampling_noise([r for _, r in rates], counts)
   n_faces, n_non = int(is_face.sum()), int((labels == 0).sum())
   result["n_faces"], result["n_non_faces"] = n_faces, n_non
   result["face_detection_rate"] = float(detected[is_face].mean()) if n_faces else None

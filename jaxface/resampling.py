@@ -221,6 +221,30 @@ def epistemic_probabilities(recon_error: Array) -> Array:
   return _normalise(jnp.maximum(recon_error, 0.0), "recon_error")
 
 
+def group_balanced_probabilities(groups: np.ndarray) -> np.ndarray:
+  """Sampling probabilities that give every demographic group the same mass (a known-groups baseline).
+
+  Not a latent method: it needs each training face's group label, which the DB-VAE does
+  without. It bounds what re-sampling alone can do when the under-represented group is known.
+
+  Args:
+    groups: (N,) group label of each face; every face must have one (no ``''``).
+
+  Returns:
+    (N,) float64 probabilities summing to 1: ``1 / (G * n_g)`` for a face of group g, where G
+    is the number of groups present and n_g the faces in g.
+  """
+  groups = np.asarray(groups, dtype=str)
+  if groups.ndim != 1 or groups.size == 0:
+    raise ValueError(f"groups must be a non-empty (N,) array, got shape {groups.shape}")
+  unlabelled = int(np.sum(groups == ""))
+  if unlabelled:
+    raise ValueError(f"{unlabelled} of {groups.size} faces have no group label; group-balanced "
+                     "sampling needs one for every face")
+  names, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
+  return 1.0 / (len(names) * counts[index].astype(np.float64))
+
+
 def effective_sample_size(p: Array) -> float:
   """Kish effective sample size 1 / sum(p^2) of a probability vector: N when uniform."""
   p = np.asarray(p, np.float64)

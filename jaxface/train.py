@@ -7,7 +7,8 @@
    axis, parameters replicated, the state donated, per-step randomness from
    ``jax.random.fold_in(key, step)``);
 3. DB-VAE resampling: at the start of every epoch all training faces are encoded with a
-   jitted, sharded, batched pass and the batcher's face probabilities are replaced;
+   jitted, sharded, batched pass and the batcher's face probabilities are replaced (or, with
+   ``resampling.signal='groups'``, every labelled group gets the same mass, for any model);
 4. checkpoints (Orbax, under ``WORKDIR/checkpoints``) that resume exactly where a run stopped,
    after checking that the run's seed, batch, model, data size and PRNG key match the
    checkpoint's (:func:`run_identity`);
@@ -281,17 +282,21 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     share of the faces.
   """
   rs = config.resampling
-  # Only the epistemic signal needs the reconstruction error: 'latent' skips the decoder.
-  out = infer_dataset(variables, train_faces.images, mesh, config.eval_batch_size,
-                      compute_dtype(config), config.loss.recon,
-                      with_recon=rs.signal == "latent+epistemic")
-  z_mean = out["z_mean"]
-  if not np.isfinite(z_mean).all():
-    raise FloatingPointError("the encoder produced non-finite latent means for the training "
-                             "faces; cannot compute resampling probabilities")
-  p = resampling.sampling_probabilities(z_mean, rs.bins, rs.alpha, rs.combine)
-  if rs.signal == "latent+epistemic":
-    p = resampling.blend_probabilities(p, resampling.epistemic_probabilities(out["recon_error"]))
+  if rs.signal == "groups":
+    p = resampling.group_balanced_probabilities(train_faces.groups)
+  else:
+    # Only the epistemic signal needs the reconstruction error: 'latent' skips the decoder.
+    out = infer_dataset(variables, train_faces.images, mesh, config.eval_batch_size,
+                        compute_dtype(config), config.loss.recon,
+                        with_recon=rs.signal == "latent+epistemic")
+    z_mean = out["z_mean"]
+    if not np.isfinite(z_mean).all():
+      raise FloatingPointError("the encoder produced non-finite latent means for the training "
+                               "faces; cannot compute resampling probabilities")
+    p = resampling.sampling_probabilities(z_mean, rs.bins, rs.alpha, rs.combine)
+    if rs.signal == "latent+epistemic":
+      p = resampling.blend_probabilities(p,
+                                         resampling.epistemic_probabilities(out["recon_error"]))
   p = np.asarray(p, np.float64)
   p = p / p.sum()
   info = {"ess": resampling.effective_sample_size(p), "n_faces": int(p.size)}
@@ -299,9 +304,9 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
   if info["ess"] < max(0.01 * p.size, config.batch_size // 2):  # < 1%, or < one batch's faces
     logging.warning(
         "resampling puts almost all sampling mass on a few faces (effective sample size %.1f "
-        "of %d): training will see little but them. combine='product' over %d latent "
+        "of %d): training will see little but them. combine='product' over many latent "
         "dimensions does this; combine='max' or a larger alpha spreads the mass.",
-        info["ess"], p.size, z_mean.shape[1])
+        info["ess"], p.size)
   groups = train_faces.groups
   if any(groups):
     info["mass_by_group"] = {g: float(p[groups == g].sum()) for g in train_faces.group_names}
@@ -566,8 +571,10 @@ def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> 
       prob = "-" if g["mean_face_prob"] is None else f"{g['mean_face_prob']:.3f}"
       lines.append(f"{name:<10}{g['n']:>6}{rate:>14}{prob:>14}")
     if test.get("E_A") is not None:
-      lines.append(f"E[A] {test['E_A']:.2f}%  Var[A] {test['Var_A']:.2f}%²  worst group "
-                   f"{test['worst_group']} {test['worst_rate']:.2f}%")
+      noise = test.get("Var_A_noise")
+      lines.append(f"E[A] {test['E_A']:.2f}%  Var[A] {test['Var_A']:.2f}%²"
+                   + ("" if noise is None else f" (test-set sampling alone: ~{noise:.2f}%²)")
+                   + f"  worst group {test['worst_group']} {test['worst_rate']:.2f}%")
     if test.get("non_face_accuracy") is not None:
       lines.append(f"non-face accuracy {100 * test['non_face_accuracy']:.2f}%")
   return "\n".join(lines)
@@ -615,6 +622,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   train_data = datasets["train"]
   face_idx = train_data.face_indices()
   train_faces = train_data.subset(face_idx)
+  if config.resampling.signal == "groups" and not np.all(train_faces.groups != ""):
+    raise ValueError("config.resampling.signal = 'groups' needs a group label on every training "
+                     f"face; {int(np.sum(train_faces.groups == ''))} of {train_faces.num_faces} "
+                     "have none")
   # The batch is the same whatever the device count (the step's loss and batch-norm statistics
   # are global over the sharded batch), so runs on 1 and on N devices see the same data.
   batcher = data_lib.Batcher(train_data, config.batch_size, seed=config.seed, num_devices=1,

@@ -81,6 +81,7 @@ def test_group_metrics_hand_values():
   assert m["worst_group"] == "DF"
   assert m["worst_rate"] == 0.0
   assert m["gap"] == pytest.approx(100.0)
+  assert m["Var_A_noise"] is None  # DF has one face: no variance estimate
   assert m["non_face_accuracy"] == pytest.approx(2.0 / 3.0)
   assert m["face_detection_rate"] == pytest.approx(4.0 / 7.0)
   assert m["accuracy"] == pytest.approx(6.0 / 10.0)
@@ -119,6 +120,31 @@ def test_group_metrics_no_faces_at_all():
     assert m[key] is None
   assert m["non_face_accuracy"] == 0.5
   json.dumps(m, allow_nan=False)
+
+
+def test_var_a_sampling_noise_hand_values_and_in_group_metrics():
+  # Two groups: rates 0.5 (n 5) and 1.0 (n 3): (2 - 1) / 4 * (0.25 / 4 + 0) * 1e4 = 156.25.
+  assert evaluation.var_a_sampling_noise([0.5, 1.0], [5, 3]) == pytest.approx(156.25)
+  prob = np.array([0.9, 0.9, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9])
+  m = evaluation.group_metrics(prob, np.ones(8), np.array(["A"] * 5 + ["B"] * 3))
+  assert m["groups"]["A"]["detection_rate"] == pytest.approx(0.4)
+  assert m["Var_A_noise"] == pytest.approx(0.25 * 0.4 * 0.6 / 4 * 1e4)
+  for rates, counts in (([0.5], [1]), ([0.5, 1.5], [4, 4]), ([0.5, 0.5], [4])):
+    with pytest.raises(ValueError):
+      evaluation.var_a_sampling_noise(rates, counts)
+
+
+def test_var_a_sampling_noise_is_the_expected_variance_of_equal_groups():
+  # Four groups with the same true rate, 300 faces each (the utkface test set): the measured
+  # rates still differ, and the mean of np.var over many draws is the returned figure.
+  rng = np.random.default_rng(0)
+  true_rate, n = 0.99, 300
+  rates = rng.binomial(n, true_rate, size=(20000, 4)) / n
+  observed = np.mean(np.var(rates * 100, axis=1))
+  expected = 3 / 16 * 4 * true_rate * (1 - true_rate) / n * 1e4
+  assert observed == pytest.approx(expected, rel=0.03)
+  estimates = [evaluation.var_a_sampling_noise(r, [n] * 4) for r in rates[:4000]]
+  assert np.mean(estimates) == pytest.approx(observed, rel=0.05)  # unbiased from the data
 
 
 def test_group_metrics_rejects_mismatched_lengths():

@@ -66,12 +66,16 @@ def test_study_quick_is_resumable(tmp_path):
   study = _load("study")
   manifest = _tiny_manifest(tmp_path / "manifest.csv")
   argv = ["--quick", "--manifest", str(manifest), "--workdir", str(tmp_path / "runs"),
-          "--steps_per_epoch", "3", "--xla_cache", ""]
+          "--steps_per_epoch", "3", "--xla_cache", "", "--group_balanced"]
   result = study.main(argv)
-  assert set(result["summary"]) == {"cnn", "dbvae-product-a0.01"}
+  assert set(result["summary"]) == {"cnn", "dbvae-product-a0.01", "cnn-groups"}
   cnn = result["summary"]["cnn"]
-  assert {"rate_LF", "rate_DM", "E_A", "Var_A", "worst_rate", "non_face_accuracy"} <= set(cnn)
+  assert {"rate_LF", "rate_DM", "E_A", "Var_A", "Var_A_noise", "worst_rate",
+          "non_face_accuracy"} <= set(cnn)
   assert "mass_dark" in result["summary"]["dbvae-product-a0.01"]
+  # Group-balanced sampling: each of the 4 groups (8 training faces each) gets a quarter.
+  assert result["summary"]["cnn-groups"]["mass_dark"]["mean"] == pytest.approx(50.0)
+  assert [c["config"] for c in result["checks"]] == ["dbvae-product-a0.01", "cnn-groups"]
   table = (tmp_path / "runs" / "quick" / "study.md").read_text()
   assert "| cnn | 1 |" in table
   metrics = tmp_path / "runs" / "quick" / "cnn" / "seed0" / "metrics.json"

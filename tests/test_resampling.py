@@ -392,3 +392,19 @@ def test_bad_z_mean_shapes_raise(z):
 def test_bias_score_bad_bins_raise():
   with pytest.raises(ValueError):
     resampling.bias_score(_normal(N, K), bins=0)
+
+
+def test_group_balanced_probabilities_hand_values():
+  groups = np.array(["LF", "LF", "LF", "DM", "LM", "LM"])
+  p = resampling.group_balanced_probabilities(groups)
+  np.testing.assert_allclose(p, [1 / 9, 1 / 9, 1 / 9, 1 / 3, 1 / 6, 1 / 6])
+  assert p.dtype == np.float64 and abs(p.sum() - 1) < 1e-12
+  for g in np.unique(groups):  # every group gets the same mass
+    np.testing.assert_allclose(p[groups == g].sum(), 1 / 3)
+
+
+def test_group_balanced_probabilities_refuse_unlabelled_or_empty():
+  with pytest.raises(ValueError, match="1 of 3 faces have no group label"):
+    resampling.group_balanced_probabilities(np.array(["LF", "", "DM"]))
+  with pytest.raises(ValueError, match="non-empty"):
+    resampling.group_balanced_probabilities(np.array([], dtype=str))

@@ -193,6 +193,38 @@ def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
                                        with_recon=False)
 
 
+def test_groups_signal_balances_the_labelled_groups_without_a_model(monkeypatch):
+  config = tiny_config("cnn", **{"resampling.signal": "groups"})
+  datasets = data_lib.load_datasets(config.data)
+  faces = datasets["train"].subset(datasets["train"].face_indices())
+  monkeypatch.setattr(train, "infer_dataset", lambda *a, **k: pytest.fail("no encoding pass"))
+  p, info = train.resampling_probabilities(config, None, faces, train.make_mesh())
+  names = faces.group_names
+  assert len(names) > 1
+  for g in names:
+    assert info["mass_by_group"][g] == pytest.approx(1 / len(names))
+  assert p.shape == (len(faces),) and info["ess"] < len(faces)
+
+
+def test_groups_signal_trains_a_cnn_and_refuses_unlabelled_faces(tmp_path, monkeypatch):
+  config = tiny_config("cnn", **{"resampling.signal": "groups", "num_epochs": 1})
+  metrics = train.train_and_evaluate(config, tmp_path / "run")
+  masses = metrics["resampling"][0]["mass_by_group"]
+  assert set(masses) == set(metrics["resampling"][0]["share_by_group"])
+  assert max(masses.values()) == pytest.approx(min(masses.values()))
+  original = data_lib.load_datasets
+
+  def unlabelled(data_config):
+    datasets = original(data_config)
+    datasets["train"].groups[datasets["train"].face_indices()[:3]] = ""
+    return datasets
+
+  monkeypatch.setattr(data_lib, "load_datasets", unlabelled)
+  with pytest.raises(ValueError, match="'groups' needs a group label on every training face; 3 "):
+    train.train_and_evaluate(config, tmp_path / "unlabelled")
+  assert not (tmp_path / "unlabelled" / "checkpoints").exists()
+
+
 def test_resampling_pass_warns_when_the_mass_collapses(caplog, monkeypatch):
   config = tiny_config("dbvae")
   datasets = data_lib.load_datasets(config.data)
@@ -306,6 +338,10 @@ def test_unknown_field_and_indivisible_batch():
     config_lib.validate_config(config, 1)
   with pytest.raises(ValueError, match="divisible by the number of devices"):
     config_lib.validate_config(tiny_config("dbvae", batch_size=18), 4)
+  with pytest.raises(ValueError, match="no latent space: use 'none' or 'groups'"):
+    config_lib.validate_config(tiny_config("cnn", **{"resampling.signal": "latent"}), 1)
+  with pytest.raises(ValueError, match="resampling.signal"):
+    config_lib.validate_config(tiny_config("dbvae", **{"resampling.signal": "group"}), 1)
 
 
 def test_config_files_and_smoke_option():
