@@ -76,6 +76,14 @@ XLA_VARIANTS: dict[str, tuple[dict[str, Any], str, str, str]] = {
         {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
         "float32", "float32", "ops"),
     "onednn": ({"xla_cpu_use_onednn": True}, "float32", "float32", "ops"),
+    # XLA:CPU hands convolutions to YNNPACK by default; '' keeps them on its Eigen path.
+    "ynn_convolutions_off": ({"xla_cpu_experimental_ynn_fusion_type": ""}, "float32", "float32",
+                             "ops"),
+    "ynn_conv_eltwise_reduce": (
+        {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+                                                 "LIBRARY_FUSION_TYPE_ELTWISE,"
+                                                 "LIBRARY_FUSION_TYPE_REDUCE"},
+        "float32", "float32", "ops"),
     "single_thread_eigen": ({"xla_cpu_multi_thread_eigen": False}, "float32", "float32", "ops"),
     "bfloat16": ({}, "bfloat16", "float32", "ops"),
     "uint8_batch": ({}, "float32", "uint8", "ops"),

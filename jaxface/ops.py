@@ -48,8 +48,12 @@ def _chunks(batch: int) -> list[tuple[int, int]]:
   return [(i, min(i + size, batch)) for i in range(0, batch, max(size, 1))]
 
 
-def _per_chunk(fn: Callable[[Array], Array], x: Array) -> Array:
-  """``fn`` applied to consecutive batch chunks of ``x``, concatenated along the batch."""
+def per_chunk(fn: Callable[[Array], Array], x: Array) -> Array:
+  """``fn`` applied to consecutive batch chunks of ``x``, concatenated along the batch.
+
+  On the CPU backend the chunks have :data:`CPU_BATCH_CHUNK` rows (the last may be shorter);
+  elsewhere ``fn`` sees the whole batch. ``fn`` must treat every row on its own.
+  """
   parts = [fn(x[start:stop]) for start, stop in _chunks(x.shape[0])]
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
@@ -124,7 +128,7 @@ def conv_transpose_s2(x: Array, kernel: Array) -> Array:
   """
   pad_lo = _same_pad_transpose(kernel.shape[0])
   # y[2m + r] sums x[m + d] @ kernel[t] over the taps with t = 2d + pad_lo - r.
-  return _per_chunk(lambda part: _subpixel(part, kernel, lambda r, t: r + t - pad_lo), x)
+  return per_chunk(lambda part: _subpixel(part, kernel, lambda r, t: r + t - pad_lo), x)
 
 
 def _conv_s2_plain(x: Array, kernel: Array) -> Array:
@@ -151,7 +155,7 @@ def conv_s2(x: Array, kernel: Array) -> Array:
 
 
 def _conv_s2_chunked(x: Array, kernel: Array) -> Array:
-  return _per_chunk(lambda part: _conv_s2_plain(part, kernel), x)
+  return per_chunk(lambda part: _conv_s2_plain(part, kernel), x)
 
 
 def _conv_s2_fwd(x, kernel):
@@ -165,7 +169,7 @@ def _conv_s2_bwd(residuals, y_grad):
   lo, _ = _same_pad_conv(kernel.shape[0])
   kernel_t = jnp.swapaxes(kernel, 2, 3)
   # y[o] = sum_t x[2o + t - lo] k[t], so x[2m + r] receives y[m + d] through t = r + lo - 2d.
-  x_grad = _per_chunk(lambda g: _subpixel(g, kernel_t, lambda r, t: r + lo - t), y_grad)
+  x_grad = per_chunk(lambda g: _subpixel(g, kernel_t, lambda r, t: r + lo - t), y_grad)
   kernel_grad = None
   for start, stop in _chunks(x.shape[0]):
     _, kernel_vjp = jax.vjp(lambda w, part=x[start:stop]: _conv_s2_plain(part, w), kernel)
