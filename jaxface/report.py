@@ -628,13 +628,14 @@ def _summary_rows(names: Sequence[str], kinds: Sequence[str], metrics: Sequence[
     rows.append([name, KIND_LABELS.get(kind, kind), _frac_pct(m.get("accuracy"), 2),
                  _frac_pct(m.get("face_detection_rate"), 2),
                  _frac_pct(m.get("non_face_accuracy"), 2), _pct(m["E_A"], 2),
-                 _pct(m["Var_A"], 2), m["worst_group"] or "–", _pct(m["worst_rate"], 2),
-                 _pct(m["gap"], 2)])
+                 _pct(m["Var_A"], 2), _pct(m.get("Var_A_noise"), 2), m["worst_group"] or "–",
+                 _pct(m["worst_rate"], 2), _pct(m["gap"], 2)])
   return rows
 
 
 _SUMMARY_HEADER = ("run", "model", "accuracy %", "faces detected %", "non-faces correct %",
-                   "E_A %", "Var_A %²", "worst group", "worst rate %", "gap (points)")
+                   "E_A %", "Var_A %²", "Var_A noise %²", "worst group", "worst rate %",
+                   "gap (points)")
 
 
 def _run_diagnostics(page: _Page, run: RunArtifacts, result: dict, slug: str, order: list[str],
@@ -821,7 +822,9 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
             f"{int(np.sum(labels == 0))} non-faces. {main.test_note}".strip())
   page.para("A face counts as detected when its face probability is above 0.5. E_A is the mean "
             "of the group detection rates and Var_A their variance (population variance, in "
-            "percent squared): a fair detector has a high E_A and a low Var_A.")
+            "percent squared): a fair detector has a high E_A and a low Var_A. Var_A noise is "
+            "the part of Var_A that the finite number of test faces alone contributes (binomial "
+            "sampling of each group's rate): a Var_A near it is within the test set's noise.")
   page.heading("Summary")
   page.raw(_table(_SUMMARY_HEADER, _summary_rows(names, [r.kind for r in runs], metrics)))
 
