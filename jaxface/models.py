@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxface import ops
 
@@ -79,6 +80,51 @@ def _stride2(features: int, k: int, index: int, *, transpose: bool, plain: bool,
                      name=f"{'ConvTranspose' if transpose else 'Conv'}_{index}")
 
 
+class ChunkedBatchNorm(nn.Module):
+  """``flax.linen.BatchNorm`` over the batch chunks of one activation, given as a list.
+
+  Statistics are over all chunks together (the same as one ``nn.BatchNorm`` on their
+  concatenation, which the tests check), as are the parameters (``scale``, ``bias``) and the
+  running statistics (``batch_stats`` ``mean`` and ``var``), so checkpoints are
+  interchangeable. Each chunk is normalised on its own, so a chunk can go on to the next layer
+  while it is still in cache (:func:`jaxface.ops.split_batch`).
+
+  Attributes:
+    use_running_average: normalise with the running statistics (eval mode).
+    momentum: running-statistics decay.
+    epsilon: added to the variance.
+    dtype: output dtype; statistics are computed in float32.
+  """
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, chunks: list[Array]) -> list[Array]:
+    """Normalises every (b_i, ..., C) chunk; returns the chunks in ``dtype``."""
+    features = chunks[0].shape[-1]
+    scale = self.param("scale", nn.initializers.ones_init(), (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      count = sum(math.prod(c.shape[:-1]) for c in chunks)
+      axes = tuple(range(chunks[0].ndim - 1))
+      as_f32 = [c.astype(jnp.float32) for c in chunks]
+      mean = sum(jnp.sum(c, axis=axes) for c in as_f32) / count
+      mean_sq = sum(jnp.sum(jnp.square(c), axis=axes) for c in as_f32) / count
+      var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+    mul = scale * lax.rsqrt(var + self.epsilon)
+    add = bias - mean * mul
+    return [(c.astype(jnp.float32) * mul + add).astype(self.dtype) for c in chunks]
+
+
 class Encoder(nn.Module):
   """Convolutional face classifier / VAE encoder.
 
@@ -96,13 +142,16 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     """Maps images (B, H, W, 3) to raw outputs (B, n_outputs), in float32."""
-    x = x.astype(self.dtype)
+    # On CPU the batch is a list of chunks until the dense layers (jaxface.ops.split_batch).
+    chunks = ops.split_batch(x.astype(self.dtype))
     for i, (mult, kernel) in enumerate(_ENCODER_LAYERS):
-      x = _stride2(self.n_filters * mult, kernel, i, transpose=False, plain=self.plain_layers,
-                   dtype=self.dtype)(x)
-      x = nn.relu(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype)(x)
-    x = x.reshape((x.shape[0], -1))
+      conv = _stride2(self.n_filters * mult, kernel, i, transpose=False, plain=self.plain_layers,
+                      dtype=self.dtype)
+      chunks = [nn.relu(conv(c)) for c in chunks]
+      chunks = ChunkedBatchNorm(use_running_average=not train, dtype=self.dtype,
+                                name=f"BatchNorm_{i}")(chunks)
+    flat = [c.reshape((c.shape[0], -1)) for c in chunks]
+    x = flat[0] if len(flat) == 1 else jnp.concatenate(flat)
     x = nn.relu(nn.Dense(512, dtype=self.dtype)(x))
     x = nn.Dense(self.n_outputs, dtype=self.dtype)(x)
     return x.astype(jnp.float32)

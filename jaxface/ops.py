@@ -24,8 +24,10 @@ On the CPU backend both also run a large batch as consecutive chunks of at most
 :data:`CPU_BATCH_CHUNK` images (unrolled at trace time, results concatenated): XLA:CPU's
 convolutions lose cache locality on large activations (the DB-VAE step at batch 256 spent
 a third more time per image than at batch 32). Other backends get the whole batch.
-:func:`per_chunk` is the same split for any per-row function: ``models.decode`` runs the whole
-decoder through it, so each chunk stays in cache from layer to layer.
+:func:`split_batch` / :func:`per_chunk` make the same split for whole networks: the encoder
+keeps its activations as a list of chunks from the input to the dense layers (batch norm
+combines the chunks' sums) and ``models.decode`` runs the whole decoder per chunk, so each
+chunk stays in cache from layer to layer and no activation is sliced or concatenated.
 
 Speed-ups are measured by ``experiments/benchmark.py`` (section ``xla``).
 """
@@ -50,13 +52,19 @@ def _chunks(batch: int) -> list[tuple[int, int]]:
   return [(i, min(i + size, batch)) for i in range(0, batch, max(size, 1))]
 
 
-def per_chunk(fn: Callable[[Array], Array], x: Array) -> Array:
-  """``fn`` applied to consecutive batch chunks of ``x``, concatenated along the batch.
+def split_batch(x: Array) -> list[Array]:
+  """``x`` as consecutive batch chunks: :data:`CPU_BATCH_CHUNK` rows each on the CPU backend
+  (the last may be shorter), ``[x]`` elsewhere."""
+  bounds = _chunks(x.shape[0])
+  return [x] if len(bounds) == 1 else [x[start:stop] for start, stop in bounds]
 
-  On the CPU backend the chunks have :data:`CPU_BATCH_CHUNK` rows (the last may be shorter);
-  elsewhere ``fn`` sees the whole batch. ``fn`` must treat every row on its own.
+
+def per_chunk(fn: Callable[[Array], Array], x: Array) -> Array:
+  """``fn`` applied to the chunks of :func:`split_batch`, concatenated along the batch.
+
+  ``fn`` must treat every row on its own.
   """
-  parts = [fn(x[start:stop]) for start, stop in _chunks(x.shape[0])]
+  parts = [fn(part) for part in split_batch(x)]
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
@@ -163,21 +171,30 @@ def _conv_s2_chunked(x: Array, kernel: Array) -> Array:
 def _conv_s2_fwd(x, kernel):
   if x.shape[1] % 2 or x.shape[2] % 2:
     raise ValueError(f"conv_s2 needs an even height and width, got {x.shape}")
-  return _conv_s2_chunked(x, kernel), (x, kernel)
+  # The kernel gradient reads the input batch-minor; transposed here, while x is in cache.
+  return _conv_s2_chunked(x, kernel), (jnp.transpose(x, (3, 1, 2, 0)), kernel)
+
+
+def _kernel_grad(x_t: Array, y_grad: Array, k: int) -> Array:
+  """``dL/dkernel`` of :func:`conv_s2` from the batch-minor input ``x_t`` (C_in, H, W, B)."""
+  lo, _ = _same_pad_conv(k)
+  pad = ((lo, k - 2 - lo), (lo, k - 2 - lo))  # output k taps; -1 (cut) for k = 1
+  # kernel[t, c, o] = sum_{b, m} x[b, 2m + t - lo, c] y_grad[b, m, o]: a convolution over the
+  # spatial positions with the input channels as its batch and the images as its features.
+  grad = lax.conv_general_dilated(x_t, y_grad.astype(x_t.dtype), (1, 1), pad,
+                                  rhs_dilation=(2, 2),
+                                  dimension_numbers=("NHWC", "IHWO", "NHWC"))
+  return jnp.transpose(grad, (1, 2, 0, 3))
 
 
 def _conv_s2_bwd(residuals, y_grad):
-  x, kernel = residuals
+  x_t, kernel = residuals
   lo, _ = _same_pad_conv(kernel.shape[0])
   kernel_t = jnp.swapaxes(kernel, 2, 3)
   # y[o] = sum_t x[2o + t - lo] k[t], so x[2m + r] receives y[m + d] through t = r + lo - 2d.
   x_grad = per_chunk(lambda g: _subpixel(g, kernel_t, lambda r, t: r + lo - t), y_grad)
-  kernel_grad = None
-  for start, stop in _chunks(x.shape[0]):
-    _, kernel_vjp = jax.vjp(lambda w, part=x[start:stop]: _conv_s2_plain(part, w), kernel)
-    (part_grad,) = kernel_vjp(y_grad[start:stop])
-    kernel_grad = part_grad if kernel_grad is None else kernel_grad + part_grad
-  return x_grad.astype(x.dtype), kernel_grad
+  kernel_grad = _kernel_grad(x_t, y_grad, kernel.shape[0]).astype(kernel.dtype)
+  return x_grad.astype(x_t.dtype), kernel_grad
 
 
 conv_s2.defvjp(_conv_s2_fwd, _conv_s2_bwd)

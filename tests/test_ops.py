@@ -105,3 +105,53 @@ def test_decode_runs_batch_chunks_and_matches_the_plain_decoder(monkeypatch):
   g_ref = jax.grad(lambda p: jnp.sum(plain.apply({"params": p["decoder"]}, z) ** 2))(params)
   for a, b in zip(jax.tree.leaves(g_ref["decoder"]), jax.tree.leaves(g_ours)):
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * float(jnp.max(jnp.abs(a)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_chunked_batch_norm_equals_flax_batch_norm_on_the_whole_batch(dtype):
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (5, 4, 4, 6))
+  chunks = [x[:2], x[2:4], x[4:]]
+  ours = models.ChunkedBatchNorm(use_running_average=False, dtype=dtype)
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=models.BN_MOMENTUM, dtype=dtype)
+  variables = ours.init(jax.random.key(1), chunks)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, flax_bn.init(jax.random.key(1), x))
+  variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 6), "bias": jnp.linspace(-1, 1, 6)},
+               "batch_stats": {"mean": jnp.full(6, 0.3), "var": jnp.full(6, 1.7)}}
+  out, new = ours.apply(variables, chunks, mutable=["batch_stats"])
+  ref, ref_new = flax_bn.apply(variables, x, mutable=["batch_stats"])
+  assert [c.shape[0] for c in out] == [2, 2, 1] and out[0].dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(jnp.concatenate(out), np.float32),
+                             np.asarray(ref, np.float32), atol=tol, rtol=tol)
+  for key in ("mean", "var"):
+    np.testing.assert_allclose(new["batch_stats"][key], ref_new["batch_stats"][key], rtol=1e-5)
+  eval_ours = models.ChunkedBatchNorm(use_running_average=True, dtype=dtype)
+  eval_ref = nn.BatchNorm(use_running_average=True, dtype=dtype)
+  np.testing.assert_allclose(
+      np.asarray(jnp.concatenate(eval_ours.apply(variables, chunks)), np.float32),
+      np.asarray(eval_ref.apply(variables, x), np.float32), atol=tol, rtol=tol)
+
+
+def test_encoder_on_batch_chunks_equals_the_whole_batch(monkeypatch):
+  """Same outputs, batch statistics and gradients whether the batch is split or not."""
+  variables = models.init_variables(jax.random.key(0), latent_dim=6, image_size=32)
+  x = jax.random.uniform(jax.random.key(1), (5, 32, 32, 3))
+
+  def loss(params):
+    out = models.encode({**variables, "params": params}, x, train=True)
+    return jnp.mean(out.z_mean ** 2) + jnp.mean(out.y_logit), out
+
+  results = {}
+  for chunk in (2, 1000):
+    monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", chunk)
+    assert len(ops.split_batch(x)) == (3 if chunk == 2 and jax.default_backend() == "cpu" else 1)
+    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    results[chunk] = (value, out, grads)
+  (v_a, out_a, g_a), (v_b, out_b, g_b) = results[2], results[1000]
+  assert np.isclose(float(v_a), float(v_b), rtol=1e-5)
+  assert _rel(out_b.z_mean, out_a.z_mean) < 1e-5
+  for a, b in zip(jax.tree.leaves(out_b.batch_stats), jax.tree.leaves(out_a.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_b), jax.tree.leaves(g_a)):
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * (float(jnp.max(jnp.abs(a))) + 1e-6)
