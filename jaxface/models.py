@@ -59,14 +59,22 @@ class StridedConv(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array | list[Array]) -> Array | list[Array]:
+    """Maps (B, H, W, C_in) to (B, H', W', features), or each chunk of a list of them."""
+    chunks = x if isinstance(x, list) else [x]
     k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features), jnp.float32)
+                        (k, k, chunks[0].shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = ops.conv_transpose_s2(x, kernel) if self.transpose else ops.conv_s2(x, kernel)
-    return y + bias.astype(self.dtype)
+    chunks, kernel = [c.astype(self.dtype) for c in chunks], kernel.astype(self.dtype)
+    if not isinstance(x, list):  # one array: jaxface.ops splits it where that pays
+      y = (ops.conv_transpose_s2 if self.transpose else ops.conv_s2)(chunks[0], kernel)
+      return y + bias.astype(self.dtype)
+    if self.transpose:
+      ys = ops.conv_transpose_s2_chunks(chunks, kernel)  # one phase kernel for all chunks
+    else:
+      ys = [ops.conv_s2(c, kernel) for c in chunks]
+    return [y + bias.astype(self.dtype) for y in ys]
 
 
 def _stride2(features: int, k: int, index: int, *, transpose: bool, plain: bool,
@@ -125,6 +133,11 @@ class ChunkedBatchNorm(nn.Module):
     return [(c.astype(jnp.float32) * mul + add).astype(self.dtype) for c in chunks]
 
 
+def _on_chunks(layer: nn.Module, chunks: list[Array]) -> list[Array]:
+  """A layer applied to every batch chunk (a :class:`StridedConv` takes the list at once)."""
+  return layer(chunks) if isinstance(layer, StridedConv) else [layer(c) for c in chunks]
+
+
 class Encoder(nn.Module):
   """Convolutional face classifier / VAE encoder.
 
@@ -147,7 +160,7 @@ class Encoder(nn.Module):
     for i, (mult, kernel) in enumerate(_ENCODER_LAYERS):
       conv = _stride2(self.n_filters * mult, kernel, i, transpose=False, plain=self.plain_layers,
                       dtype=self.dtype)
-      chunks = [nn.relu(conv(c)) for c in chunks]
+      chunks = [nn.relu(c) for c in _on_chunks(conv, chunks)]
       chunks = ChunkedBatchNorm(use_running_average=not train, dtype=self.dtype,
                                 name=f"BatchNorm_{i}")(chunks)
     flat = [c.reshape((c.shape[0], -1)) for c in chunks]
@@ -175,14 +188,18 @@ class Decoder(nn.Module):
   def __call__(self, z: Array) -> Array:
     """Maps latent codes (B, k) to images (B, S, S, 3), linear output, float32."""
     side = self.image_size // 16
-    x = nn.relu(nn.Dense(side * side * 6 * self.n_filters, dtype=self.dtype)(z.astype(self.dtype)))
-    x = x.reshape((x.shape[0], side, side, 6 * self.n_filters))
+    # Every code is decoded on its own, so on CPU the batch runs as a list of chunks from the
+    # first layer to the last (jaxface.ops.split_batch).
+    dense = nn.Dense(side * side * 6 * self.n_filters, dtype=self.dtype)
+    chunks = [nn.relu(dense(c)).reshape((c.shape[0], side, side, 6 * self.n_filters))
+              for c in ops.split_batch(z.astype(self.dtype))]
     layers = [(self.n_filters * mult, kernel) for mult, kernel in _DECODER_LAYERS] + [(3, 5)]
     for i, (features, kernel) in enumerate(layers):
-      x = _stride2(features, kernel, i, transpose=True, plain=self.plain_layers,
-                   dtype=self.dtype)(x)
+      chunks = _on_chunks(_stride2(features, kernel, i, transpose=True, plain=self.plain_layers,
+                                   dtype=self.dtype), chunks)
       if i < len(layers) - 1:
-        x = nn.relu(x)
+        chunks = [nn.relu(c) for c in chunks]
+    x = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
     return x.astype(jnp.float32)
 
 
@@ -321,9 +338,7 @@ def decode(params: PyTree, z: Array, *, dtype: Any = jnp.float32) -> Array:
                      "cannot decode")
   decoder = Decoder(n_filters=n_filters_of(params), image_size=image_size_of_decoder(params),
                     dtype=dtype)
-  # The decoder treats every code on its own, so on CPU it runs whole on batch chunks (each
-  # chunk's activations stay in cache between layers; see jaxface.ops).
-  return ops.per_chunk(lambda part: decoder.apply({"params": params["decoder"]}, part), z)
+  return decoder.apply({"params": params["decoder"]}, z)
 
 
 def reparameterize(key: Array, z_mean: Array, z_logvar: Array) -> Array:

@@ -91,16 +91,19 @@ def _phase_taps(k: int, tap_of: Callable[[int, int], int]) -> tuple[np.ndarray, 
   return taps, d_min, d_max
 
 
-def _subpixel(x: Array, kernel: Array, tap_of: Callable[[int, int], int]) -> Array:
-  """``y[2m + r] = sum_d x[m + d] @ kernel[tap(r, d)]`` in both spatial dimensions.
+def _subpixel(chunks: list[Array], kernel: Array,
+              tap_of: Callable[[int, int], int]) -> list[Array]:
+  """``y[2m + r] = sum_d x[m + d] @ kernel[tap(r, d)]`` in both spatial dimensions, per chunk.
+
+  The phase kernel is gathered once for all chunks (and its gradient scattered back once).
 
   Args:
-    x: (B, n, n, C_in).
+    chunks: (b_i, n, n, C_in) each.
     kernel: (k, k, C_in, C_out).
     tap_of: see :func:`_phase_taps`.
 
   Returns:
-    (B, 2n, 2n, C_out).
+    (b_i, 2n, 2n, C_out) each.
   """
   k, _, c_in, c_out = kernel.shape
   taps, d_min, d_max = _phase_taps(k, tap_of)
@@ -109,10 +112,17 @@ def _subpixel(x: Array, kernel: Array, tap_of: Callable[[int, int], int]) -> Arr
   phase = padded[taps][:, :, taps]  # (r_h, j_h, r_w, j_w, C_in, C_out)
   phase = phase.transpose(1, 3, 4, 0, 2, 5).reshape(length, length, c_in, 4 * c_out)
   pad = ((-d_min, d_max), (-d_min, d_max))
-  y = lax.conv_general_dilated(x, phase, (1, 1), pad, dimension_numbers=_DIMS)
-  b, n = y.shape[0], y.shape[1]
-  return y.reshape(b, n, n, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(
-      b, 2 * n, 2 * n, c_out)
+  out = []
+  for x in chunks:
+    y = lax.conv_general_dilated(x, phase, (1, 1), pad, dimension_numbers=_DIMS)
+    b, n = y.shape[0], y.shape[1]
+    out.append(y.reshape(b, n, n, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(
+        b, 2 * n, 2 * n, c_out))
+  return out
+
+
+def _joined(chunks: list[Array]) -> Array:
+  return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
 
 
 def _same_pad_transpose(k: int) -> int:
@@ -136,9 +146,14 @@ def conv_transpose_s2(x: Array, kernel: Array) -> Array:
   Returns:
     (B, 2n, 2n, C_out).
   """
+  return _joined(conv_transpose_s2_chunks(split_batch(x), kernel))
+
+
+def conv_transpose_s2_chunks(chunks: list[Array], kernel: Array) -> list[Array]:
+  """:func:`conv_transpose_s2` of every batch chunk (a list, as :func:`split_batch` makes)."""
   pad_lo = _same_pad_transpose(kernel.shape[0])
   # y[2m + r] sums x[m + d] @ kernel[t] over the taps with t = 2d + pad_lo - r.
-  return per_chunk(lambda part: _subpixel(part, kernel, lambda r, t: r + t - pad_lo), x)
+  return _subpixel(chunks, kernel, lambda r, t: r + t - pad_lo)
 
 
 def _conv_s2_plain(x: Array, kernel: Array) -> Array:
@@ -192,7 +207,7 @@ def _conv_s2_bwd(residuals, y_grad):
   lo, _ = _same_pad_conv(kernel.shape[0])
   kernel_t = jnp.swapaxes(kernel, 2, 3)
   # y[o] = sum_t x[2o + t - lo] k[t], so x[2m + r] receives y[m + d] through t = r + lo - 2d.
-  x_grad = per_chunk(lambda g: _subpixel(g, kernel_t, lambda r, t: r + lo - t), y_grad)
+  x_grad = _joined(_subpixel(split_batch(y_grad), kernel_t, lambda r, t: r + lo - t))
   kernel_grad = _kernel_grad(x_t, y_grad, kernel.shape[0]).astype(kernel.dtype)
   return x_grad.astype(x_t.dtype), kernel_grad
 
