@@ -12,7 +12,10 @@ All images are channels-last ``(B, H, W, 3)`` floats in [0, 1].
 
 Every stride-2 layer is computed by :mod:`jaxface.ops` (sub-pixel convolutions: same parameters
 and outputs as ``flax.linen.Conv`` / ``ConvTranspose``, several times faster gradients on CPU);
-``Encoder(plain_layers=True)`` / ``Decoder(plain_layers=True)`` use the Flax layers instead.
+``Encoder(plain_layers=True)`` / ``Decoder(plain_layers=True)`` use the Flax layers instead. On
+the CPU backend both networks carry the batch as a list of chunks of
+``ops.CPU_BATCH_CHUNK`` images between layers (:class:`ChunkedBatchNorm` pools the chunks'
+statistics, so the results are those of the whole batch); elsewhere the list has one entry.
 
 The Linen modules are thin; the entry points other code should use are the pure functions
 :func:`init_variables`, :func:`encode`, :func:`decode`, :func:`reparameterize` and
