@@ -52,18 +52,21 @@ class RunSpec:
   alpha: float = 0.0
   combine: str = "max"
   signal: str = ""  # config.resampling.signal; '' = 'none' for the CNN, 'latent' for the DB-VAE
+  group_power: float = 1.0  # config.resampling.group_power (signal 'groups')
 
 
 def study_specs(alphas: Sequence[float], combines: Sequence[str],
-                group_balanced: bool = False) -> list[RunSpec]:
-  """The standard CNN, then one DB-VAE per (combine, alpha), then (optionally) the CNN trained
-  with group-balanced sampling (``resampling.signal='groups'``, which reads the group labels)."""
+                group_powers: Sequence[float] = ()) -> list[RunSpec]:
+  """The standard CNN, then one DB-VAE per (combine, alpha), then one CNN trained with
+  group-weighted sampling (``resampling.signal='groups'``, which reads the group labels) per
+  group power: ``cnn-groups`` for power 1 (balanced groups), ``cnn-groups-p<power>`` else."""
   specs = [RunSpec("cnn", "cnn")]
   for combine in combines:
     for alpha in alphas:
       specs.append(RunSpec(f"dbvae-{combine}-a{alpha:g}", "dbvae", float(alpha), combine))
-  if group_balanced:
-    specs.append(RunSpec("cnn-groups", "cnn", signal="groups"))
+  for power in group_powers:
+    name = "cnn-groups" if power == 1 else f"cnn-groups-p{power:g}"
+    specs.append(RunSpec(name, "cnn", signal="groups", group_power=float(power)))
   return specs
 
 
@@ -80,6 +83,7 @@ def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_si
   if spec.kind == "cnn":
     config.model.latent_dim = 0
     config.resampling.signal = spec.signal or "none"
+    config.resampling.group_power = spec.group_power
   else:
     config.resampling.signal = spec.signal or "latent"
     config.resampling.alpha = spec.alpha
@@ -274,8 +278,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--combines", nargs="+", default=["max", "product"],
                       choices=["max", "product"])
   parser.add_argument("--group_balanced", action="store_true",
-                      help="also train the CNN with group-balanced sampling (cnn-groups): the "
-                           "known-groups baseline that reads the training faces' group labels")
+                      help="also train the CNN with group-weighted sampling (cnn-groups...): "
+                           "the known-groups baseline that reads the training faces' labels")
+  parser.add_argument("--group_powers", type=float, nargs="+", default=[1.0],
+                      help="with --group_balanced: config.resampling.group_power of each "
+                           "group-weighted CNN (1: balanced groups, 0.5: square-root weights)")
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--learning_rate", type=float, default=5e-4)
@@ -325,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if not manifest.is_file():
     raise SystemExit(f"manifest not found: {manifest}")
   root = Path(args.workdir)
-  specs = study_specs(args.alphas, args.combines, args.group_balanced)
+  specs = study_specs(args.alphas, args.combines,
+                      args.group_powers if args.group_balanced else ())
   runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
   with contextlib.ExitStack() as stack:
     stack.enter_context(shared_datasets())

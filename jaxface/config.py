@@ -40,6 +40,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.resampling.bins = 10
   config.resampling.alpha = 1e-3
   config.resampling.combine = "max"  # 'max' (lab) or 'product' (paper)
+  # signal 'groups': group g gets sampling mass proportional to n_g ** (1 - group_power); 1
+  # balances the groups, 0.5 weights them by the square root of their size.
+  config.resampling.group_power = 1.0
 
   config.batch_size = 32  # global batch: half faces, half non-faces
   config.num_epochs = 2
@@ -103,6 +106,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("resampling.bins", "must be >= 1")
   if not config.resampling.alpha >= 0:
     fail("resampling.alpha", "must be >= 0")
+  if not 0 <= config.resampling.group_power <= 1:
+    fail("resampling.group_power", "must be in [0, 1]")
   if config.resampling.combine not in ("max", "product"):
     fail("resampling.combine", "must be 'max' or 'product'")
   if config.loss.recon not in ("l1", "l2"):

@@ -221,18 +221,20 @@ def epistemic_probabilities(recon_error: Array) -> Array:
   return _normalise(jnp.maximum(recon_error, 0.0), "recon_error")
 
 
-def group_balanced_probabilities(groups: np.ndarray) -> np.ndarray:
-  """Sampling probabilities that give every demographic group the same mass (a known-groups baseline).
+def group_balanced_probabilities(groups: np.ndarray, power: float = 1.0) -> np.ndarray:
+  """Sampling probabilities from the faces' group sizes (a known-groups baseline).
 
   Not a latent method: it needs each training face's group label, which the DB-VAE does
   without. It bounds what re-sampling alone can do when the under-represented group is known.
 
   Args:
     groups: (N,) group label of each face; every face must have one (no ``''``).
+    power: a face of group g gets weight ``n_g ** -power`` (n_g: the faces in g), so group g
+      gets mass proportional to ``n_g ** (1 - power)``: 1 gives every group the same mass, 0.5
+      mass proportional to the square root of the group's size, 0 uniform sampling.
 
   Returns:
-    (N,) float64 probabilities summing to 1: ``1 / (G * n_g)`` for a face of group g, where G
-    is the number of groups present and n_g the faces in g.
+    (N,) float64 probabilities summing to 1 (``1 / (G * n_g)`` for power 1, G groups).
   """
   groups = np.asarray(groups, dtype=str)
   if groups.ndim != 1 or groups.size == 0:
@@ -241,8 +243,11 @@ def group_balanced_probabilities(groups: np.ndarray) -> np.ndarray:
   if unlabelled:
     raise ValueError(f"{unlabelled} of {groups.size} faces have no group label; group-balanced "
                      "sampling needs one for every face")
-  names, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
-  return 1.0 / (len(names) * counts[index].astype(np.float64))
+  if not 0 <= power <= 1:
+    raise ValueError(f"power must be in [0, 1], got {power}")
+  _, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
+  weights = counts[index].astype(np.float64) ** -float(power)
+  return weights / weights.sum()
 
 
 def effective_sample_size(p: Array) -> float:

@@ -283,7 +283,7 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
   """
   rs = config.resampling
   if rs.signal == "groups":
-    p = resampling.group_balanced_probabilities(train_faces.groups)
+    p = resampling.group_balanced_probabilities(train_faces.groups, rs.group_power)
   else:
     # Only the epistemic signal needs the reconstruction error: 'latent' skips the decoder.
     out = infer_dataset(variables, train_faces.images, mesh, config.eval_batch_size,

@@ -66,16 +66,22 @@ def test_study_quick_is_resumable(tmp_path):
   study = _load("study")
   manifest = _tiny_manifest(tmp_path / "manifest.csv")
   argv = ["--quick", "--manifest", str(manifest), "--workdir", str(tmp_path / "runs"),
-          "--steps_per_epoch", "3", "--xla_cache", "", "--group_balanced"]
+          "--steps_per_epoch", "3", "--xla_cache", "", "--group_balanced", "--group_powers",
+          "1", "0.5"]
   result = study.main(argv)
-  assert set(result["summary"]) == {"cnn", "dbvae-product-a0.01", "cnn-groups"}
+  assert set(result["summary"]) == {"cnn", "dbvae-product-a0.01", "cnn-groups",
+                                    "cnn-groups-p0.5"}
+  config = json.loads((tmp_path / "runs" / "quick" / "cnn-groups-p0.5" / "seed0" /
+                       "config.json").read_text())
+  assert config["resampling"]["group_power"] == 0.5
   cnn = result["summary"]["cnn"]
   assert {"rate_LF", "rate_DM", "E_A", "Var_A", "Var_A_noise", "worst_rate",
           "non_face_accuracy"} <= set(cnn)
   assert "mass_dark" in result["summary"]["dbvae-product-a0.01"]
   # Group-balanced sampling: each of the 4 groups (8 training faces each) gets a quarter.
   assert result["summary"]["cnn-groups"]["mass_dark"]["mean"] == pytest.approx(50.0)
-  assert [c["config"] for c in result["checks"]] == ["dbvae-product-a0.01", "cnn-groups"]
+  assert [c["config"] for c in result["checks"]] == ["dbvae-product-a0.01", "cnn-groups",
+                                                     "cnn-groups-p0.5"]
   table = (tmp_path / "runs" / "quick" / "study.md").read_text()
   assert "| cnn | 1 |" in table
   metrics = tmp_path / "runs" / "quick" / "cnn" / "seed0" / "metrics.json"

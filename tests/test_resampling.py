@@ -408,3 +408,14 @@ def test_group_balanced_probabilities_refuse_unlabelled_or_empty():
     resampling.group_balanced_probabilities(np.array(["LF", "", "DM"]))
   with pytest.raises(ValueError, match="non-empty"):
     resampling.group_balanced_probabilities(np.array([], dtype=str))
+
+
+def test_group_power_tempers_the_group_weights():
+  groups = np.array(["A"] * 9 + ["B"] * 1)
+  # power 0.5: weights 1/3 per A face, 1 for the B face -> masses 3 : 1.
+  p = resampling.group_balanced_probabilities(groups, power=0.5)
+  np.testing.assert_allclose([p[:9].sum(), p[9]], [0.75, 0.25])
+  np.testing.assert_allclose(resampling.group_balanced_probabilities(groups, power=0.0), 0.1)
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="power"):
+      resampling.group_balanced_probabilities(groups, power=bad)

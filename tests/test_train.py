@@ -204,6 +204,10 @@ def test_groups_signal_balances_the_labelled_groups_without_a_model(monkeypatch)
   for g in names:
     assert info["mass_by_group"][g] == pytest.approx(1 / len(names))
   assert p.shape == (len(faces),) and info["ess"] < len(faces)
+  config.resampling.group_power = 0.0  # uniform over the faces
+  _, info = train.resampling_probabilities(config, None, faces, train.make_mesh())
+  for g in names:
+    assert info["mass_by_group"][g] == pytest.approx(info["share_by_group"][g])
 
 
 def test_groups_signal_trains_a_cnn_and_refuses_unlabelled_faces(tmp_path, monkeypatch):
@@ -342,6 +346,8 @@ def test_unknown_field_and_indivisible_batch():
     config_lib.validate_config(tiny_config("cnn", **{"resampling.signal": "latent"}), 1)
   with pytest.raises(ValueError, match="resampling.signal"):
     config_lib.validate_config(tiny_config("dbvae", **{"resampling.signal": "group"}), 1)
+  with pytest.raises(ValueError, match="resampling.group_power"):
+    config_lib.validate_config(tiny_config("cnn", **{"resampling.group_power": 2.0}), 1)
 
 
 def test_config_files_and_smoke_option():
