@@ -127,17 +127,22 @@ def shared_datasets() -> Iterator[None]:
     data_lib.load_datasets = original
 
 
-def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-  """The study's figures of one finished run (rates in percent)."""
+def _add_var_a_noise(row: dict[str, Any], counts: dict[str, Any]) -> None:
+  """Sets ``row['Var_A_noise']`` from its group rates (%) and ``counts['n_<group>']``."""
   from jaxface import evaluation
 
+  if all(f"rate_{g}" in row for g in GROUPS):
+    row["Var_A_noise"] = evaluation.var_a_sampling_noise(
+        [row[f"rate_{g}"] / 100 for g in GROUPS], [counts[f"n_{g}"] for g in GROUPS])
+
+
+def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+  """The study's figures of one finished run (rates in percent)."""
   test = metrics["eval"]["test"]
   out = {f"rate_{g}": 100.0 * test["groups"][g]["detection_rate"] for g in GROUPS
          if g in test["groups"] and test["groups"][g]["detection_rate"] is not None}
   out.update({f"n_{g}": test["groups"][g]["n"] for g in GROUPS if f"rate_{g}" in out})
-  if all(f"rate_{g}" in out for g in GROUPS):  # also for runs written before Var_A_noise
-    out["Var_A_noise"] = evaluation.var_a_sampling_noise(
-        [out[f"rate_{g}"] / 100 for g in GROUPS], [out[f"n_{g}"] for g in GROUPS])
+  _add_var_a_noise(out, out)  # from the rates, also for runs written before Var_A_noise
   out.update(E_A=test["E_A"], Var_A=test["Var_A"], worst_rate=test["worst_rate"],
              worst_group=test["worst_group"],
              non_face_accuracy=100.0 * test["non_face_accuracy"],
@@ -364,11 +369,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     reference = json.loads(Path(args.reference_from).read_text())["reference"]
   counts = next((r for rs in runs.values() for r in rs if "n_LF" in r), None)
   if counts is not None:  # the lab pipeline tests on the same faces
-    from jaxface import evaluation
     for ref in (r for rs in reference.values() for r in rs):
-      if all(f"rate_{g}" in ref for g in GROUPS):
-        ref["Var_A_noise"] = evaluation.var_a_sampling_noise(
-            [ref[f"rate_{g}"] / 100 for g in GROUPS], [counts[f"n_{g}"] for g in GROUPS])
+      _add_var_a_noise(ref, counts)
   table_rows = dict(rows)
   table_rows.update({name: aggregate(r) for name, r in reference.items()})
   lab = ({("cnn" if "cnn" in k else "dbvae"): {m: v[m]["mean"] for m in ("E_A", "Var_A",

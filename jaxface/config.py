@@ -34,8 +34,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.recon = "l1"  # 'l1' (labs) or 'l2' (paper)
 
   config.resampling = ml_collections.ConfigDict()
-  # 'none', 'latent', 'latent+epistemic', or 'groups' (equal mass per labelled group: a
-  # known-groups baseline for any model, not a latent method)
+  # 'none', 'latent', 'latent+epistemic', or 'groups' (mass by labelled group, see
+  # group_power: a known-groups baseline for any model, not a latent method)
   config.resampling.signal = "latent"
   config.resampling.bins = 10
   config.resampling.alpha = 1e-3

@@ -64,20 +64,18 @@ class StridedConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array | list[Array]) -> Array | list[Array]:
     """Maps (B, H, W, C_in) to (B, H', W', features), or each chunk of a list of them."""
-    chunks = x if isinstance(x, list) else [x]
+    chunks = x if isinstance(x, list) else ops.split_batch(x)
     k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, chunks[0].shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     chunks, kernel = [c.astype(self.dtype) for c in chunks], kernel.astype(self.dtype)
-    if not isinstance(x, list):  # one array: jaxface.ops splits it where that pays
-      y = (ops.conv_transpose_s2 if self.transpose else ops.conv_s2)(chunks[0], kernel)
-      return y + bias.astype(self.dtype)
     if self.transpose:
       ys = ops.conv_transpose_s2_chunks(chunks, kernel)  # one phase kernel for all chunks
     else:
       ys = [ops.conv_s2(c, kernel) for c in chunks]
-    return [y + bias.astype(self.dtype) for y in ys]
+    ys = [y + bias.astype(self.dtype) for y in ys]
+    return ys if isinstance(x, list) else ops.join_batch(ys)
 
 
 def _stride2(features: int, k: int, index: int, *, transpose: bool, plain: bool,
@@ -166,8 +164,7 @@ class Encoder(nn.Module):
       chunks = [nn.relu(c) for c in _on_chunks(conv, chunks)]
       chunks = ChunkedBatchNorm(use_running_average=not train, dtype=self.dtype,
                                 name=f"BatchNorm_{i}")(chunks)
-    flat = [c.reshape((c.shape[0], -1)) for c in chunks]
-    x = flat[0] if len(flat) == 1 else jnp.concatenate(flat)
+    x = ops.join_batch([c.reshape((c.shape[0], -1)) for c in chunks])
     x = nn.relu(nn.Dense(512, dtype=self.dtype)(x))
     x = nn.Dense(self.n_outputs, dtype=self.dtype)(x)
     return x.astype(jnp.float32)
@@ -202,8 +199,7 @@ class Decoder(nn.Module):
                                    dtype=self.dtype), chunks)
       if i < len(layers) - 1:
         chunks = [nn.relu(c) for c in chunks]
-    x = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
-    return x.astype(jnp.float32)
+    return ops.join_batch(chunks).astype(jnp.float32)
 
 
 class EncoderOutput(NamedTuple):

@@ -24,10 +24,10 @@ On the CPU backend both also run a large batch as consecutive chunks of at most
 :data:`CPU_BATCH_CHUNK` images (unrolled at trace time, results concatenated): XLA:CPU's
 convolutions lose cache locality on large activations (the DB-VAE step at batch 256 spent
 a third more time per image than at batch 32). Other backends get the whole batch.
-:func:`split_batch` / :func:`per_chunk` make the same split for whole networks: the encoder
+:func:`split_batch` / :func:`join_batch` make the same split for whole networks: the encoder
 keeps its activations as a list of chunks from the input to the dense layers (batch norm
-combines the chunks' sums) and ``models.decode`` runs the whole decoder per chunk, so each
-chunk stays in cache from layer to layer and no activation is sliced or concatenated.
+combines the chunks' sums) and the decoder from its first layer to its last, so each chunk
+stays in cache from layer to layer and no activation is sliced or concatenated in between.
 
 Speed-ups are measured by ``experiments/benchmark.py`` (section ``xla``).
 """
@@ -59,13 +59,17 @@ def split_batch(x: Array) -> list[Array]:
   return [x] if len(bounds) == 1 else [x[start:stop] for start, stop in bounds]
 
 
+def join_batch(chunks: list[Array]) -> Array:
+  """The inverse of :func:`split_batch`: the chunks concatenated along the batch."""
+  return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
+
+
 def per_chunk(fn: Callable[[Array], Array], x: Array) -> Array:
   """``fn`` applied to the chunks of :func:`split_batch`, concatenated along the batch.
 
   ``fn`` must treat every row on its own.
   """
-  parts = [fn(part) for part in split_batch(x)]
-  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+  return join_batch([fn(part) for part in split_batch(x)])
 
 
 def _phase_taps(k: int, tap_of: Callable[[int, int], int]) -> tuple[np.ndarray, int, int]:
@@ -121,10 +125,6 @@ def _subpixel(chunks: list[Array], kernel: Array,
   return out
 
 
-def _joined(chunks: list[Array]) -> Array:
-  return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
-
-
 def _same_pad_transpose(k: int) -> int:
   """Low padding of the dilated input in ``lax.conv_transpose(..., strides=2, 'SAME')``."""
   return k - 1 if 2 > k - 1 else -(-k // 2)
@@ -146,7 +146,7 @@ def conv_transpose_s2(x: Array, kernel: Array) -> Array:
   Returns:
     (B, 2n, 2n, C_out).
   """
-  return _joined(conv_transpose_s2_chunks(split_batch(x), kernel))
+  return join_batch(conv_transpose_s2_chunks(split_batch(x), kernel))
 
 
 def conv_transpose_s2_chunks(chunks: list[Array], kernel: Array) -> list[Array]:
@@ -207,7 +207,7 @@ def _conv_s2_bwd(residuals, y_grad):
   lo, _ = _same_pad_conv(kernel.shape[0])
   kernel_t = jnp.swapaxes(kernel, 2, 3)
   # y[o] = sum_t x[2o + t - lo] k[t], so x[2m + r] receives y[m + d] through t = r + lo - 2d.
-  x_grad = _joined(_subpixel(split_batch(y_grad), kernel_t, lambda r, t: r + lo - t))
+  x_grad = join_batch(_subpixel(split_batch(y_grad), kernel_t, lambda r, t: r + lo - t))
   kernel_grad = _kernel_grad(x_t, y_grad, kernel.shape[0]).astype(kernel.dtype)
   return x_grad.astype(x_t.dtype), kernel_grad
 

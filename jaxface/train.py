@@ -8,7 +8,7 @@
    ``jax.random.fold_in(key, step)``);
 3. DB-VAE resampling: at the start of every epoch all training faces are encoded with a
    jitted, sharded, batched pass and the batcher's face probabilities are replaced (or, with
-   ``resampling.signal='groups'``, every labelled group gets the same mass, for any model);
+   ``resampling.signal='groups'``, mass by labelled group from the group sizes, for any model);
 4. checkpoints (Orbax, under ``WORKDIR/checkpoints``) that resume exactly where a run stopped,
    after checking that the run's seed, batch, model, data size and PRNG key match the
    checkpoint's (:func:`run_identity`);
