@@ -116,8 +116,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("loss.kl_weight", "must be >= 0")
   if config.batch_size < 2 or config.batch_size % 2:
     fail("batch_size", "must be even and >= 2 (half faces, half non-faces)")
-  if config.batch_size % num_devices:
-    fail("batch_size", f"must be divisible by the number of devices ({num_devices})")
+  if config.batch_size % (2 * num_devices):
+    fail("batch_size", f"must be divisible by the number of devices ({num_devices}) into even "
+         "per-device batches (half faces, half non-faces each)")
   if config.eval_batch_size < 1:
     fail("eval_batch_size", "must be >= 1")
   if config.bn_recalibration_batches < 0:

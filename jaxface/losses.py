@@ -15,7 +15,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _flat_labels(labels: Array, batch: int) -> Array:
+def flat_labels(labels: Array, batch: int) -> Array:
+  """Labels of shape (B,) or (B, 1) as float32 (B,); ValueError for any other shape."""
   labels = jnp.asarray(labels)
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
@@ -90,7 +91,7 @@ def classification_loss(y_logit: Array, labels: Array) -> Array:
     (B,) loss.
   """
   y_logit = jnp.asarray(y_logit, jnp.float32)
-  labels = _flat_labels(labels, y_logit.shape[0])
+  labels = flat_labels(labels, y_logit.shape[0])
   # log(1 + exp(-|x|)) + max(x, 0) - x * y: stable for any logit.
   return jnp.maximum(y_logit, 0.0) - y_logit * labels + jnp.log1p(jnp.exp(-jnp.abs(y_logit)))
 
@@ -128,7 +129,7 @@ def debiasing_loss(x: Array, x_recon: Array, labels: Array, y_logit: Array, z_me
   Returns:
     :class:`DebiasingLoss`.
   """
-  face = _flat_labels(labels, y_logit.shape[0])
+  face = flat_labels(labels, y_logit.shape[0])
   cls = classification_loss(y_logit, face)
   vae = vae_loss(x, x_recon, z_mean, z_logvar, kl_weight, recon_kind)
   per_sample = cls + face * vae

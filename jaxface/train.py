@@ -108,10 +108,43 @@ def create_train_state(key: jax.Array, config: ml_collections.ConfigDict,
                     opt_state=optimizer.init(variables["params"]))
 
 
+def batch_half(x: jax.Array, num_shards: int, half: int) -> jax.Array:
+  """The face (``half=0``) or non-face (``half=1``) rows of a batch in the batcher's layout.
+
+  :class:`jaxface.data.Batcher` with ``num_devices=num_shards`` lays a batch of B rows out as
+  ``(num_shards, 2, B / (2 * num_shards))``: every shard holds faces, then as many non-faces.
+  The rows of one half come back in the order they have with one shard, whatever
+  ``num_shards`` is, and a batch sharded over ``num_shards`` devices keeps each row on its
+  device.
+
+  Args:
+    x: (B, ...) with B a multiple of ``2 * num_shards``.
+    num_shards: the batcher's ``num_devices``.
+    half: 0 for the faces, 1 for the non-faces.
+
+  Returns:
+    (B / 2, ...).
+  """
+  batch = x.shape[0]
+  if batch % (2 * num_shards):
+    raise ValueError(f"a batch of {batch} rows cannot be {num_shards} shards of half faces, "
+                     "half non-faces")
+  blocks = x.reshape((num_shards, 2, batch // (2 * num_shards)) + x.shape[1:])
+  return blocks[:, half].reshape((batch // 2,) + x.shape[1:])
+
+
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                optimizer: optax.GradientTransformation, kl_weight: float, recon: str,
-               dtype: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+               dtype: Any, face_half_shards: int | None = None,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the CNN (latent_dim 0) or the SS-/DB-VAE.
+
+  The VAE loss counts for faces only, so a decoder pass over a non-face changes nothing. With
+  ``face_half_shards`` the batch must be in the batcher's layout (:func:`batch_half`) and the
+  decoder runs on the face halves only: the same loss and gradients as decoding every row at
+  about half the decoder's cost. The faces' latent noise is then the noise the first B / 2 rows
+  get when every row is decoded, so both give the same step on a one-shard batch. A face
+  among the non-face halves would lose its VAE term: the loss is NaN instead.
 
   Args:
     state: the train state.
@@ -122,46 +155,68 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     kl_weight: KL weight of the VAE loss.
     recon: 'l1' or 'l2' reconstruction loss.
     dtype: compute dtype.
+    face_half_shards: None decodes every row; S decodes the face halves of a batch laid out in
+      S shards of half faces, half non-faces.
 
   Returns:
     The new state and scalar metrics (loss, classification, vae, accuracy).
   """
   step_key = jax.random.fold_in(key, state.step)
   is_vae = models.latent_dim_of(state.params) > 0
+  faces = losses.flat_labels(labels, images.shape[0])
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    out = models.forward(variables, images, step_key if is_vae else None, train=True,
-                         dtype=dtype)
-    if is_vae:
-      parts = losses.debiasing_loss(images, out.x_recon, labels, out.y_logit, out.z_mean,
+    if not is_vae:
+      out = models.forward(variables, images, None, train=True, dtype=dtype)
+      cls = losses.classification_loss(out.y_logit, faces)
+      return jnp.mean(cls), (out.batch_stats, out.y_logit, cls, jnp.zeros_like(cls), faces)
+    if face_half_shards is None:
+      out = models.forward(variables, images, step_key, train=True, dtype=dtype)
+      parts = losses.debiasing_loss(images, out.x_recon, faces, out.y_logit, out.z_mean,
                                     out.z_logvar, kl_weight, recon)
-      total, cls, vae = parts.total, parts.classification, parts.vae
-    else:
-      cls = losses.classification_loss(out.y_logit, labels)
-      total, vae = jnp.mean(cls), jnp.zeros_like(cls)
-    return total, (out, cls, vae)
+      return parts.total, (out.batch_stats, out.y_logit, parts.classification, parts.vae, faces)
+    half = functools.partial(batch_half, num_shards=face_half_shards, half=0)
+    enc = models.encode(variables, images, train=True, dtype=dtype)
+    noise = jax.random.normal(step_key, enc.z_mean.shape, enc.z_mean.dtype)
+    z_mean, z_logvar = half(enc.z_mean), half(enc.z_logvar)
+    z = z_mean + jnp.exp(0.5 * z_logvar) * noise[:z_mean.shape[0]]
+    x_recon = models.decode(params, z, dtype=dtype)
+    cls = losses.classification_loss(enc.y_logit, faces)
+    vae = losses.vae_loss(half(images), x_recon, z_mean, z_logvar, kl_weight, recon)
+    face_of_half = half(faces)
+    total = (jnp.sum(cls) + jnp.sum(face_of_half * vae)) / faces.shape[0]
+    misplaced = jnp.any(batch_half(faces, face_half_shards, 1) != 0)
+    total = jnp.where(misplaced, jnp.nan, total)
+    return total, (enc.batch_stats, enc.y_logit, cls, vae, face_of_half)
 
-  (loss, (out, cls, vae)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (batch_stats, y_logit, cls, vae, vae_faces)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(step=state.step + 1, params=params, batch_stats=out.batch_stats,
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state)
-  faces = labels.astype(jnp.float32)
   metrics = {
       "loss": loss,
       "classification_loss": jnp.mean(cls),
-      "vae_loss_faces": jnp.sum(vae * faces) / jnp.maximum(jnp.sum(faces), 1.0),
-      "accuracy": jnp.mean(((out.y_logit > 0).astype(jnp.float32) == faces).astype(jnp.float32)),
+      "vae_loss_faces": jnp.sum(vae * vae_faces) / jnp.maximum(jnp.sum(vae_faces), 1.0),
+      "accuracy": jnp.mean(((y_logit > 0).astype(jnp.float32) == faces).astype(jnp.float32)),
   }
   return new_state, metrics
 
 
 def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
-                    mesh: Mesh):
-  """The jitted step: state and key replicated, batch sharded on ``data``, state donated."""
-  step_fn = functools.partial(train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
-                              recon=config.loss.recon, dtype=compute_dtype(config))
+                    mesh: Mesh, *, decode_every_row: bool = False):
+  """The jitted step: state and key replicated, batch sharded on ``data``, state donated.
+
+  The step takes batches in the layout of ``jaxface.data.Batcher(..., num_devices=n)`` with
+  ``n`` the mesh's device count, and a VAE decodes their face halves only
+  (:func:`train_step`'s ``face_half_shards``); ``decode_every_row`` decodes every row instead.
+  """
+  step_fn = functools.partial(
+      train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
+      recon=config.loss.recon, dtype=compute_dtype(config),
+      face_half_shards=None if decode_every_row else mesh.devices.size)
   repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
   return jax.jit(step_fn, in_shardings=(repl, batch, batch, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
@@ -626,9 +681,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     raise ValueError("config.resampling.signal = 'groups' needs a group label on every training "
                      f"face; {int(np.sum(train_faces.groups == ''))} of {train_faces.num_faces} "
                      "have none")
-  # The batch is the same whatever the device count (the step's loss and batch-norm statistics
-  # are global over the sharded batch), so runs on 1 and on N devices see the same data.
-  batcher = data_lib.Batcher(train_data, config.batch_size, seed=config.seed, num_devices=1,
+  # Each device's shard is half faces, half non-faces (the step decodes the face halves only).
+  # The batch holds the same images in another order whatever the device count, and the step's
+  # loss, batch-norm statistics and latent noise do not depend on that order, so runs on 1 and
+  # on N devices take the same steps.
+  batcher = data_lib.Batcher(train_data, config.batch_size, seed=config.seed,
+                             num_devices=mesh.devices.size,
                              steps_per_epoch=(None if config.steps_per_epoch == -1
                                               else config.steps_per_epoch))
   steps_per_epoch = batcher.steps_per_epoch

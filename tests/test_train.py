@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -75,6 +76,63 @@ def test_end_to_end_dbvae_variants(tmp_path, overrides):
   assert np.isfinite(info["ess"]) and 0 < info["ess_fraction"] <= 1.0
   _, variables = train.load_run(tmp_path)
   assert np.isfinite(flat_params(variables)).all()
+
+
+def test_batch_half_returns_each_half_in_one_shard_order():
+  faces = data_lib.make_planted_bias(40, image_size=16, seed=0)
+  one = data_lib.Batcher(faces, 24, seed=5).batch_indices(1, 2)
+  for shards in (1, 2, 3, 6):
+    idx = data_lib.Batcher(faces, 24, seed=5, num_devices=shards).batch_indices(1, 2)
+    np.testing.assert_array_equal(train.batch_half(jnp.asarray(idx), shards, 0), one[:12])
+    np.testing.assert_array_equal(train.batch_half(jnp.asarray(idx), shards, 1), one[12:])
+    labels = data_lib.batch_labels(24, shards)
+    assert (np.asarray(train.batch_half(jnp.asarray(labels), shards, 0)) == 1).all()
+    assert (np.asarray(train.batch_half(jnp.asarray(labels), shards, 1)) == 0).all()
+  with pytest.raises(ValueError, match="cannot be 4 shards"):
+    train.batch_half(jnp.zeros((12, 3)), 4, 0)
+
+
+def _step_inputs(kind: str, batch: int, shards: int):
+  """A tiny config's state and one batch in the batcher's layout with ``shards`` shards."""
+  config = tiny_config(kind, batch_size=batch)
+  optimizer = train.make_optimizer(config)
+  state = train.create_train_state(jax.random.key(0), config, optimizer)
+  data = data_lib.make_planted_bias(64, image_size=32, seed=1)
+  images, labels = data_lib.Batcher(data, batch, seed=2, num_devices=shards).batch(0, 0)
+  step = functools.partial(train.train_step, optimizer=optimizer,
+                           kl_weight=config.loss.kl_weight, recon=config.loss.recon,
+                           dtype=jnp.float32)
+  return state, jnp.asarray(images), jnp.asarray(labels), step
+
+
+@pytest.mark.parametrize("kind", ["ssvae", "dbvae"])
+def test_decoding_the_face_halves_takes_the_step_of_decoding_every_row(kind):
+  key = jax.random.key(3)
+  state, images, labels, step = _step_inputs(kind, 16, 1)
+  every_state, every = jax.jit(step)(state, images, labels, key)
+  # The same images in a two-shard layout, decoding the face halves only.
+  state, images2, labels2, step = _step_inputs(kind, 16, 2)
+  assert not np.array_equal(images2, images)  # another row order
+  half_state, half = jax.jit(functools.partial(step, face_half_shards=2))(
+      state, images2, labels2, key)
+  for name in every:
+    np.testing.assert_allclose(half[name], every[name], rtol=2e-5, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(flat_params(half_state.params), flat_params(every_state.params),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(flat_params(half_state.batch_stats),
+                             flat_params(every_state.batch_stats), rtol=1e-5, atol=1e-6)
+  assert np.abs(flat_params(half_state.params) - flat_params(state.params)).max() > 1e-4
+
+
+def test_a_face_in_a_non_face_half_makes_the_loss_nan():
+  state, images, labels, step = _step_inputs("dbvae", 16, 2)
+  bad = labels.at[-1].set(1.0)  # the second shard's last row, a non-face position
+  _, metrics = jax.jit(functools.partial(step, face_half_shards=2))(
+      state, images, bad, jax.random.key(0))
+  assert np.isnan(metrics["loss"])
+  _, metrics = jax.jit(functools.partial(step, face_half_shards=2))(
+      state, images, labels, jax.random.key(0))
+  assert np.isfinite(metrics["loss"])
 
 
 def test_recalibrated_batch_norm_is_the_mean_of_uniform_batch_statistics():
@@ -342,6 +400,8 @@ def test_unknown_field_and_indivisible_batch():
     config_lib.validate_config(config, 1)
   with pytest.raises(ValueError, match="divisible by the number of devices"):
     config_lib.validate_config(tiny_config("dbvae", batch_size=18), 4)
+  with pytest.raises(ValueError, match="half faces, half non-faces each"):
+    config_lib.validate_config(tiny_config("dbvae", batch_size=20), 4)
   with pytest.raises(ValueError, match="no latent space: use 'none' or 'groups'"):
     config_lib.validate_config(tiny_config("cnn", **{"resampling.signal": "latent"}), 1)
   with pytest.raises(ValueError, match="resampling.signal"):

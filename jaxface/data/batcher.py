@@ -30,6 +30,20 @@ from jaxface.data.container import DataError, FaceData, to_float
 Batch = tuple[np.ndarray, np.ndarray]
 
 
+def batch_labels(batch_size: int, num_devices: int = 1) -> np.ndarray:
+  """The labels of every :class:`Batcher` batch: per device shard, faces (1) then non-faces (0).
+
+  Args:
+    batch_size: B, a multiple of ``2 * num_devices``.
+    num_devices: the number of shards.
+
+  Returns:
+    (B,) float32.
+  """
+  per_half = batch_size // (2 * num_devices)
+  return np.tile(np.repeat(np.array([1.0, 0.0], np.float32), per_half), num_devices)
+
+
 class Batcher:
   """Samples balanced training batches from a FaceData.
 
@@ -73,9 +87,7 @@ class Batcher:
     self.steps_per_epoch = int(steps_per_epoch)
     self._probs: np.ndarray | None = None
     self._cdf: np.ndarray | None = None
-    self._labels = np.tile(
-        np.repeat(np.array([1.0, 0.0], np.float32), self.batch_size // (2 * self.num_devices)),
-        self.num_devices)
+    self._labels = batch_labels(self.batch_size, self.num_devices)
 
   @property
   def num_faces(self) -> int:
