@@ -142,9 +142,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   The VAE loss counts for faces only, so a decoder pass over a non-face changes nothing. With
   ``face_half_shards`` the batch must be in the batcher's layout (:func:`batch_half`) and the
   decoder runs on the face halves only: the same loss and gradients as decoding every row at
-  about half the decoder's cost. The faces' latent noise is then the noise the first B / 2 rows
-  get when every row is decoded, so both give the same step on a one-shard batch. A face
-  among the non-face halves would lose its VAE term: the loss is NaN instead.
+  about half the decoder's cost. The faces' latent noise does not depend on the layout: JAX's
+  default (partitionable) threefry draws the same noise for the first B / 2 rows of a (B, k) draw as for a
+  (B / 2, k) draw, so both give the same step (tested), and each device draws its own rows. A
+  face among the non-face halves would lose its VAE term: the loss is NaN instead.
 
   Args:
     state: the train state.
@@ -178,9 +179,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
       return parts.total, (out.batch_stats, out.y_logit, parts.classification, parts.vae, faces)
     half = functools.partial(batch_half, num_shards=face_half_shards, half=0)
     enc = models.encode(variables, images, train=True, dtype=dtype)
-    noise = jax.random.normal(step_key, enc.z_mean.shape, enc.z_mean.dtype)
     z_mean, z_logvar = half(enc.z_mean), half(enc.z_logvar)
-    z = z_mean + jnp.exp(0.5 * z_logvar) * noise[:z_mean.shape[0]]
+    z = models.reparameterize(step_key, z_mean, z_logvar)
     x_recon = models.decode(params, z, dtype=dtype)
     cls = losses.classification_loss(enc.y_logit, faces)
     vae = losses.vae_loss(half(images), x_recon, z_mean, z_logvar, kl_weight, recon)
