@@ -143,9 +143,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   ``face_half_shards`` the batch must be in the batcher's layout (:func:`batch_half`) and the
   decoder runs on the face halves only: the same loss and gradients as decoding every row at
   about half the decoder's cost. The faces' latent noise does not depend on the layout: JAX's
-  default (partitionable) threefry draws the same noise for the first B / 2 rows of a (B, k) draw as for a
-  (B / 2, k) draw, so both give the same step (tested), and each device draws its own rows. A
-  face among the non-face halves would lose its VAE term: the loss is NaN instead.
+  default (partitionable) threefry draws the same noise for the first B / 2 rows of a (B, k)
+  draw as for a (B / 2, k) draw, so both give the same step (tested), and each device draws
+  its own rows. A face among the non-face halves would lose its VAE term: the loss is NaN
+  instead.
 
   Args:
     state: the train state.
