@@ -678,10 +678,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   train_data = datasets["train"]
   face_idx = train_data.face_indices()
   train_faces = train_data.subset(face_idx)
-  if config.resampling.signal == "groups" and not np.all(train_faces.groups != ""):
-    raise ValueError("config.resampling.signal = 'groups' needs a group label on every training "
-                     f"face; {int(np.sum(train_faces.groups == ''))} of {train_faces.num_faces} "
-                     "have none")
+  if config.resampling.signal == "groups":  # unlabelled faces fail here, before any compile
+    try:
+      resampling.group_balanced_probabilities(train_faces.groups, config.resampling.group_power)
+    except ValueError as err:
+      raise ValueError(f"config.resampling.signal = 'groups': {err}") from None
   # Each device's shard is half faces, half non-faces (the step decodes the face halves only).
   # The batch holds the same images in another order whatever the device count, and the step's
   # loss, batch-norm statistics and latent noise do not depend on that order, so runs on 1 and
