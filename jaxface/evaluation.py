@@ -12,8 +12,9 @@ Conventions used throughout:
 
   - **bias** (latent density): the log of the histogram-estimated joint density of the face's
     latent mean, :func:`jaxface.resampling.bias_score`; *low = rare*.
-  - **epistemic**: the L1 reconstruction error of the face decoded from its latent mean; *high =
-    unfamiliar*.
+  - **epistemic**: the reconstruction error of the face decoded from its latent mean,
+    :func:`jaxface.resampling.epistemic_score` with the run's ``loss.recon`` kind (L1 by
+    default), the same signal the resampling uses; *high = unfamiliar*.
   - **aleatoric**: the Bernoulli predictive entropy of the face probability, in nats,
     ``H(p) = -p log p - (1 - p) log(1 - p)`` in [0, log 2]; *high = ambiguous*. It measures how
     uncertain the classifier's own output distribution is for that input (maximal at p = 0.5),
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import losses, models, resampling
+from jaxface import models, resampling
 
 Array = jax.Array
 PyTree = Any
@@ -47,8 +48,8 @@ class Predictions(NamedTuple):
     y_logit: (N,) face logit.
     z_mean: (N, k) latent mean; (N, 0) for the standard CNN.
     z_logvar: (N, k) latent log-variance; (N, 0) for the standard CNN.
-    recon_error: (N,) L1 error (mean over pixels and channels) of the image decoded from
-      ``z_mean``; None for the standard CNN.
+    recon_error: (N,) reconstruction error (mean over pixels and channels, L1 or L2, see
+      :func:`predict`) of the image decoded from ``z_mean``; None for the standard CNN.
   """
   face_prob: np.ndarray
   y_logit: np.ndarray
@@ -64,14 +65,14 @@ def _as_float_images(x: Array) -> Array:
   return x.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _predict_batch(variables: PyTree, x: Array, dtype: Any) -> tuple:
+@functools.partial(jax.jit, static_argnames=("dtype", "recon"))
+def _predict_batch(variables: PyTree, x: Array, dtype: Any, recon: str = "l1") -> tuple:
   x = _as_float_images(x)
   enc = models.encode(variables, x, train=False, dtype=dtype)
   recon_error = None
   if models.latent_dim_of(variables["params"]) > 0:
     x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype)
-    recon_error = losses.reconstruction_loss(x, x_recon, "l1")
+    recon_error = resampling.epistemic_score(x, x_recon, recon)
   return jax.nn.sigmoid(enc.y_logit), enc.y_logit, enc.z_mean, enc.z_logvar, recon_error
 
 
@@ -120,7 +121,7 @@ def _check_images(images) -> np.ndarray:
 
 
 def predict(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256, *,
-            dtype: Any = jnp.float32) -> Predictions:
+            dtype: Any = jnp.float32, recon: str = "l1") -> Predictions:
   """Runs a model in evaluation mode over a set of images, in batches.
 
   Args:
@@ -128,10 +129,14 @@ def predict(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256
     images: (N, H, W, 3), uint8 in [0, 255] (divided by 255) or float in [0, 1].
     batch_size: images per jitted call; the last partial batch is padded.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); outputs are float32.
+    recon: reconstruction error kind of ``recon_error`` (``'l1'`` or ``'l2'``, the run's
+      ``loss.recon``).
 
   Returns:
     :class:`Predictions` as NumPy arrays.
   """
+  if recon not in ("l1", "l2"):
+    raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
   images = _check_images(images)
   dtype = jnp.dtype(dtype)
   k = models.latent_dim_of(variables["params"])
@@ -139,7 +144,8 @@ def predict(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256
     empty = np.zeros((0,), np.float32)
     return Predictions(empty, empty, np.zeros((0, k), np.float32), np.zeros((0, k), np.float32),
                        empty if k else None)
-  outs = _batched(_predict_batch, variables, images, batch_size, dtype)
+  outs = _batched(functools.partial(_predict_batch, recon=recon), variables, images, batch_size,
+                  dtype)
   parts = [np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(4)]
   recon = np.concatenate([np.asarray(o[4]) for o in outs]) if k else None
   return Predictions(*parts, recon_error=recon)
@@ -383,7 +389,7 @@ def risk_scores_from_predictions(predictions: Predictions, bins: int = 10,
 
 def risk_scores(variables: PyTree, images: np.ndarray | Array, bins: int = 10, *,
                 reference_images: np.ndarray | None = None, batch_size: int = 256,
-                dtype: Any = jnp.float32) -> dict:
+                dtype: Any = jnp.float32, recon: str = "l1") -> dict:
   """Bias, epistemic and aleatoric score of each face (see the module docstring).
 
   Args:
@@ -394,12 +400,13 @@ def risk_scores(variables: PyTree, images: np.ndarray | Array, bins: int = 10, *
       bias score is measured against; None uses ``images`` themselves.
     batch_size: images per jitted call.
     dtype: compute dtype.
+    recon: reconstruction error kind of the epistemic score (the run's ``loss.recon``).
 
   Returns:
     ``{'bias', 'epistemic', 'aleatoric'}``, each (N,); ``bias`` (low = rare) and ``epistemic``
     are None for the standard CNN.
   """
-  pred = predict(variables, images, batch_size, dtype=dtype)
+  pred = predict(variables, images, batch_size, dtype=dtype, recon=recon)
   ref = None
   if reference_images is not None and pred.z_mean.shape[1]:
     ref = predict(variables, reference_images, batch_size, dtype=dtype).z_mean
