@@ -2,8 +2,10 @@
 
     python experiments/report.py --workdir=/tmp/jaxface/dbvae --compare=/tmp/jaxface/cnn
 
-The report goes to WORKDIR/report/ unless --out_dir is given.
+The run directories are only read; the report goes to WORKDIR/report/ unless --out is given.
 """
+
+import sys
 
 from absl import app, flags
 
@@ -13,12 +15,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory to report on.")
 flags.DEFINE_multi_string("compare", [], "Other run directories to compare with (repeatable).")
 flags.DEFINE_string("out_dir", None, "Output directory (default: WORKDIR/report).")
+flags.DEFINE_alias("out", "out_dir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  path = report.write_report(FLAGS.workdir, FLAGS.compare, FLAGS.out_dir)
+  try:
+    path = report.write_report(FLAGS.workdir, FLAGS.compare, FLAGS.out_dir)
+  except (FileNotFoundError, ValueError) as err:
+    sys.exit(f"error: {err}")
   print(f"report: {path}")
 
 

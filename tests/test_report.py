@@ -1,5 +1,5 @@
-"""Tests of jaxface.report: every figure is written and referenced, metrics.json is complete, run
-directories are loaded, and the command-line script runs."""
+"""Tests of jaxface.report: the findings (without matplotlib), every figure written and referenced,
+metrics.json complete, run directories read but never written, and the command-line script."""
 
 import json
 import math
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import evaluation, models, report
+from jaxface import evaluation, models, report, resampling
+from jaxface.report import figures, findings
 
 from helpers import tiny_config
 
@@ -29,6 +30,7 @@ VAE_FIGURES = ("groups", "reconstruction", "latent_traversal", "accuracy_vs_late
                "faces_bias", "faces_epistemic", "faces_aleatoric", "scores_by_group", "deciles",
                "percentile_faces")
 CNN_FIGURES = ("groups", "faces_aleatoric", "scores_by_group")
+TRAINING_FIGURES = ("training", "sampling_mass")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,6 +71,34 @@ def _test_set(per_group=10, non_faces=12, seed=0):
   return images, labels, groups
 
 
+# Two epochs of the trainer's resampling records (metrics.json) of a four-group run.
+RESAMPLING = [
+    {"epoch": 0, "ess_fraction": 0.5, "mass_by_group": {"DF": 0.04, "DM": 0.02, "LF": 0.5,
+                                                          "LM": 0.44},
+     "share_by_group": {"DF": 0.03, "DM": 0.02, "LF": 0.47, "LM": 0.48}},
+    {"epoch": 1, "ess_fraction": 0.4, "mass_by_group": {"DF": 0.08, "DM": 0.07, "LF": 0.45,
+                                                          "LM": 0.40},
+     "share_by_group": {"DF": 0.03, "DM": 0.02, "LF": 0.47, "LM": 0.48}},
+]
+
+
+def _log(acc_shift: float = 0.0) -> list[dict]:
+  """metrics.jsonl records of two epochs of four steps: resampling, training and epoch ends."""
+  log = []
+  for epoch in range(2):
+    log.append({"step": 4 * epoch, "epoch": epoch, "resampling_ess_fraction":
+                RESAMPLING[epoch]["ess_fraction"],
+                **{f"resampling_mass_{g}": m
+                   for g, m in RESAMPLING[epoch]["mass_by_group"].items()}})
+    for step in (2, 4):
+      log.append({"step": 4 * epoch + step, "epoch": epoch, "loss": 1.0 / (4 * epoch + step),
+                  "classification_loss": 0.5 / (4 * epoch + step), "accuracy": 0.6 + 0.05 * step,
+                  "images_per_s": 100.0})
+    log.append({"step": 4 * epoch + 4, "epoch": epoch, "val_accuracy": 0.7 + 0.1 * epoch
+                + acc_shift, "test_E_A": 60.0})
+  return log
+
+
 def _check_report(index: Path, expected_pngs: set[str]) -> dict:
   """Common checks; returns the parsed metrics.json."""
   out = index.parent
@@ -96,21 +126,26 @@ def test_build_report_two_runs(tmp_path, variables):
   ref, _, _ = _test_set(per_group=8, non_faces=0, seed=1)
   runs = [
       report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,
-                          reference_images=ref, train_metrics={"steps": 3}),
-      report.RunArtifacts("standard CNN", "cnn", variables["cnn"], images, labels, groups),
+                          reference_images=ref, train_metrics={"steps": 3}, log=_log(),
+                          resampling=RESAMPLING, config={"seed": 7, "model": {"kind": "dbvae"}}),
+      report.RunArtifacts("standard CNN", "cnn", variables["cnn"], images, labels, groups,
+                          log=_log(acc_shift=-0.1)),
   ]
   index = report.build_report(tmp_path / "report", runs, n_grid=8)
-  expected = ({f"db-vae_{f}.png" for f in VAE_FIGURES}
-              | {f"standard-cnn_{f}.png" for f in CNN_FIGURES} | {"comparison.png"})
+  expected = ({f"db-vae_{f}.png" for f in VAE_FIGURES + TRAINING_FIGURES}
+              | {f"standard-cnn_{f}.png" for f in CNN_FIGURES + ("training",)}
+              | {"comparison.png", "comparison_training.png"})
   metrics = _check_report(index, expected)
 
   page = index.read_text(encoding="utf-8")
-  # The story in order: comparison, per-group rates, then the latent diagnostics.
-  order = ["comparison.png"] + [f"db-vae_{f}.png" for f in VAE_FIGURES] + ["standard-cnn_groups"]
+  # The story in order: comparison, training, per-group rates, then the latent diagnostics.
+  order = (["comparison.png", "comparison_training.png", "db-vae_training.png",
+            "db-vae_sampling_mass.png"] + [f"db-vae_{f}.png" for f in VAE_FIGURES]
+           + ["standard-cnn_training.png", "standard-cnn_groups"])
   positions = [page.index(name) for name in order]
   assert positions == sorted(positions)
-  # Summary and comparison tables name both runs and every group.
-  assert page.count("<table>") == 2
+  # Summary, side-by-side comparison and sampling-mass tables.
+  assert page.count("<table>") == 3
   for name in ("DB-VAE", "standard CNN", *GROUPS):
     assert name in page
 
@@ -124,6 +159,9 @@ def test_build_report_two_runs(tmp_path, variables):
   assert len(vae["deciles"]["bias"]["rate"]) == 10
   assert len(vae["accuracy_vs_latent"]["mean_curve"]) == 10
   assert len(vae["traversal_dims"]) == 5
+  assert vae["seed"] == 7 and "seed" not in cnn
+  assert vae["sampling_mass"]["groups"] == list(GROUPS) and "sampling_mass" not in cnn
+  assert vae["training"]["val_accuracy"] == pytest.approx([0.7, 0.8])
   # The report's per-group rates are group_metrics on the model's predictions.
   prob = evaluation.predict(variables["cnn"], images).face_prob
   expected_metrics = evaluation.group_metrics(prob, labels, groups, group_order=GROUPS)
@@ -157,10 +195,11 @@ def test_json_safe_and_group_order():
   assert report.order_groups(["DM", "", "X", "LF", "A"]) == ["LF", "DM", "A", "X"]
 
 
-def _fake_config(name: str, kind: str) -> ml_collections.ConfigDict:
+def _fake_config(name: str, kind: str, recon: str = "l1") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      "name": name, "model": {"kind": kind}, "resampling": {"bins": 10},
-      "eval_batch_size": 64, "dtype": "float32", "data": {"source": "fake", "seed": 0}})
+      "name": name, "seed": 3, "model": {"kind": kind}, "resampling": {"bins": 10},
+      "loss": {"recon": recon}, "eval_batch_size": 64, "dtype": "float32",
+      "data": {"source": "fake", "seed": 0}})
 
 
 def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
@@ -170,7 +209,7 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
   test = jaxface.data.FaceData(images, labels, groups)
   train_images, _, _ = _test_set(per_group=20, non_faces=0, seed=2)
   train = jaxface.data.FaceData(train_images, np.ones(80, np.int32), np.repeat(GROUPS, 20))
-  runs = {"vae_dir": (_fake_config("dbvae", "dbvae"), variables["vae"]),
+  runs = {"vae_dir": (_fake_config("dbvae", "dbvae", recon="l2"), variables["vae"]),
           "cnn_dir": (_fake_config("cnn", "cnn"), variables["cnn"])}
   loads = []
 
@@ -185,7 +224,10 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
   monkeypatch.setattr(jaxface.data, "load_datasets", load_datasets)
   (tmp_path / "vae_dir").mkdir()
   (tmp_path / "vae_dir" / "metrics.json").write_text(json.dumps(
-      {"steps": 7, "epochs": [{"big": 1}], "resampling": [1, 2]}))
+      {"steps": 7, "epochs": [{"big": 1}], "resampling": RESAMPLING}))
+  # The CNN run's log has no resampling lines; the DB-VAE's metrics.jsonl is its only curve.
+  (tmp_path / "vae_dir" / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in _log()))
   index = report.write_report(tmp_path / "vae_dir", compare=[tmp_path / "cnn_dir"])
   assert index == tmp_path / "vae_dir" / "report" / "index.html"
   assert len(loads) == 1  # the same data config is loaded once
@@ -194,6 +236,34 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
   assert metrics["runs"][0]["train_metrics"] == {"steps": 7}
   assert metrics["runs"][0]["density_reference"] == "train"
   assert (index.parent / "comparison.png").exists()
+  vae, cnn = metrics["runs"]
+  assert (vae["recon"], cnn["recon"]) == ("l2", "l1")  # each run's config.loss.recon
+  assert vae["reconstruction"]["kind"] == "l2"
+  assert vae["seed"] == 3 and vae["sampling_mass"]["mass"][1] == [0.45, 0.40, 0.08, 0.07]
+  assert (index.parent / "db-vae_training.png").exists()
+  assert not (index.parent / "standard-cnn_training.png").exists()  # no metrics.jsonl
+
+
+def test_write_report_uses_the_given_datasets(tmp_path, variables, monkeypatch):
+  import jaxface.data
+  import jaxface.train
+  images, labels, groups = _test_set(per_group=4, non_faces=4)
+  test = jaxface.data.FaceData(images, labels, groups)
+  monkeypatch.setattr(jaxface.train, "load_run",
+                      lambda workdir: (_fake_config("cnn", "cnn"), variables["cnn"]))
+
+  def load_datasets(data_config):
+    raise AssertionError("the data was loaded a second time")
+
+  monkeypatch.setattr(jaxface.data, "load_datasets", load_datasets)
+  (tmp_path / "run").mkdir()
+  index = report.write_report(tmp_path / "run", compare=[tmp_path / "run"],
+                              datasets={"train": test, "test": test})
+  metrics = json.loads(index.with_name("metrics.json").read_text())
+  assert metrics["runs"][0]["test"]["n_faces"] == 16
+  assert [r["name"] for r in metrics["runs"]] == ["standard CNN", "standard CNN (run)"]
+  with pytest.raises(ValueError, match="'test'"):
+    report.write_report(tmp_path / "run", datasets={"train": test})
 
 
 def test_experiments_script_reports_a_missing_run(tmp_path):
@@ -203,6 +273,7 @@ def test_experiments_script_reports_a_missing_run(tmp_path):
       cwd=REPO)
   assert proc.returncode != 0
   assert "config.json" in proc.stderr
+  assert "Traceback" not in proc.stderr  # a one-line error, not a stack trace
 
 
 def test_distinct_decimals_keeps_labels_apart():
@@ -221,31 +292,31 @@ def test_distinct_decimals_keeps_labels_apart():
 
 
 def test_score_axes_have_no_offset(tmp_path, monkeypatch):
-  figures = []
-  save = report._save
-  monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+  drawn = []
+  save = figures._save
+  monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
   groups = np.repeat(np.array(GROUPS), 5)
   entropy = 0.69312 + np.linspace(0, 3e-5, len(groups))  # a near-chance classifier's scores
   bias = -20 + np.linspace(0, 1e-4, len(groups))
   path = report.plot_score_by_group({"bias": bias, "aleatoric": entropy}, groups, GROUPS,
                                     tmp_path / "s.png")
   assert path.stat().st_size > 8_000
-  (fig,) = figures
+  (fig,) = drawn
   for ax in fig.axes:  # no '1e-5+6.931e-1' above the axis
     assert ax.yaxis.get_offset_text().get_text() == ""
 
 
 def test_latent_traversal_ticks_are_distinct(tmp_path, monkeypatch):
-  figures = []
-  save = report._save
-  monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+  drawn = []
+  save = figures._save
+  monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
   rng = np.random.default_rng(0)
   values = np.stack([np.linspace(-0.034, -0.026, 7), np.linspace(-0.01, 0.01, 7)])
   traversal = evaluation.Traversal(np.array([0, 1]), values.astype(np.float32),
                                    rng.uniform(0, 1, (2, 7, 16, 16, 3)).astype(np.float32))
   z_mean = rng.uniform(-0.035, 0.01, (50, 2))
   report.plot_latent_traversal(z_mean, traversal, tmp_path / "t.png")
-  (fig,) = figures
+  (fig,) = drawn
   strips = [ax for ax in fig.axes if ax.get_xticklabels()]
   assert len(strips) == 2
   for ax in strips:
@@ -271,7 +342,7 @@ def _check_report_dir(report_dir: Path) -> list[str]:
   for name in referenced:
     path = report_dir / name
     assert path.is_file() and path.stat().st_size > 0, name
-  assert len(referenced) == len(set(referenced)) == len(VAE_FIGURES)
+  assert len(referenced) == len(set(referenced)) == len(VAE_FIGURES + TRAINING_FIGURES)
   metrics = json.loads((report_dir / "metrics.json").read_text())
   assert sorted(f["file"] for f in metrics["figures"]) == sorted(referenced)
   return referenced
@@ -296,6 +367,7 @@ def test_experiments_script_writes_report(trained_run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(trained_run, workdir, ignore=shutil.ignore_patterns("report"))
   assert not (workdir / "report").exists()
+  before = _snapshot(workdir)
   env = dict(os.environ)
   cache = jax.config.jax_compilation_cache_dir  # reuse this session's compiled executables
   if cache:
@@ -308,3 +380,179 @@ def test_experiments_script_writes_report(trained_run, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"report: {workdir / 'report' / 'index.html'}" in proc.stdout
   _check_report_dir(workdir / "report")
+  # Reading the run wrote nothing outside WORKDIR/report/.
+  after = {k: v for k, v in _snapshot(workdir).items() if k.split(os.sep)[0] != "report"}
+  assert after == before
+
+
+def test_write_report_reads_the_run_directory_only(trained_run, tmp_path):
+  before = _snapshot(trained_run)
+  index = report.write_report(trained_run, out_dir=tmp_path / "out")
+  assert index == tmp_path / "out" / "index.html"
+  _check_report_dir(tmp_path / "out")
+  assert _snapshot(trained_run) == before
+
+
+# ---------------------------------------------------------------------------------- findings
+
+
+def test_findings_import_without_matplotlib():
+  code = ("import sys\n"
+          "from jaxface.report import findings\n"
+          "mass = findings.sampling_mass(findings.resampling_from_log([\n"
+          "    {'epoch': 0, 'resampling_ess_fraction': 0.5, 'resampling_mass_DF': 0.25,\n"
+          "     'resampling_mass_LF': 0.75}]))\n"
+          "assert mass.groups == ['LF', 'DF'], mass\n"
+          "assert 'matplotlib' not in sys.modules, 'findings imported matplotlib'\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_sampling_mass_per_group_over_epochs():
+  mass = findings.sampling_mass(RESAMPLING, order=GROUPS)
+  assert mass.groups == list(GROUPS)
+  np.testing.assert_array_equal(mass.epochs, [0, 1])
+  np.testing.assert_allclose(mass.mass, [[0.5, 0.44, 0.04, 0.02], [0.45, 0.40, 0.08, 0.07]])
+  np.testing.assert_allclose(mass.share, [0.47, 0.48, 0.03, 0.02])
+  np.testing.assert_allclose(mass.ess_fraction, [0.5, 0.4])
+  # The metrics.jsonl lines carry the same masses (without the face shares).
+  from_log = findings.sampling_mass(findings.resampling_from_log(_log()), order=GROUPS)
+  np.testing.assert_allclose(from_log.mass, mass.mass)
+  assert np.isnan(from_log.share).all()
+  assert findings.sampling_mass([]) is None
+  assert findings.sampling_mass([{"epoch": 0, "ess_fraction": 0.9}]) is None  # no groups
+
+
+def test_training_curves_from_the_log():
+  curves = findings.training_curves(_log())
+  np.testing.assert_array_equal(curves.step, [2, 4, 6, 8])
+  assert curves.loss_names == ["loss", "classification_loss"]
+  np.testing.assert_allclose(curves.loss[:, 0], [1 / 2, 1 / 4, 1 / 6, 1 / 8])
+  np.testing.assert_allclose(curves.loss[:, 1], [0.5 / 2, 0.5 / 4, 0.5 / 6, 0.5 / 8])
+  np.testing.assert_allclose(curves.accuracy, [0.7, 0.8, 0.7, 0.8])
+  np.testing.assert_array_equal(curves.epoch, [0, 1])
+  np.testing.assert_array_equal(curves.epoch_step, [4, 8])
+  np.testing.assert_allclose(curves.val_accuracy, [0.7, 0.8])
+  assert findings.training_curves([{"step": 0, "resampling_ess_fraction": 1.0}]) is None
+
+
+def test_latent_accuracy_band_spans_the_dimensions():
+  per_dim = np.array([[0.0, 1.0, np.nan], [0.5, 1.0, np.nan], [1.0, 0.0, np.nan]] +
+                     [[np.nan, np.nan, np.nan]])
+  curve = evaluation.LatentAccuracy(np.array([0.5, 2 / 3, np.nan]), per_dim,
+                                    np.ones_like(per_dim), np.ones(3) / 3)
+  low, high = findings.latent_accuracy_band(curve, (10.0, 90.0))
+  np.testing.assert_allclose(low[:2], [0.1, 0.2])  # NaN rows (no faces) are left out
+  np.testing.assert_allclose(high[:2], [0.9, 1.0])
+  assert np.isnan(low[2]) and np.isnan(high[2])
+
+
+def test_side_by_side_and_summary_name_each_run_once():
+  prob = np.array([0.9, 0.8, 0.2, 0.7, 0.1, 0.6])
+  labels = np.array([1, 1, 1, 1, 0, 0])
+  groups = np.array(["LF", "LF", "DF", "DF", "", ""])
+  a = evaluation.group_metrics(prob, labels, groups)
+  b = evaluation.group_metrics(np.ones(6), labels, groups)
+  rows = findings.side_by_side([a, b], ["LF", "DF"], [{"eval": {"val_accuracy": 0.75}}, None])
+  table = {label: values for label, values, _ in rows}
+  assert table["LF detected %"] == [100.0, 100.0]
+  assert table["DF detected %"] == [50.0, 100.0]
+  assert table["E_A %"] == [75.0, 100.0]
+  assert table["non-faces correct %"] == [50.0, 0.0]
+  assert table["validation accuracy %"] == [75.0, None]
+  from jaxface.report import build, page
+  summary = build.summary_rows(["DB-VAE", "my cnn"], ["dbvae", "cnn"], [a, b])
+  assert [row[0] for row in summary] == ["DB-VAE", "my cnn (standard CNN)"]
+  assert all("DB-VAE" not in str(c) for row in summary for c in row[1:])
+  assert "model" not in build._SUMMARY_HEADER
+  assert "white-space: nowrap" in page.CSS
+
+
+# ------------------------------------------------------------------ dtype and epistemic score
+
+
+def test_report_inference_runs_in_the_run_dtype(tmp_path, variables, monkeypatch):
+  import jax.numpy as jnp
+  dtypes = []
+  batched = evaluation._batched
+
+  def spy(fn, first, inputs, batch_size, dtype):
+    dtypes.append(jnp.dtype(dtype))
+    return batched(fn, first, inputs, batch_size, dtype)
+
+  monkeypatch.setattr(evaluation, "_batched", spy)
+  images, labels, groups = _test_set(per_group=3, non_faces=2)
+  run = report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,
+                            dtype="bfloat16")
+  report.build_report(tmp_path, [run], n_grid=4)
+  # predict, reconstruct and the traversal's decoding all ran, all in bfloat16.
+  assert len(dtypes) >= 3
+  assert set(dtypes) == {jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_epistemic_score_is_the_runs_reconstruction_loss(tmp_path, variables, kind):
+  import jax.numpy as jnp
+  images, labels, groups = _test_set(per_group=3, non_faces=0)
+  x = images.astype(np.float32) / 255.0
+  z_mean = evaluation.predict(variables["vae"], images).z_mean
+  x_recon = models.decode(variables["vae"]["params"], jnp.asarray(z_mean))  # not clipped
+  expected = np.asarray(resampling.epistemic_score(jnp.asarray(x), x_recon, kind))
+  # evaluation.predict's recon_error is the resampling's epistemic score ...
+  pred = evaluation.predict(variables["vae"], images, recon=kind)
+  np.testing.assert_allclose(pred.recon_error, expected, rtol=1e-4, atol=1e-6)
+  # ... the trainer's inference (the resampling pass) gives the same ...
+  from jaxface import train
+  out = train.infer_dataset(variables["vae"], images, train.make_mesh(), 64, recon=kind)
+  np.testing.assert_allclose(out["recon_error"], expected, rtol=1e-4, atol=1e-6)
+  # ... and it is what the report ranks and averages by group.
+  run = report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,
+                            recon=kind)
+  index = report.build_report(tmp_path, [run], n_grid=4)
+  by_group = json.loads(index.with_name("metrics.json").read_text())["runs"][0][
+      "scores_by_group"]["epistemic"]
+  for g in GROUPS:
+    assert by_group[g] == pytest.approx(float(expected[groups == g].mean()), rel=1e-4)
+  page = index.read_text(encoding="utf-8")
+  assert f"{kind.upper()} reconstruction error" in page
+  with pytest.raises(ValueError, match="recon"):
+    evaluation.predict(variables["vae"], images, recon="l3")
+
+
+# ---------------------------------------------------------------------------- the page itself
+
+
+def test_page_shows_training_config_and_comparison(tmp_path, variables):
+  images, labels, groups = _test_set(per_group=4, non_faces=4)
+  runs = [
+      report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,
+                          log=_log(), resampling=RESAMPLING,
+                          config={"seed": 11, "loss": {"recon": "l1"}},
+                          train_metrics={"eval": {"val_accuracy": 0.8}}),
+      report.RunArtifacts("standard CNN", "cnn", variables["cnn"], images, labels, groups,
+                          log=_log(acc_shift=-0.2), train_metrics={"eval": {"val_accuracy": 0.6}}),
+  ]
+  index = report.build_report(tmp_path, runs, n_grid=4)
+  page = index.read_text(encoding="utf-8")
+  # The config, collapsed, with the seed.
+  assert page.count("<details>") == 1 and "seed 11" in page and '&quot;seed&quot;: 11' in page
+  # The sampling mass per group over epochs: figure and table (epoch 1's DM mass 7.00%).
+  assert "db-vae_sampling_mass.png" in page and "DM mass %" in page and "7.00" in page
+  # Training curves of each run, and of both together in the comparison.
+  assert "db-vae_training.png" in page and "comparison_training.png" in page
+  # The baseline beside the DB-VAE: one column per run and their difference.
+  assert "<th>DB-VAE minus standard CNN</th>" in page and "validation accuracy %" in page
+  assert "<td>validation accuracy %</td><td>80.00</td><td>60.00</td><td>20.00</td>" in page
+  # Captions describe the figures and claim no factors; the latent curves are a band.
+  assert "skin tone, lighting" not in page
+  assert "largest variance" in page and "mean latent code" in page
+  assert "10th to 90th percentile" in page and "blue: single dimensions" not in page
+  # The summary table names each run once ('DB-VAE' in its row, not a second 'model' cell).
+  summary = page[page.index("<h2>Summary</h2>"):page.index("</table>")]
+  assert "<th>model</th>" not in summary and summary.count("DB-VAE") == 1
+
+
+def _snapshot(directory: Path) -> dict:
+  return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in sorted(directory.rglob("*"))}

@@ -1,0 +1,83 @@
+"""The report's HTML: a page of headings, paragraphs, tables and captioned figures."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CSS = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.92em; color: #333; margin-top: 0.4em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+details { margin: 1em 0; }
+details pre { background: #f7f7f7; padding: 0.6em; font-size: 0.85em; overflow-x: auto; }
+"""
+
+
+class Page:
+  """Collects the report's HTML blocks and its list of figures.
+
+  Attributes:
+    out_dir: the directory the figures are written to.
+    blocks: HTML fragments, in page order.
+    figures: ``{'file', 'caption', 'run'}`` of every figure shown.
+  """
+
+  def __init__(self, out_dir: Path):
+    self.out_dir = out_dir
+    self.blocks: list[str] = []
+    self.figures: list[dict] = []
+
+  def heading(self, text: str, level: int = 2) -> None:
+    self.blocks.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+  def para(self, text: str) -> None:
+    self.blocks.append(f"<p>{html.escape(text)}</p>")
+
+  def raw(self, markup: str) -> None:
+    self.blocks.append(markup)
+
+  def figure(self, path: Path, caption: str, run: str | None) -> None:
+    name = path.name
+    self.blocks.append(f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}">'
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    self.figures.append({"file": name, "caption": caption, "run": run})
+
+  def render(self, title: str) -> str:
+    """The whole HTML document."""
+    body = "\n".join(self.blocks)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n"
+            "</body></html>\n")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """An HTML table; cells are escaped text."""
+  head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                 for row in rows)
+  return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def config_details(config: dict, summary: str) -> str:
+  """A collapsed ``<details>`` block with the run's configuration as indented JSON.
+
+  Args:
+    config: the configuration as a plain dict.
+    summary: the text of the always-visible line.
+
+  Returns:
+    The HTML fragment.
+  """
+  text = json.dumps(config, indent=2, sort_keys=False, default=str)
+  return (f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre>"
+          "</details>")
