@@ -425,7 +425,8 @@ def test_sampling_mass_per_group_over_epochs():
 
 
 def test_training_curves_from_the_log():
-  curves = findings.training_curves(_log())
+  log = [dict(r, vae_loss_faces=0.0) if "loss" in r else r for r in _log()]  # a CNN's zero term
+  curves = findings.training_curves(log)
   np.testing.assert_array_equal(curves.step, [2, 4, 6, 8])
   assert curves.loss_names == ["loss", "classification_loss"]
   np.testing.assert_allclose(curves.loss[:, 0], [1 / 2, 1 / 4, 1 / 6, 1 / 8])
@@ -446,6 +447,14 @@ def test_latent_accuracy_band_spans_the_dimensions():
   np.testing.assert_allclose(low[:2], [0.1, 0.2])  # NaN rows (no faces) are left out
   np.testing.assert_allclose(high[:2], [0.9, 1.0])
   assert np.isnan(low[2]) and np.isnan(high[2])
+
+
+def test_traversal_change_between_the_ends():
+  images = np.zeros((2, 3, 2, 2, 3), np.float32)
+  images[0, -1] = 0.5  # the first dimension brightens the face by 0.5
+  images[1, 1] = 1.0  # the second changes only in the middle
+  traversal = evaluation.Traversal(np.array([4, 1]), np.zeros((2, 3), np.float32), images)
+  np.testing.assert_allclose(findings.traversal_change(traversal), [0.5, 0.0])
 
 
 def test_side_by_side_and_summary_name_each_run_once():
@@ -547,6 +556,7 @@ def test_page_shows_training_config_and_comparison(tmp_path, variables):
   # Captions describe the figures and claim no factors; the latent curves are a band.
   assert "skin tone, lighting" not in page
   assert "largest variance" in page and "mean latent code" in page
+  assert "Mean absolute pixel difference between the first and last image" in page
   assert "10th to 90th percentile" in page and "blue: single dimensions" not in page
   # The summary table names each run once ('DB-VAE' in its row, not a second 'model' cell).
   summary = page[page.index("<h2>Summary</h2>"):page.index("</table>")]

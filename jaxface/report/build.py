@@ -68,9 +68,11 @@ def _training_section(page: page_lib.Page, run: RunArtifacts, slug: str,
   if run.config is not None:
     seed = run.config.get("seed")
     found["seed"] = seed
+    recon = (f", reconstruction loss {fnd.RECON_LABELS.get(run.recon, run.recon)}"
+             if run.kind != "cnn" else "")
     page.raw(page_lib.config_details(
-        run.config, f"Configuration of {run.name} (seed {seed}, dtype {run.dtype}, "
-        f"reconstruction loss {fnd.RECON_LABELS.get(run.recon, run.recon)}): click to show"))
+        run.config, f"Configuration of {run.name} (seed {seed}, dtype {run.dtype}{recon}): "
+        "click to show"))
   curves = fnd.training_curves(run.log or [])
   if curves is not None:
     path = fig_lib.plot_training_curves({run.name: curves}, out / f"{slug}_training.png")
@@ -162,16 +164,19 @@ def _run_diagnostics(page: page_lib.Page, run: RunArtifacts, result: dict, slug:
                                          out / f"{slug}_latent_traversal.png")
     variances = np.var(np.asarray(pred.z_mean, np.float64), axis=0)
     top_share = float(variances[traversal.dims].sum() / max(variances.sum(), 1e-30))
+    change = fnd.traversal_change(traversal)
+    change_text = ", ".join(f"z[{int(d)}] {c:.3f}" for d, c in zip(traversal.dims, change))
     page.figure(path, f"{run.name}: the {len(traversal.dims)} latent dimensions with the largest "
                 "variance of the latent mean over the test faces (together "
                 f"{100 * top_share:.0f}% of the total variance of the "
                 f"{pred.z_mean.shape[1]} dimensions). Above each strip: the histogram of that "
                 "dimension over the test faces; below: the mean latent code of the test faces "
                 "decoded with only that dimension changed, to the value on the axis, evenly "
-                "spaced over its observed range. The strip shows what the decoder changes along "
-                "that single dimension; images that barely change mean the dimension alone "
-                "does not move the decoded face.", run.name)
+                "spaced over its observed range. Mean absolute pixel difference between the "
+                f"first and last image of each strip (0-1 scale): {change_text}; a small value "
+                "means that dimension alone barely changes the decoded face.", run.name)
     found["traversal_dims"] = traversal.dims
+    found["traversal_change"] = change
     found["traversal_variance_share"] = top_share
 
     # --- Accuracy vs latent density.

@@ -211,6 +211,19 @@ def latent_accuracy_band(curve: evaluation.LatentAccuracy,
   return low, high
 
 
+def traversal_change(traversal: evaluation.Traversal) -> np.ndarray:
+  """How much the decoded face changes along each walked dimension.
+
+  Args:
+    traversal: :func:`jaxface.evaluation.latent_traversal` output, images (D, steps, H, W, 3).
+
+  Returns:
+    (D,) mean absolute pixel difference (0-1 scale) between the first and last decoded image.
+  """
+  images = np.asarray(traversal.images, np.float64)
+  return np.abs(images[:, -1] - images[:, 0]).mean(axis=(1, 2, 3))
+
+
 # ------------------------------------------------------------------------- training history
 
 
@@ -287,7 +300,8 @@ class TrainingCurves(NamedTuple):
   Attributes:
     step: (S,) global step of each logged training window.
     loss: (S, L) mean of each loss term over the window (NaN where a term is not logged).
-    loss_names: the L loss terms, ``'loss'`` (the total) first.
+    loss_names: the L loss terms, ``'loss'`` (the total) first; terms logged as zero
+      throughout are left out.
     accuracy: (S,) mean training batch accuracy over the window.
     epoch: (V,) epoch of each end-of-epoch evaluation.
     epoch_step: (V,) global step at that evaluation.
@@ -316,8 +330,10 @@ def training_curves(log: Sequence[dict]) -> TrainingCurves | None:
   evals = [r for r in log if "val_accuracy" in r]
   if not train and not evals:
     return None
+  # Loss terms, without those that are zero throughout (the CNN logs a zero VAE loss).
   terms = sorted({k for r in train for k in r if k != "loss"
                   and (k.endswith("_loss") or k.startswith("vae_loss"))})
+  terms = [k for k in terms if any(float(r.get(k, 0.0)) != 0.0 for r in train)]
   names = ["loss", *terms]
   nan = float("nan")
   loss = np.array([[float(r.get(k, nan)) for k in names] for r in train]).reshape(-1, len(names))
