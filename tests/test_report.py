@@ -269,10 +269,11 @@ def test_write_report_uses_the_given_datasets(tmp_path, variables, monkeypatch):
 def test_experiments_script_reports_a_missing_run(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(REPO / "experiments" / "report.py"),
-       f"--workdir={tmp_path / 'no_such_run'}"], capture_output=True, text=True, timeout=300,
-      cwd=REPO)
+       f"--workdir={tmp_path / 'no_such_run'}", f"--out={tmp_path / 'out'}"],
+      capture_output=True, text=True, timeout=300, cwd=REPO)
   assert proc.returncode != 0
   assert "config.json" in proc.stderr
+  assert not (tmp_path / "out").exists() and not (tmp_path / "no_such_run").exists()
   assert "Traceback" not in proc.stderr  # a one-line error, not a stack trace
 
 
@@ -475,7 +476,7 @@ def test_side_by_side_and_summary_name_each_run_once():
   assert [row[0] for row in summary] == ["DB-VAE", "my cnn (standard CNN)"]
   assert all("DB-VAE" not in str(c) for row in summary for c in row[1:])
   assert "model" not in build._SUMMARY_HEADER
-  assert "white-space: nowrap" in page.CSS
+  assert "td { white-space: nowrap; }" in page.CSS
 
 
 # ------------------------------------------------------------------ dtype and epistemic score

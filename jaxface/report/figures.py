@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
@@ -49,6 +50,7 @@ def tile(images: np.ndarray, cols: int, pad: int = 2, pad_value: float = 1.0) ->
 
 
 def _save(fig: Figure, path: Path) -> Path:
+  FigureCanvasAgg(fig)  # rendered by Agg whatever matplotlib's global backend
   fig.savefig(path, dpi=_DPI, facecolor="white")
   return path
 
