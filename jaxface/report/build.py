@@ -29,10 +29,6 @@ from jaxface.report import findings as fnd
 from jaxface.report import page as page_lib
 from jaxface.report.findings import RunArtifacts
 
-_SUMMARY_HEADER = ("run", "accuracy %", "faces detected %", "non-faces correct %", "E_A %",
-                   "Var_A %²", "Var_A noise %²", "worst group", "worst rate %", "gap (points)")
-
-
 def _load_run(directory: Path):
   """``(config, variables)`` of a run directory: the one place the report loads a run."""
   from jaxface import train
@@ -46,18 +42,6 @@ def _slug(name: str, taken: set[str]) -> str:
     slug, i = f"{base}-{i}", i + 1
   taken.add(slug)
   return slug
-
-
-def summary_rows(names: Sequence[str], kinds: Sequence[str], metrics: Sequence[dict]) -> list:
-  """Rows of the summary table: one per run, the run named once (with its model kind)."""
-  rows = []
-  for name, kind, m in zip(names, kinds, metrics):
-    rows.append([fnd.display_name(name, kind), fnd.frac_pct(m.get("accuracy"), 2),
-                 fnd.frac_pct(m.get("face_detection_rate"), 2),
-                 fnd.frac_pct(m.get("non_face_accuracy"), 2), fnd.pct(m["E_A"], 2),
-                 fnd.pct(m["Var_A"], 2), fnd.pct(m.get("Var_A_noise"), 2),
-                 m["worst_group"] or "–", fnd.pct(m["worst_rate"], 2), fnd.pct(m["gap"], 2)])
-  return rows
 
 
 def _training_section(page: page_lib.Page, run: RunArtifacts, slug: str,
@@ -309,7 +293,8 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
             "the part of Var_A that the finite number of test faces alone contributes (binomial "
             "sampling of each group's rate): a Var_A near it is within the test set's noise.")
   page.heading("Summary")
-  page.raw(page_lib.table(_SUMMARY_HEADER, summary_rows(names, [r.kind for r in runs], metrics)))
+  page.raw(page_lib.table(page_lib.SUMMARY_HEADER,
+                          page_lib.summary_rows(names, [r.kind for r in runs], metrics)))
 
   if len(runs) > 1:
     page.heading("Comparison of the runs")

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxface.report import findings as fnd
+
 CSS = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
@@ -22,6 +24,10 @@ th { background: #f3f3f3; }
 details { margin: 1em 0; }
 details pre { background: #f7f7f7; padding: 0.6em; font-size: 0.85em; overflow-x: auto; }
 """
+
+
+SUMMARY_HEADER = ("run", "accuracy %", "faces detected %", "non-faces correct %", "E_A %",
+                  "Var_A %²", "Var_A noise %²", "worst group", "worst rate %", "gap (points)")
 
 
 class Page:
@@ -82,3 +88,24 @@ def config_details(config: dict, summary: str) -> str:
   text = json.dumps(config, indent=2, sort_keys=False, default=str)
   return (f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre>"
           "</details>")
+
+
+def summary_rows(names: Sequence[str], kinds: Sequence[str], metrics: Sequence[dict]) -> list:
+  """Cells of the summary table (:data:`SUMMARY_HEADER`): one row per run, named once.
+
+  Args:
+    names: run names.
+    kinds: their model kinds (``'cnn'``, ``'ssvae'``, ``'dbvae'``).
+    metrics: their :func:`jaxface.evaluation.group_metrics`.
+
+  Returns:
+    One list of strings per run.
+  """
+  rows = []
+  for name, kind, m in zip(names, kinds, metrics):
+    rows.append([fnd.display_name(name, kind), fnd.frac_pct(m.get("accuracy"), 2),
+                 fnd.frac_pct(m.get("face_detection_rate"), 2),
+                 fnd.frac_pct(m.get("non_face_accuracy"), 2), fnd.pct(m["E_A"], 2),
+                 fnd.pct(m["Var_A"], 2), fnd.pct(m.get("Var_A_noise"), 2),
+                 m["worst_group"] or "–", fnd.pct(m["worst_rate"], 2), fnd.pct(m["gap"], 2)])
+  return rows
