@@ -29,6 +29,11 @@ from jaxface.report import findings as fnd
 from jaxface.report import page as page_lib
 from jaxface.report.findings import RunArtifacts
 
+
+def _finite(x: float) -> float | None:
+  return float(x) if np.isfinite(x) else None
+
+
 def _load_run(directory: Path):
   """``(config, variables)`` of a run directory: the one place the report loads a run."""
   from jaxface import train
@@ -81,12 +86,11 @@ def _training_section(page: page_lib.Page, run: RunArtifacts, slug: str,
                 f"the dashed lines are each group's share of the training faces, the mass "
                 f"uniform sampling would give. First to last epoch: {change}.", run.name)
     header = ["epoch", *(f"{g} mass %" for g in mass.groups), "effective sample size %"]
-    rows = [[int(e), *(f"{100 * v:.2f}" for v in row), fnd.frac_pct(
-        None if not np.isfinite(ess) else ess, 1)]
-            for e, row, ess in zip(mass.epochs, mass.mass, mass.ess_fraction)]
+    rows = [[int(epoch), *(f"{100 * v:.2f}" for v in row), fnd.frac_pct(_finite(ess), 1)]
+            for epoch, row, ess in zip(mass.epochs, mass.mass, mass.ess_fraction)]
     if np.isfinite(mass.share).any():
-      rows.append(["faces in training set", *(fnd.frac_pct(
-          None if not np.isfinite(s) else s, 2) for s in mass.share), "–"])
+      rows.append(["share of the training faces",
+                   *(fnd.frac_pct(_finite(share), 2) for share in mass.share), "–"])
     page.raw(page_lib.table(header, rows))
     found["sampling_mass"] = mass._asdict()
   return found
