@@ -43,6 +43,8 @@ def test_batch_shapes_types_and_half_half():
   np.testing.assert_array_equal(d.labels[idx], [1, 1, 1, 1, 0, 0, 0, 0])
   np.testing.assert_allclose(batch.faces, d.images[idx[:4]] / 255.0, atol=1e-6)
   np.testing.assert_allclose(batch.non_faces, d.images[idx[4:]] / 255.0, atol=1e-6)
+  # Both halves are views of one batch buffer (two half-size buffers page-fault at batch 256).
+  assert batch.faces.base is not None and batch.faces.base is batch.non_faces.base
 
 
 def test_deterministic_and_resumable():

@@ -10,7 +10,7 @@ A batch is a :class:`Batch`: its faces and its non-faces as two arrays, so a con
 which rows are faces without labels. The batch does not depend on the number of devices; a
 data-parallel step splits each half over the devices (``jaxface.train.train_step``).
 
-Images stay uint8 in memory; each half is gathered and converted to float32 in [0, 1] in
+Images stay uint8 in memory; a batch is gathered and converted to float32 in [0, 1] in two
 vectorised numpy passes (throughput: ``python experiments/bench_batcher.py``, recorded in
 ``experiments/results/``).
 """
@@ -148,10 +148,11 @@ class Batcher:
     Returns:
       A :class:`Batch` of ``batch_size / 2`` faces and as many non-faces, float32 in [0, 1].
     """
-    idx = self.batch_indices(epoch, step)
+    # One buffer for the batch, the halves views of it: two half-size buffers were slower at
+    # large batches (glibc hands them back to the OS after every batch, then page-faults).
+    images = to_float(np.take(self.data.images, self.batch_indices(epoch, step), axis=0))
     half = self.batch_size // 2
-    return Batch(faces=to_float(np.take(self.data.images, idx[:half], axis=0)),
-                 non_faces=to_float(np.take(self.data.images, idx[half:], axis=0)))
+    return Batch(faces=images[:half], non_faces=images[half:])
 
   def epoch_batches(self, epoch: int, start_step: int = 0, prefetch: int = 2) -> Iterator[Batch]:
     """Yields the batches of ``epoch`` from ``start_step`` to ``steps_per_epoch - 1``.
