@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxface.data.container import DataError, FaceData, to_float
 
+
 class Batch(NamedTuple):
   """One training batch of B images, half faces and half non-faces (a pytree of two arrays).
 
