@@ -108,90 +108,112 @@ def create_train_state(key: jax.Array, config: ml_collections.ConfigDict,
                     opt_state=optimizer.init(variables["params"]))
 
 
-def batch_half(x: jax.Array, num_shards: int, half: int) -> jax.Array:
-  """The face (``half=0``) or non-face (``half=1``) rows of a batch in the batcher's layout.
+def join_halves(faces: jax.Array, non_faces: jax.Array, num_shards: int = 1) -> jax.Array:
+  """The faces and non-faces of a batch as one array, each device's rows kept on the device.
 
-  :class:`jaxface.data.Batcher` with ``num_devices=num_shards`` lays a batch of B rows out as
-  ``(num_shards, 2, B / (2 * num_shards))``: every shard holds faces, then as many non-faces.
-  The rows of one half come back in the order they have with one shard, whatever
-  ``num_shards`` is, and a batch sharded over ``num_shards`` devices keeps each row on its
-  device.
+  Each half is split in ``num_shards`` equal shards along the batch axis (one per device of
+  the ``data`` axis); shard ``i`` of the result is shard ``i`` of the faces, then shard ``i``
+  of the non-faces. A plain concatenation would put the faces on the first half of the
+  devices and the non-faces on the others, so XLA would move rows between devices
+  (all-gathers or collective-permutes) before the first convolution; this interleaving is a
+  local reshape on every device (tested on 4 devices).
 
   Args:
-    x: (B, ...) with B a multiple of ``2 * num_shards``.
-    num_shards: the batcher's ``num_devices``.
-    half: 0 for the faces, 1 for the non-faces.
+    faces: (B / 2, ...), B / 2 a multiple of ``num_shards``.
+    non_faces: (B / 2, ...).
+    num_shards: the devices each half is split over (1: a plain concatenation).
 
   Returns:
-    (B / 2, ...).
+    (B, ...).
   """
-  batch = x.shape[0]
-  if batch % (2 * num_shards):
-    raise ValueError(f"a batch of {batch} rows cannot be {num_shards} shards of half faces, "
-                     "half non-faces")
-  blocks = x.reshape((num_shards, 2, batch // (2 * num_shards)) + x.shape[1:])
-  return blocks[:, half].reshape((batch // 2,) + x.shape[1:])
+  if faces.shape != non_faces.shape:
+    raise ValueError(f"a batch needs as many faces as non-faces of one shape, got faces "
+                     f"{faces.shape} and non_faces {non_faces.shape}")
+  half = faces.shape[0]
+  if half % num_shards:
+    raise ValueError(f"{half} faces cannot be split into {num_shards} equal shards")
+  shape = (num_shards, half // num_shards) + faces.shape[1:]
+  return jnp.stack([faces.reshape(shape), non_faces.reshape(shape)], axis=1).reshape(
+      (2 * half,) + faces.shape[1:])
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
+def split_halves(x: jax.Array, num_shards: int = 1) -> tuple[jax.Array, jax.Array]:
+  """The inverse of :func:`join_halves`: the face rows and the non-face rows of ``x``.
+
+  Args:
+    x: (B, ...) in the layout of :func:`join_halves` with ``num_shards``.
+    num_shards: as given to :func:`join_halves`.
+
+  Returns:
+    (B / 2, ...) face rows and (B / 2, ...) non-face rows, each in its original order.
+  """
+  if x.shape[0] % (2 * num_shards):
+    raise ValueError(f"a batch of {x.shape[0]} rows cannot be {num_shards} shards of faces "
+                     "and non-faces")
+  blocks = x.reshape((num_shards, 2, x.shape[0] // (2 * num_shards)) + x.shape[1:])
+  rows = (x.shape[0] // 2,) + x.shape[1:]
+  return blocks[:, 0].reshape(rows), blocks[:, 1].reshape(rows)
+
+
+def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
                optimizer: optax.GradientTransformation, kl_weight: float, recon: str,
-               dtype: Any, face_half_shards: int | None = None,
+               dtype: Any, num_shards: int = 1, decode_every_row: bool = False,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the CNN (latent_dim 0) or the SS-/DB-VAE.
 
-  The VAE loss counts for faces only, so a decoder pass over a non-face changes nothing. With
-  ``face_half_shards`` the batch must be in the batcher's layout (:func:`batch_half`) and the
-  decoder runs on the face halves only: the same loss and gradients as decoding every row at
-  about half the decoder's cost. The faces' latent noise does not depend on the layout: JAX's
-  default (partitionable) threefry draws the same noise for the first B / 2 rows of a (B, k)
-  draw as for a (B / 2, k) draw, so both give the same step (tested), and each device draws
-  its own rows. A face among the non-face halves would lose its VAE term: the loss is NaN
-  instead.
+  The encoder (and its batch norms) sees the whole batch, faces and non-faces joined by
+  :func:`join_halves`. The VAE loss counts for faces only, so the decoder runs on
+  ``batch.faces``' latent codes only; ``decode_every_row`` also decodes the non-faces (the
+  work of a step that does not know which rows are faces) and takes the same step. The faces'
+  latent noise is a (B / 2, k) draw from ``fold_in(key, state.step)`` in ``batch.faces``
+  order, so it does not depend on ``num_shards``, and each device draws its own rows.
 
   Args:
     state: the train state.
-    images: (B, H, W, 3) float32 in [0, 1].
-    labels: (B,) 1 = face.
+    batch: ``faces`` and ``non_faces``, (B / 2, H, W, 3) float32 in [0, 1] each.
     key: the run's base PRNG key; the step's key is ``fold_in(key, state.step)``.
     optimizer: the optax transformation.
     kl_weight: KL weight of the VAE loss.
     recon: 'l1' or 'l2' reconstruction loss.
     dtype: compute dtype.
-    face_half_shards: None decodes every row; S decodes the face halves of a batch laid out in
-      S shards of half faces, half non-faces.
+    num_shards: the devices each half of the batch is split over (:func:`join_halves`); it
+      changes the rows' order inside the step, not the step.
+    decode_every_row: decode the non-faces too (a VAE; for benchmarking).
 
   Returns:
     The new state and scalar metrics (loss, classification, vae, accuracy).
   """
   step_key = jax.random.fold_in(key, state.step)
   is_vae = models.latent_dim_of(state.params) > 0
-  faces = losses.flat_labels(labels, images.shape[0])
+  join = functools.partial(join_halves, num_shards=num_shards)
+  split = functools.partial(split_halves, num_shards=num_shards)
+  images = join(batch.faces, batch.non_faces)
+  n_faces = batch.faces.shape[0]
+  labels = join(jnp.ones((n_faces,), jnp.float32), jnp.zeros((n_faces,), jnp.float32))
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    if not is_vae:
-      out = models.forward(variables, images, None, train=True, dtype=dtype)
-      cls = losses.classification_loss(out.y_logit, faces)
-      return jnp.mean(cls), (out.batch_stats, out.y_logit, cls, jnp.zeros_like(cls), faces)
-    if face_half_shards is None:
-      out = models.forward(variables, images, step_key, train=True, dtype=dtype)
-      parts = losses.debiasing_loss(images, out.x_recon, faces, out.y_logit, out.z_mean,
-                                    out.z_logvar, kl_weight, recon)
-      return parts.total, (out.batch_stats, out.y_logit, parts.classification, parts.vae, faces)
-    half = functools.partial(batch_half, num_shards=face_half_shards, half=0)
     enc = models.encode(variables, images, train=True, dtype=dtype)
-    z_mean, z_logvar = half(enc.z_mean), half(enc.z_logvar)
+    cls = losses.classification_loss(enc.y_logit, labels)
+    if not is_vae:
+      return jnp.mean(cls), (enc.batch_stats, enc.y_logit, cls, jnp.zeros((n_faces,)))
+    (z_mean, z_mean_non), (z_logvar, z_logvar_non) = split(enc.z_mean), split(enc.z_logvar)
     z = models.reparameterize(step_key, z_mean, z_logvar)
-    x_recon = models.decode(params, z, dtype=dtype)
-    cls = losses.classification_loss(enc.y_logit, faces)
-    vae = losses.vae_loss(half(images), x_recon, z_mean, z_logvar, kl_weight, recon)
-    face_of_half = half(faces)
-    total = (jnp.sum(cls) + jnp.sum(face_of_half * vae)) / faces.shape[0]
-    misplaced = jnp.any(batch_half(faces, face_half_shards, 1) != 0)
-    total = jnp.where(misplaced, jnp.nan, total)
-    return total, (enc.batch_stats, enc.y_logit, cls, vae, face_of_half)
+    if decode_every_row:
+      z_non = models.reparameterize(jax.random.fold_in(step_key, 1), z_mean_non, z_logvar_non)
+      x_recon_all = models.decode(params, join(z, z_non), dtype=dtype)
+      vae_all = losses.vae_loss(images, x_recon_all, join(z_mean, z_mean_non),
+                                join(z_logvar, z_logvar_non), kl_weight, recon)
+      vae_sum = jnp.sum(labels * vae_all)  # the non-faces' terms are computed, then zeroed
+      vae = split(vae_all)[0]
+    else:
+      x_recon = models.decode(params, z, dtype=dtype)
+      vae = losses.vae_loss(batch.faces, x_recon, z_mean, z_logvar, kl_weight, recon)
+      vae_sum = jnp.sum(vae)
+    total = (jnp.sum(cls) + vae_sum) / labels.shape[0]
+    return total, (enc.batch_stats, enc.y_logit, cls, vae)
 
-  (loss, (batch_stats, y_logit, cls, vae, vae_faces)), grads = jax.value_and_grad(
+  (loss, (batch_stats, y_logit, cls, vae)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -200,26 +222,27 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   metrics = {
       "loss": loss,
       "classification_loss": jnp.mean(cls),
-      "vae_loss_faces": jnp.sum(vae * vae_faces) / jnp.maximum(jnp.sum(vae_faces), 1.0),
-      "accuracy": jnp.mean(((y_logit > 0).astype(jnp.float32) == faces).astype(jnp.float32)),
+      "vae_loss_faces": jnp.mean(vae),
+      "accuracy": jnp.mean(((y_logit > 0).astype(jnp.float32) == labels).astype(jnp.float32)),
   }
   return new_state, metrics
 
 
 def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                     mesh: Mesh, *, decode_every_row: bool = False):
-  """The jitted step: state and key replicated, batch sharded on ``data``, state donated.
+  """The jitted step ``(state, batch, key) -> (state, metrics)`` of :func:`train_step`.
 
-  The step takes batches in the layout of ``jaxface.data.Batcher(..., num_devices=n)`` with
-  ``n`` the mesh's device count, and a VAE decodes their face halves only
-  (:func:`train_step`'s ``face_half_shards``); ``decode_every_row`` decodes every row instead.
+  State and key are replicated, both halves of the :class:`jaxface.data.Batch` are sharded on
+  the ``data`` axis (``num_shards`` is the mesh's device count, so no row leaves its device),
+  and the state is donated. A VAE decodes the faces only; ``decode_every_row`` decodes every
+  row instead.
   """
   step_fn = functools.partial(
       train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
-      recon=config.loss.recon, dtype=compute_dtype(config),
-      face_half_shards=None if decode_every_row else mesh.devices.size)
+      recon=config.loss.recon, dtype=compute_dtype(config), num_shards=mesh.devices.size,
+      decode_every_row=decode_every_row)
   repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-  return jax.jit(step_fn, in_shardings=(repl, batch, batch, repl), out_shardings=(repl, repl),
+  return jax.jit(step_fn, in_shardings=(repl, batch, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
 
 
@@ -313,7 +336,8 @@ def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mes
   batcher = data_lib.Batcher(train_data, batch_size, seed=config.seed + 1, num_devices=1,
                              steps_per_epoch=config.bn_recalibration_batches)
   total = None
-  for images, _ in batcher.epoch_batches(epoch):
+  for batch in batcher.epoch_batches(epoch):
+    images = np.concatenate([batch.faces, batch.non_faces])
     stats = _batch_norm_statistics(state.variables, shard_batch(mesh, images),
                                    compute_dtype(config))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
@@ -683,9 +707,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       resampling.group_balanced_probabilities(train_faces.groups, config.resampling.group_power)
     except ValueError as err:
       raise ValueError(f"config.resampling.signal = 'groups': {err}") from None
-  # Each device's shard is half faces, half non-faces (the step decodes the face halves only).
-  # The batch holds the same images in another order whatever the device count, and the step's
-  # loss, batch-norm statistics and latent noise do not depend on that order, so runs on 1 and
+  # The batches do not depend on the device count; the step splits each half over the devices
+  # and its loss, batch-norm statistics and latent noise do not depend on how, so runs on 1 and
   # on N devices take the same steps.
   batcher = data_lib.Batcher(train_data, config.batch_size, seed=config.seed,
                              num_devices=mesh.devices.size,
@@ -798,10 +821,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                       **{f"resampling_mass_{g}": m
                          for g, m in info.get("mass_by_group", {}).items()}})
       window_start = time.perf_counter()
-      for images, labels in batcher.epoch_batches(epoch, step_in_epoch):
+      for batch in batcher.epoch_batches(epoch, step_in_epoch):
         global_step = epoch * steps_per_epoch + step_in_epoch + 1
-        state, metrics = train_step_fn(state, shard_batch(mesh, images),
-                                       shard_batch(mesh, labels), step_key)
+        batch = jax.tree.map(functools.partial(shard_batch, mesh), batch)
+        state, metrics = train_step_fn(state, batch, step_key)
         pending.append((global_step, metrics))
         step_in_epoch += 1
         if bar is not None:

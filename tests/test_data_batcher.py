@@ -25,18 +25,26 @@ def _ids(images):
   return px[:, 0] + 256 * px[:, 1]
 
 
+def _images(batch):
+  """A batch's faces then its non-faces, (B, H, W, 3)."""
+  return np.concatenate([batch.faces, batch.non_faces])
+
+
 def test_batch_shapes_types_and_half_half():
   d = _dataset()
   b = Batcher(d, batch_size=8, seed=0)
   assert b.steps_per_epoch == 50 // 4
-  images, labels = b.batch(0, 0)
-  assert images.shape == (8, 16, 16, 3) and images.dtype == np.float32
-  assert labels.dtype == np.float32 and labels.shape == (8,)
-  assert 0.0 <= images.min() and images.max() <= 1.0
-  np.testing.assert_array_equal(labels, [1, 1, 1, 1, 0, 0, 0, 0])
+  batch = b.batch(0, 0)
+  assert isinstance(batch, data.Batch)
+  for half in batch:
+    assert half.shape == (4, 16, 16, 3) and half.dtype == np.float32
+    assert 0.0 <= half.min() and half.max() <= 1.0
   idx = b.batch_indices(0, 0)
-  np.testing.assert_array_equal(d.labels[idx], labels)
-  np.testing.assert_allclose(images, d.images[idx] / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(d.labels[idx], [1, 1, 1, 1, 0, 0, 0, 0])
+  np.testing.assert_allclose(batch.faces, d.images[idx[:4]] / 255.0, atol=1e-6)
+  np.testing.assert_allclose(batch.non_faces, d.images[idx[4:]] / 255.0, atol=1e-6)
+  # Both halves are views of one batch buffer (two half-size buffers page-fault at batch 256).
+  assert batch.faces.base is not None and batch.faces.base is batch.non_faces.base
 
 
 def test_deterministic_and_resumable():
@@ -44,17 +52,18 @@ def test_deterministic_and_resumable():
   a, b = Batcher(d, 8, seed=3), Batcher(d, 8, seed=3)
   b.batch(5, 2)  # Other calls in between change nothing.
   for epoch, step in ((0, 0), (1, 4), (7, 11)):
-    np.testing.assert_array_equal(a.batch(epoch, step)[0], b.batch(epoch, step)[0])
-  assert not np.array_equal(a.batch(0, 0)[0], a.batch(0, 1)[0])
-  assert not np.array_equal(a.batch(0, 0)[0], a.batch(1, 0)[0])
-  assert not np.array_equal(a.batch(0, 0)[0], Batcher(d, 8, seed=4).batch(0, 0)[0])
+    np.testing.assert_array_equal(_images(a.batch(epoch, step)), _images(b.batch(epoch, step)))
+  for half in (0, 1):  # faces and non-faces each change with the step, epoch and seed
+    assert not np.array_equal(a.batch(0, 0)[half], a.batch(0, 1)[half])
+    assert not np.array_equal(a.batch(0, 0)[half], a.batch(1, 0)[half])
+    assert not np.array_equal(a.batch(0, 0)[half], Batcher(d, 8, seed=4).batch(0, 0)[half])
   # Restoring the probabilities reproduces the batches of an interrupted epoch.
   p = np.linspace(1, 2, d.num_faces)
   a.set_face_probabilities(p)
-  full = [x for x, _ in a.epoch_batches(2)]
+  full = [_images(x) for x in a.epoch_batches(2)]
   resumed = Batcher(d, 8, seed=3)
   resumed.set_face_probabilities(a.face_probabilities)
-  tail = [x for x, _ in resumed.epoch_batches(2, start_step=5)]
+  tail = [_images(x) for x in resumed.epoch_batches(2, start_step=5)]
   assert len(full) == a.steps_per_epoch and len(tail) == a.steps_per_epoch - 5
   for x, y in zip(full[5:], tail):
     np.testing.assert_array_equal(x, y)
@@ -63,9 +72,9 @@ def test_deterministic_and_resumable():
 def test_epoch_batches_match_batch_with_and_without_prefetch():
   d = _dataset()
   b = Batcher(d, 4, seed=1, steps_per_epoch=6)
-  expected = [b.batch(3, s)[0] for s in range(6)]
+  expected = [_images(b.batch(3, s)) for s in range(6)]
   for prefetch in (0, 1, 3):
-    got = [x for x, _ in b.epoch_batches(3, prefetch=prefetch)]
+    got = [_images(x) for x in b.epoch_batches(3, prefetch=prefetch)]
     assert len(got) == 6
     for x, y in zip(got, expected):
       np.testing.assert_array_equal(x, y)
@@ -79,13 +88,13 @@ def test_probabilities_snapshot_per_epoch():
   d = _dataset()
   b = Batcher(d, 4, seed=1, steps_per_epoch=4)
   it = b.epoch_batches(0, prefetch=2)
-  first = next(it)[0]
+  first = next(it).faces
   b.set_face_probabilities(np.eye(d.num_faces)[0])
-  rest = [x for x, _ in it]
+  rest = [x.faces for x in it]
   fresh = Batcher(d, 4, seed=1, steps_per_epoch=4)
-  np.testing.assert_array_equal(first, fresh.batch(0, 0)[0])
+  np.testing.assert_array_equal(first, fresh.batch(0, 0).faces)
   for s, x in enumerate(rest, start=1):
-    np.testing.assert_array_equal(x, fresh.batch(0, s)[0])
+    np.testing.assert_array_equal(x, fresh.batch(0, s).faces)
 
 
 def test_probability_weighting():
@@ -122,12 +131,16 @@ def test_bad_probabilities(p, match):
     b.set_face_probabilities(p)
 
 
-def test_multi_device_layout():
+def test_batches_do_not_depend_on_the_device_count():
   d = _dataset()
-  b = Batcher(d, 12, seed=0, num_devices=3)
-  _, labels = b.batch(0, 0)
-  np.testing.assert_array_equal(labels.reshape(3, 4), [[1, 1, 0, 0]] * 3)
-  np.testing.assert_array_equal(d.labels[b.batch_indices(0, 0)], labels)
+  one = Batcher(d, 12, seed=0)
+  three = Batcher(d, 12, seed=0, num_devices=3)
+  np.testing.assert_array_equal(three.batch_indices(2, 1), one.batch_indices(2, 1))
+  for got, want in zip(three.batch(2, 1), one.batch(2, 1)):
+    np.testing.assert_array_equal(got, want)
+  ids = _ids(_images(three.batch(2, 1)))
+  np.testing.assert_array_equal(ids[:6] < 50, True)  # _dataset's faces are ids 0..49
+  np.testing.assert_array_equal(ids[6:] >= 50, True)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -159,5 +172,7 @@ def test_needs_faces_and_non_faces():
 def test_planted_data_batches():
   d = data.make_planted_bias(40, 40, seed=0, image_size=32)
   b = Batcher(d, 8, seed=0)
-  images, labels = next(b.epoch_batches(0))
-  assert images.shape == (8, 32, 32, 3) and labels.sum() == 4
+  batch = next(b.epoch_batches(0))
+  assert batch.faces.shape == batch.non_faces.shape == (4, 32, 32, 3)
+  idx = b.batch_indices(0, 0)
+  assert (d.labels[idx[:4]] == 1).all() and (d.labels[idx[4:]] == 0).all()

@@ -15,11 +15,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxface import config as config_lib
 from jaxface import data as data_lib
-from jaxface import models, train
+from jaxface import losses, models, train
 
 from helpers import tiny_config
 
@@ -78,61 +79,80 @@ def test_end_to_end_dbvae_variants(tmp_path, overrides):
   assert np.isfinite(flat_params(variables)).all()
 
 
-def test_batch_half_returns_each_half_in_one_shard_order():
-  faces = data_lib.make_planted_bias(40, image_size=16, seed=0)
-  one = data_lib.Batcher(faces, 24, seed=5).batch_indices(1, 2)
+def test_join_halves_keeps_each_shard_and_split_halves_inverts_it():
+  faces = jnp.arange(12 * 2).reshape(12, 2)
+  non_faces = 100 + faces
   for shards in (1, 2, 3, 6):
-    idx = data_lib.Batcher(faces, 24, seed=5, num_devices=shards).batch_indices(1, 2)
-    np.testing.assert_array_equal(train.batch_half(jnp.asarray(idx), shards, 0), one[:12])
-    np.testing.assert_array_equal(train.batch_half(jnp.asarray(idx), shards, 1), one[12:])
-    labels = data_lib.batch_labels(24, shards)
-    assert (np.asarray(train.batch_half(jnp.asarray(labels), shards, 0)) == 1).all()
-    assert (np.asarray(train.batch_half(jnp.asarray(labels), shards, 1)) == 0).all()
+    joined = train.join_halves(faces, non_faces, shards)
+    assert joined.shape == (24, 2)
+    # Shard i of the joined batch holds exactly shard i of the faces, then of the non-faces.
+    per = 12 // shards
+    for i in range(shards):
+      np.testing.assert_array_equal(
+          joined[2 * per * i:2 * per * (i + 1)],
+          np.concatenate([faces[per * i:per * (i + 1)], non_faces[per * i:per * (i + 1)]]))
+    got_faces, got_non_faces = train.split_halves(joined, shards)
+    np.testing.assert_array_equal(got_faces, faces)
+    np.testing.assert_array_equal(got_non_faces, non_faces)
+  with pytest.raises(ValueError, match="12 faces cannot be split into 5"):
+    train.join_halves(faces, non_faces, 5)
+  with pytest.raises(ValueError, match=r"faces \(12, 2\) and non_faces \(10, 2\)"):
+    train.join_halves(faces, non_faces[:10], 1)
   with pytest.raises(ValueError, match="cannot be 4 shards"):
-    train.batch_half(jnp.zeros((12, 3)), 4, 0)
+    train.split_halves(jnp.zeros((12, 3)), 4)
 
 
-def _step_inputs(kind: str, batch: int, shards: int):
-  """A tiny config's state and one batch in the batcher's layout with ``shards`` shards."""
+def _step_inputs(kind: str, batch: int):
+  """A tiny config's state, one batcher batch and the unjitted step."""
   config = tiny_config(kind, batch_size=batch)
   optimizer = train.make_optimizer(config)
   state = train.create_train_state(jax.random.key(0), config, optimizer)
   data = data_lib.make_planted_bias(64, image_size=32, seed=1)
-  images, labels = data_lib.Batcher(data, batch, seed=2, num_devices=shards).batch(0, 0)
+  batch = jax.tree.map(jnp.asarray, data_lib.Batcher(data, batch, seed=2).batch(0, 0))
   step = functools.partial(train.train_step, optimizer=optimizer,
                            kl_weight=config.loss.kl_weight, recon=config.loss.recon,
                            dtype=jnp.float32)
-  return state, jnp.asarray(images), jnp.asarray(labels), step
+  return config, optimizer, state, batch, step
 
 
-@pytest.mark.parametrize("kind", ["ssvae", "dbvae"])
-def test_decoding_the_face_halves_takes_the_step_of_decoding_every_row(kind):
+def _reference_step(config, optimizer, state, batch, key):
+  """One step written out as the loss of the papers: every row decoded, faces first."""
+  images = jnp.concatenate([batch.faces, batch.non_faces])
+  labels = jnp.repeat(jnp.array([1.0, 0.0]), batch.faces.shape[0])
+  step_key = jax.random.fold_in(key, state.step)
+
+  def loss_fn(params):
+    out = models.forward({"params": params, "batch_stats": state.batch_stats}, images, step_key,
+                         train=True)
+    parts = losses.debiasing_loss(images, out.x_recon, labels, out.y_logit, out.z_mean,
+                                  out.z_logvar, config.loss.kl_weight, config.loss.recon)
+    return parts.total, (out.batch_stats, parts.vae)
+
+  (loss, (batch_stats, vae)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, _ = optimizer.update(grads, state.opt_state, state.params)
+  return loss, jnp.mean(vae[:batch.faces.shape[0]]), optax.apply_updates(
+      state.params, updates), batch_stats
+
+
+# (num_shards, decode_every_row) variants: the joined batch's row order and the rows decoded.
+@pytest.mark.parametrize("kind,variants", [("ssvae", [(2, False)]),
+                                           ("dbvae", [(4, False), (2, True)])])
+def test_step_decoding_faces_only_takes_the_step_of_decoding_every_row(kind, variants):
   key = jax.random.key(3)
-  state, images, labels, step = _step_inputs(kind, 16, 1)
-  every_state, every = jax.jit(step)(state, images, labels, key)
-  # The same images in a two-shard layout, decoding the face halves only.
-  state, images2, labels2, step = _step_inputs(kind, 16, 2)
-  assert not np.array_equal(images2, images)  # another row order
-  half_state, half = jax.jit(functools.partial(step, face_half_shards=2))(
-      state, images2, labels2, key)
-  for name in every:
-    np.testing.assert_allclose(half[name], every[name], rtol=2e-5, atol=1e-6, err_msg=name)
-  np.testing.assert_allclose(flat_params(half_state.params), flat_params(every_state.params),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(flat_params(half_state.batch_stats),
-                             flat_params(every_state.batch_stats), rtol=1e-5, atol=1e-6)
-  assert np.abs(flat_params(half_state.params) - flat_params(state.params)).max() > 1e-4
-
-
-def test_a_face_in_a_non_face_half_makes_the_loss_nan():
-  state, images, labels, step = _step_inputs("dbvae", 16, 2)
-  bad = labels.at[-1].set(1.0)  # the second shard's last row, a non-face position
-  _, metrics = jax.jit(functools.partial(step, face_half_shards=2))(
-      state, images, bad, jax.random.key(0))
-  assert np.isnan(metrics["loss"])
-  _, metrics = jax.jit(functools.partial(step, face_half_shards=2))(
-      state, images, labels, jax.random.key(0))
-  assert np.isfinite(metrics["loss"])
+  config, optimizer, state, batch, step = _step_inputs(kind, 16)
+  ref_loss, ref_vae, ref_params, ref_stats = jax.jit(functools.partial(
+      _reference_step, config, optimizer))(state, batch, key)
+  for num_shards, every_row in variants:
+    new_state, metrics = jax.jit(functools.partial(
+        step, num_shards=num_shards, decode_every_row=every_row))(state, batch, key)
+    where = f"num_shards={num_shards}, decode_every_row={every_row}"
+    np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=2e-5, err_msg=where)
+    np.testing.assert_allclose(metrics["vae_loss_faces"], ref_vae, rtol=2e-5, err_msg=where)
+    np.testing.assert_allclose(flat_params(new_state.params), flat_params(ref_params),
+                               rtol=1e-4, atol=1e-6, err_msg=where)
+    np.testing.assert_allclose(flat_params(new_state.batch_stats), flat_params(ref_stats),
+                               rtol=1e-5, atol=1e-6, err_msg=where)
+  assert np.abs(flat_params(ref_params) - flat_params(state.params)).max() > 1e-4
 
 
 def test_recalibrated_batch_norm_is_the_mean_of_uniform_batch_statistics():
@@ -143,8 +163,9 @@ def test_recalibrated_batch_norm_is_the_mean_of_uniform_batch_statistics():
                            batch_stats=variables["batch_stats"], opt_state=())
   new = train.recalibrate_batch_norm(state, train_data, train.make_mesh(), config, epoch=1)
   batcher = data_lib.Batcher(train_data, 16, seed=config.seed + 1, steps_per_epoch=2)
-  per_batch = [models.batch_norm_statistics(variables, jnp.asarray(batcher.batch(1, step)[0]))
-               for step in range(2)]
+  per_batch = [models.batch_norm_statistics(
+      variables, jnp.concatenate(jax.tree.map(jnp.asarray, batcher.batch(1, step))))
+      for step in range(2)]
   expected = jax.tree.map(lambda a, b: (a + b) / 2, *per_batch)
   for got, want in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -365,10 +386,10 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
   original = data_lib.Batcher.epoch_batches
 
   def poisoned(self, epoch, start_step=0, **kwargs):
-    for i, (images, labels) in enumerate(original(self, epoch, start_step, **kwargs)):
+    for i, batch in enumerate(original(self, epoch, start_step, **kwargs)):
       if epoch == 0 and start_step + i == 4:  # global step 5
-        images = np.full_like(images, np.nan)
-      yield images, labels
+        batch = batch._replace(faces=np.full_like(batch.faces, np.nan))
+      yield batch
 
   monkeypatch.setattr(data_lib.Batcher, "epoch_batches", poisoned)
   with pytest.raises(FloatingPointError, match="step 5"):
@@ -461,3 +482,50 @@ def test_one_and_four_devices_agree(tmp_path):
   np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(four["params"], one["params"], rtol=1e-3, atol=1e-5)
   assert abs(four["acc"] - one["acc"]) < 0.02
+
+
+COLLECTIVES_SCRIPT = textwrap.dedent("""
+    import functools, json, re, sys
+    import jax, jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jaxface import data as data_lib, train
+    sys.path.insert(0, {tests!r})
+    from helpers import tiny_config
+    assert len(jax.devices()) == 4, jax.devices()
+    mesh = train.make_mesh()
+    config = tiny_config("dbvae", batch_size=16)
+    optimizer = train.make_optimizer(config)
+    state = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), config, optimizer))
+    half = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
+    args = (state, data_lib.Batch(half, half), jax.eval_shape(lambda: jax.random.key(0)))
+    pattern = r"(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\\("
+    def collectives(step):
+        found = re.findall(pattern, step.lower(*args).compile().as_text())
+        return {{op: found.count(op) for op in set(found)}}
+    out = {{"faces_only": collectives(train.make_train_step(config, optimizer, mesh)),
+           "every_row": collectives(train.make_train_step(config, optimizer, mesh,
+                                                          decode_every_row=True))}}
+    # For contrast: the same step joining the halves by a plain concatenation (num_shards=1).
+    concatenating = functools.partial(
+        train.train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
+        recon=config.loss.recon, dtype=jnp.float32, num_shards=1)
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    out["concatenated"] = collectives(jax.jit(concatenating, in_shardings=(repl, data, repl),
+                                              out_shardings=(repl, repl)))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_four_device_step_moves_no_rows_between_devices():
+  script = COLLECTIVES_SCRIPT.format(tests=str(REPO / "tests"))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  # Only the all-reduces of the gradients, losses and batch-norm statistics.
+  for variant in ("faces_only", "every_row"):
+    assert set(result[variant]) == {"all-reduce"}, (variant, result[variant])
+  # XLA moves rows (all-gathers or collective-permutes) to concatenate data-sharded halves.
+  assert set(result["concatenated"]) - {"all-reduce"}, result["concatenated"]

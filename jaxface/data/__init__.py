@@ -5,11 +5,11 @@ Typical use::
   from jaxface import data
   sets = data.load_datasets(config.data)      # {'train', 'val', 'test'} FaceData
   batcher = data.Batcher(sets['train'], batch_size=32, seed=0)
-  for images, labels in batcher.epoch_batches(epoch):
-    ...
+  for batch in batcher.epoch_batches(epoch):
+    ...  # batch.faces, batch.non_faces: (16, H, W, 3) float32 each
 """
 
-from jaxface.data.batcher import Batcher, batch_labels
+from jaxface.data.batcher import Batch, Batcher
 from jaxface.data.container import DataError, FaceData, concatenate, to_float
 from jaxface.data.loaders import (DEFAULT_URL, IMAGE_EXTENSIONS, default_cache_dir,
                                   download_train_face_h5, load_folders, load_grouped_faces,
@@ -19,7 +19,7 @@ from jaxface.data.pipeline import SOURCES, default_data_config, load_datasets, t
 from jaxface.data.planted import GROUPS, NON_FACE_KINDS, make_planted_bias, tile_images
 
 __all__ = [
-    "Batcher", "batch_labels", "DataError", "FaceData", "concatenate", "to_float", "DEFAULT_URL",
+    "Batch", "Batcher", "DataError", "FaceData", "concatenate", "to_float", "DEFAULT_URL",
     "IMAGE_EXTENSIONS", "default_cache_dir", "download_train_face_h5", "load_folders",
     "load_grouped_faces", "load_h5", "load_image_folder", "load_manifest", "manifest_splits", "read_image", "read_images",
     "resize_images", "SOURCES", "default_data_config", "load_datasets", "train_val_split",

@@ -6,14 +6,13 @@ indices of batch ``(epoch, step)`` come from a random generator seeded with
 ``(seed, epoch, step)`` only, so a run killed mid-epoch and resumed with the same probabilities
 sees exactly the same batches, in any order and with or without prefetching.
 
-With ``num_devices > 1`` the batch is laid out as ``num_devices`` consecutive shards of
-``batch_size // num_devices`` images, each itself half faces then half non-faces, so splitting
-the leading axis across devices gives every device a balanced shard.
+A batch is a :class:`Batch`: its faces and its non-faces as two arrays, so a consumer knows
+which rows are faces without labels. The batch does not depend on the number of devices; a
+data-parallel step splits each half over the devices (``jaxface.train.train_step``).
 
 Images stay uint8 in memory; a batch is gathered and converted to float32 in [0, 1] in two
-vectorised numpy passes: on 100,000 64x64 images, 194,000-210,000 images/s at batch 32 and 256
-(112,000-138,000 through the prefetching ``epoch_batches``) on a 2-core CPU
-(``python experiments/bench_batcher.py``), about 100 times what a training step consumes.
+vectorised numpy passes (throughput: ``python experiments/bench_batcher.py``, recorded in
+``experiments/results/``).
 """
 
 from __future__ import annotations
@@ -22,26 +21,22 @@ import copy
 import queue
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxface.data.container import DataError, FaceData, to_float
 
-Batch = tuple[np.ndarray, np.ndarray]
 
+class Batch(NamedTuple):
+  """One training batch of B images, half faces and half non-faces (a pytree of two arrays).
 
-def batch_labels(batch_size: int, num_devices: int = 1) -> np.ndarray:
-  """The labels of every :class:`Batcher` batch: per device shard, faces (1) then non-faces (0).
-
-  Args:
-    batch_size: B, a multiple of ``2 * num_devices``.
-    num_devices: the number of shards.
-
-  Returns:
-    (B,) float32.
+  Attributes:
+    faces: (B / 2, H, W, 3) float32 in [0, 1].
+    non_faces: (B / 2, H, W, 3) float32 in [0, 1].
   """
-  per_half = batch_size // (2 * num_devices)
-  return np.tile(np.repeat(np.array([1.0, 0.0], np.float32), per_half), num_devices)
+  faces: np.ndarray
+  non_faces: np.ndarray
 
 
 class Batcher:
@@ -51,7 +46,8 @@ class Batcher:
     data: the dataset.
     batch_size: images per batch (even, and a multiple of ``2 * num_devices``).
     seed: base seed of the batch index streams.
-    num_devices: number of device shards each batch is laid out in.
+    num_devices: number of devices each half of a batch will be split over; only checked
+      against ``batch_size`` (the batches do not depend on it).
     steps_per_epoch: batches per epoch; by default ``n_faces // (batch_size // 2)``, so an epoch
       draws about as many faces as the dataset holds.
   """
@@ -87,7 +83,6 @@ class Batcher:
     self.steps_per_epoch = int(steps_per_epoch)
     self._probs: np.ndarray | None = None
     self._cdf: np.ndarray | None = None
-    self._labels = batch_labels(self.batch_size, self.num_devices)
 
   @property
   def num_faces(self) -> int:
@@ -132,7 +127,8 @@ class Batcher:
     self._cdf = cdf
 
   def batch_indices(self, epoch: int, step: int) -> np.ndarray:
-    """Dataset indices of batch ``(epoch, step)``, (batch_size,) int64, in batch order."""
+    """Dataset indices of batch ``(epoch, step)``: (batch_size,) int64, the faces of
+    :attr:`Batch.faces` then the non-faces of :attr:`Batch.non_faces`, in order."""
     if not 0 <= step < self.steps_per_epoch:
       raise DataError(f"step must be in [0, {self.steps_per_epoch}), got {step}")
     if epoch < 0:
@@ -145,19 +141,19 @@ class Batcher:
       face_pos = np.searchsorted(self._cdf, rng.random(half), side="right")
       np.minimum(face_pos, self.num_faces - 1, out=face_pos)
     non_face_pos = rng.integers(self.num_non_faces, size=half)
-    per = half // self.num_devices
-    return np.stack([self._faces[face_pos].reshape(self.num_devices, per),
-                     self._non_faces[non_face_pos].reshape(self.num_devices, per)],
-                    axis=1).reshape(-1)
+    return np.concatenate([self._faces[face_pos], self._non_faces[non_face_pos]])
 
   def batch(self, epoch: int, step: int) -> Batch:
     """Batch ``step`` of ``epoch``.
 
     Returns:
-      images (batch_size, H, W, 3) float32 in [0, 1] and labels (batch_size,) float32.
+      A :class:`Batch` of ``batch_size / 2`` faces and as many non-faces, float32 in [0, 1].
     """
-    idx = self.batch_indices(epoch, step)
-    return to_float(np.take(self.data.images, idx, axis=0)), self._labels.copy()
+    # One buffer for the batch, the halves views of it: two half-size buffers were slower at
+    # large batches (glibc hands them back to the OS after every batch, then page-faults).
+    images = to_float(np.take(self.data.images, self.batch_indices(epoch, step), axis=0))
+    half = self.batch_size // 2
+    return Batch(faces=images[:half], non_faces=images[half:])
 
   def epoch_batches(self, epoch: int, start_step: int = 0, prefetch: int = 2) -> Iterator[Batch]:
     """Yields the batches of ``epoch`` from ``start_step`` to ``steps_per_epoch - 1``.
@@ -169,7 +165,7 @@ class Batcher:
         face probabilities in force when iteration starts are used for the whole epoch.
 
     Yields:
-      ``(images, labels)`` as :meth:`batch` returns them.
+      Batches as :meth:`batch` returns them.
     """
     if not 0 <= start_step <= self.steps_per_epoch:
       raise DataError(f"start_step must be in [0, {self.steps_per_epoch}], got {start_step}")

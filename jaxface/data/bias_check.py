@@ -50,7 +50,9 @@ def train_standard_cnn(train: FaceData, epochs: int, batch_size: int, learning_r
 
   batcher = Batcher(train, batch_size, seed)
   for epoch in range(epochs):
-    for x, y in batcher.epoch_batches(epoch):
+    for batch in batcher.epoch_batches(epoch):
+      x = np.concatenate([batch.faces, batch.non_faces])
+      y = np.repeat(np.array([1.0, 0.0], np.float32), len(batch.faces))
       variables, opt_state, _ = step(variables, opt_state, x, y)
   return variables
 
