@@ -106,6 +106,7 @@ def _skewed(n, k, seed=0):
     (10, 1e-3, "normal", 0),
     (10, 0.05, "skewed", 1),
     (20, 1e-3, "skewed", 2),  # 20 bins: several empty bins per dimension
+    (100, 1e-3, "normal", 3),  # more bins than the vmap path's comparison lookup takes
 ])
 def test_max_matches_numpy_lab_loop(bins, alpha, data, seed, impl):
   z = (_normal if data == "normal" else _skewed)(N, K, seed=seed)
