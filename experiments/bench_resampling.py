@@ -33,14 +33,16 @@ def best_ms(fn, repeats: int) -> float:
   return round(1e3 * min(times), 2)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+  """Runs the benchmark; prints and returns one row per size."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 200_000])
   parser.add_argument("--dims", type=int, default=100)
   parser.add_argument("--bins", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--skip-numpy", action="store_true", help="do not time the NumPy loop")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  rows = []
   rng = np.random.default_rng(0)
   for n in args.sizes:
     z_np = rng.standard_normal((n, args.dims), dtype=np.float32)
@@ -70,6 +72,8 @@ def main() -> None:
                                                          histogram_impl=impl))
         row[f"{impl}_max_rel_diff_vs_numpy"] = float(np.max(np.abs(p - ref)) / np.max(ref))
     print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
 
 
 if __name__ == "__main__":

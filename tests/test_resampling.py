@@ -4,11 +4,13 @@ Speed: every (shape, bins, combine, histogram_impl) compiles the jitted kernels 
 random-input tests share one shape, (N, K) = (120, 5), and the default 10 bins wherever they can.
 """
 
+import importlib.util
 import math
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -650,3 +652,17 @@ def test_concrete_bad_values_still_raise(kwargs, error, message):
 def test_traced_alpha_of_the_wrong_shape_raises():
   with pytest.raises(ValueError, match="alpha must be a scalar"):
     jax.jit(lambda a: resampling.sampling_probabilities(_normal(N, K), alpha=a))(jnp.ones(2))
+
+
+def test_bench_resampling_quick_run():
+  path = Path(__file__).resolve().parent.parent / "experiments" / "bench_resampling.py"
+  spec = importlib.util.spec_from_file_location("_experiments_bench_resampling", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  # The shape and bins the tests above compile already.
+  (row,) = bench.main(["--sizes", str(N), "--dims", str(K), "--repeats", "1"])
+  assert row["auto_impl"] == resampling.resolve_histogram_impl("auto")
+  for impl in IMPLS:
+    assert row[f"{impl}_max_rel_diff_vs_numpy"] < 1e-4
+    for name in ("max", "product", "bias_score"):
+      assert row[f"{impl}_{name}_ms"] > 0
