@@ -23,14 +23,19 @@ import numpy as np
 from jaxface import resampling
 
 
-def best_ms(fn, repeats: int) -> float:
-  """Best wall time in milliseconds of ``repeats`` calls of ``fn`` (results blocked on)."""
+def best_time(fn, repeats: int) -> float:
+  """Best wall time in seconds of ``repeats`` calls of ``fn`` (results blocked on)."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return round(1e3 * min(times), 2)
+  return min(times)
+
+
+def best_ms(fn, repeats: int) -> float:
+  """:func:`best_time` in milliseconds, rounded to 0.01 ms."""
+  return round(1e3 * best_time(fn, repeats), 2)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
