@@ -1,16 +1,19 @@
-"""Benchmark: jitted latent resampling against the MIT lab's NumPy per-dimension loop.
+"""Benchmark: jitted latent resampling (both histogram paths) against the lab's NumPy loop.
 
     python experiments/bench_resampling.py [--sizes 10000 100000 200000] [--dims 100]
 
-Prints one JSON line per N with the best-of-``--repeats`` wall time of
-``jaxface.resampling.sampling_probabilities`` (both ``combine`` modes) and of
-``lab_sampling_probabilities_numpy`` on the same codes, and their ratio (measured in the same
-run, since absolute times on shared machines drift).
+Prints one JSON line per N with the best-of-``--repeats`` wall time (ms) of
+``jaxface.resampling.sampling_probabilities`` for each ``histogram_impl`` (``vmap``: a vmap of
+``jnp.histogram``; ``scatter``: arithmetic bins and a chunked scatter-add) and ``combine`` mode,
+of ``bias_score`` for each path, and of ``lab_sampling_probabilities_numpy`` on the same codes,
+with the ratios (measured in the same run, since absolute times on shared machines drift) and
+the path ``histogram_impl="auto"`` picks on this backend.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -21,7 +24,7 @@ from jaxface import resampling
 
 
 def best_time(fn, repeats: int) -> float:
-  """Best wall time of ``repeats`` calls of ``fn`` (results blocked on)."""
+  """Best wall time in seconds of ``repeats`` calls of ``fn`` (results blocked on)."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -30,31 +33,52 @@ def best_time(fn, repeats: int) -> float:
   return min(times)
 
 
-def main() -> None:
+def best_ms(fn, repeats: int) -> float:
+  """:func:`best_time` in milliseconds, rounded to 0.01 ms."""
+  return round(1e3 * best_time(fn, repeats), 2)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+  """Runs the benchmark; prints and returns one row per size."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 200_000])
   parser.add_argument("--dims", type=int, default=100)
   parser.add_argument("--bins", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5)
-  args = parser.parse_args()
+  parser.add_argument("--skip-numpy", action="store_true", help="do not time the NumPy loop")
+  args = parser.parse_args(argv)
+  rows = []
   rng = np.random.default_rng(0)
   for n in args.sizes:
     z_np = rng.standard_normal((n, args.dims), dtype=np.float32)
     z = jax.device_put(z_np)
-    row = {"n": n, "dims": args.dims, "bins": args.bins, "backend": jax.default_backend()}
-    for combine in ("max", "product"):
-      fn = lambda: resampling.sampling_probabilities(z, args.bins, 1e-3, combine)  # noqa: E731
-      jax.block_until_ready(fn())  # compile
-      row[f"jax_{combine}_s"] = round(best_time(fn, args.repeats), 5)
-    row["numpy_lab_loop_s"] = round(best_time(
-        lambda: resampling.lab_sampling_probabilities_numpy(z_np, args.bins, 1e-3),
-        max(1, args.repeats // 2)), 5)
-    row["speedup_max_vs_numpy"] = round(row["numpy_lab_loop_s"] / row["jax_max_s"], 2)
-    row["speedup_product_vs_numpy"] = round(row["numpy_lab_loop_s"] / row["jax_product_s"], 2)
-    p = np.asarray(resampling.sampling_probabilities(z, args.bins, 1e-3, "max"))
-    ref = resampling.lab_sampling_probabilities_numpy(z_np, args.bins, 1e-3)
-    row["max_rel_diff_vs_numpy"] = float(np.max(np.abs(p - ref)) / np.max(ref))
+    row = {"n": n, "dims": args.dims, "bins": args.bins, "backend": jax.default_backend(),
+           "auto_impl": resampling.resolve_histogram_impl("auto")}
+    for impl in ("vmap", "scatter"):
+      for combine in ("max", "product"):
+        fn = functools.partial(resampling.sampling_probabilities, z, args.bins, 1e-3, combine,
+                               histogram_impl=impl)
+        jax.block_until_ready(fn())  # compile
+        row[f"{impl}_{combine}_ms"] = best_ms(fn, args.repeats)
+      fn = functools.partial(resampling.bias_score, z, args.bins, histogram_impl=impl)
+      jax.block_until_ready(fn())
+      row[f"{impl}_bias_score_ms"] = best_ms(fn, args.repeats)
+    for name in ("max", "product", "bias_score"):
+      row[f"scatter_speedup_{name}"] = round(row[f"vmap_{name}_ms"] / row[f"scatter_{name}_ms"], 2)
+    if not args.skip_numpy:
+      row["numpy_lab_loop_ms"] = best_ms(
+          lambda: resampling.lab_sampling_probabilities_numpy(z_np, args.bins, 1e-3),
+          max(1, args.repeats // 2))
+      ref = resampling.lab_sampling_probabilities_numpy(z_np, args.bins, 1e-3)
+      for impl in ("vmap", "scatter"):
+        row[f"{impl}_max_speedup_vs_numpy"] = round(
+            row["numpy_lab_loop_ms"] / row[f"{impl}_max_ms"], 2)
+        p = np.asarray(resampling.sampling_probabilities(z, args.bins, 1e-3, "max",
+                                                         histogram_impl=impl))
+        row[f"{impl}_max_rel_diff_vs_numpy"] = float(np.max(np.abs(p - ref)) / np.max(ref))
     print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
 
 
 if __name__ == "__main__":

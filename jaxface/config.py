@@ -40,6 +40,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.resampling.bins = 10
   config.resampling.alpha = 1e-3
   config.resampling.combine = "max"  # 'max' (lab) or 'product' (paper)
+  # latent histograms: 'vmap' (jnp.histogram), 'scatter' (CPU fast path) or 'auto' (scatter on
+  # CPU, else vmap); see jaxface.resampling
+  config.resampling.histogram_impl = "auto"
   # signal 'groups': group g gets sampling mass proportional to n_g ** (1 - group_power); 1
   # balances the groups, 0.5 weights them by the square root of their size.
   config.resampling.group_power = 1.0
@@ -110,6 +113,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("resampling.group_power", "must be in [0, 1]")
   if config.resampling.combine not in ("max", "product"):
     fail("resampling.combine", "must be 'max' or 'product'")
+  from jaxface.resampling import HISTOGRAM_IMPLS  # jax is only imported when a run is checked
+  if config.resampling.histogram_impl not in HISTOGRAM_IMPLS:
+    fail("resampling.histogram_impl", f"must be one of {HISTOGRAM_IMPLS}")
   if config.loss.recon not in ("l1", "l2"):
     fail("loss.recon", "must be 'l1' or 'l2'")
   if not config.loss.kl_weight >= 0:

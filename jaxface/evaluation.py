@@ -215,9 +215,9 @@ def var_a_sampling_noise(rates: Sequence[float], counts: Sequence[int]) -> float
   counts = np.asarray(counts, np.float64)
   if rates.shape != counts.shape or rates.ndim != 1 or rates.size == 0:
     raise ValueError(f"rates {rates.shape} and counts {counts.shape} must be the same (G,) shape")
-  if np.any(counts < 2):
+  if not np.all(counts >= 2):
     raise ValueError(f"every group needs at least 2 faces, got counts {counts.tolist()}")
-  if np.any((rates < 0) | (rates > 1)):
+  if not np.all((rates >= 0) & (rates <= 1)):
     raise ValueError(f"rates must be fractions in [0, 1], got {rates.tolist()}")
   g = rates.size
   return float((g - 1) / g**2 * np.sum(rates * (1 - rates) / (counts - 1)) * 1e4)
@@ -230,9 +230,10 @@ def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
   A sample counts as detected when ``face_prob > threshold``.
 
   Args:
-    face_prob: (N,) face probabilities.
-    labels: (N,) 1 = face, 0 = non-face.
-    groups: (N,) group name per sample, ``''`` for non-faces and faces of unknown group.
+    face_prob: (N,) or (N, 1) face probabilities.
+    labels: (N,) or (N, 1), 1 = face, 0 = non-face.
+    groups: (N,) or (N, 1) group name per sample, ``''`` for non-faces and faces of unknown
+      group.
     threshold: decision threshold.
     group_order: groups to report, in this order; a listed group with no faces is reported
       with ``n = 0`` and ``None`` rates and left out of the aggregates. Groups present in the
@@ -249,9 +250,9 @@ def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     non-faces), ``accuracy`` (all samples), ``n_faces``, ``n_non_faces`` and ``threshold``.
     Aggregates over no groups are None.
   """
-  face_prob = np.asarray(face_prob, np.float64).reshape(-1)
-  labels = np.asarray(labels).reshape(-1)
-  groups = np.asarray(groups, dtype=str).reshape(-1)
+  face_prob = losses.flat_per_sample(np.asarray(face_prob, np.float64), "face_prob")
+  labels = losses.flat_per_sample(np.asarray(labels), "labels")
+  groups = losses.flat_per_sample(np.asarray(groups, dtype=str), "groups")
   if not face_prob.shape == labels.shape == groups.shape:
     raise ValueError(f"face_prob {face_prob.shape}, labels {labels.shape} and groups "
                      f"{groups.shape} must have the same length")
@@ -304,12 +305,12 @@ def aleatoric_score(y_logit: np.ndarray | Array) -> np.ndarray:
   p = 0.5.
 
   Args:
-    y_logit: (N,) face logits.
+    y_logit: (N,) or (N, 1) face logits.
 
   Returns:
     (N,) float32 entropy in [0, log 2].
   """
-  logit = jnp.asarray(y_logit, jnp.float32)
+  logit = losses.flat_per_sample(jnp.asarray(y_logit, jnp.float32), "y_logit")
   p = jax.nn.sigmoid(logit)
   return np.asarray(p * jax.nn.softplus(-logit) + (1.0 - p) * jax.nn.softplus(logit))
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface import losses, models
+from jaxface import evaluation, losses, models
 
 # ----------------------------------------------------------------------------------------------
 # Hand-computed values.
@@ -268,6 +268,139 @@ def test_classification_term_is_not_masked_for_non_faces():
   delta = (_bce_reference(5.0, 0.0) - _bce_reference(float(b["y_logit"][1]), 0.0)) / 4
   assert float(out.total) == pytest.approx(base + delta, rel=1e-5)
   assert abs(delta) > 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-sample shapes: (B,) and (B, 1) alike for labels and logits, anything else refused.
+# ----------------------------------------------------------------------------------------------
+
+
+def _batch8(seed=4):
+  b = _batch(seed=seed, b=4)
+  rng = np.random.default_rng(seed)
+  # Eight samples, half faces: (8, 4, 4, 3) images, (8,) logits, (8, 3) codes.
+  return dict(x=jnp.concatenate([b["x"], b["x"][::-1]]),
+              x_recon=jnp.concatenate([b["x_recon"], b["x"]]),
+              labels=jnp.array([1.0, 0.0] * 4),
+              y_logit=jnp.asarray(rng.normal(scale=2.0, size=8), jnp.float32),
+              z_mean=jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+              z_logvar=jnp.asarray(0.5 * rng.normal(size=(8, 3)), jnp.float32))
+
+
+@pytest.mark.parametrize("logit_shape,label_shape", [
+    ("column", "flat"), ("column", "column"), ("flat", "column")])
+def test_column_logits_equal_flat_logits_under_jit(logit_shape, label_shape):
+  b = _batch8()
+  reference = _numpy_debiasing(**b)
+  flat = jax.jit(losses.debiasing_loss)(**b)
+  shaped = dict(b)
+  if logit_shape == "column":
+    shaped["y_logit"] = b["y_logit"][:, None]  # what a Dense(1) head returns
+  if label_shape == "column":
+    shaped["labels"] = b["labels"][:, None]
+  out = jax.jit(losses.debiasing_loss)(**shaped)
+  for part in (out.classification, out.vae, out.per_sample):
+    assert part.shape == (8,)
+  np.testing.assert_allclose(float(out.total), float(flat.total), rtol=1e-6)
+  np.testing.assert_allclose(float(out.total), reference[0], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.per_sample), reference[3], rtol=1e-5)
+  cls = jax.jit(losses.classification_loss)(shaped["y_logit"], shaped["labels"])
+  assert cls.shape == (8,)
+  np.testing.assert_allclose(np.asarray(cls), reference[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("y_logit,labels,message", [
+    (np.zeros(8), np.zeros(7), r"labels must have shape \(8,\) or \(8, 1\), got \(7,\)"),
+    (np.zeros((8, 2)), np.zeros(8), r"y_logit must have shape \(B,\) or \(B, 1\), got \(8, 2\)"),
+    (np.zeros(8), np.zeros((8, 2)), r"labels must have shape .*got \(8, 2\)"),
+    (np.float32(0.0), np.float32(1.0), r"y_logit must have shape .*got \(\)"),
+    (np.zeros(8), np.float32(1.0), r"labels must have shape .*got \(\)"),
+    (np.zeros((1, 8)), np.zeros(8), r"y_logit must have shape .*got \(1, 8\)"),
+])
+def test_classification_loss_refuses_other_shapes_at_trace_time(y_logit, labels, message):
+  with pytest.raises(ValueError, match=message):
+    losses.classification_loss(jnp.asarray(y_logit), jnp.asarray(labels))
+  with pytest.raises(ValueError, match=message):
+    jax.jit(losses.classification_loss)(y_logit, labels)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(y_logit=np.zeros((8, 2))), "y_logit must have shape"),
+    (dict(y_logit=np.float32(0.0)), "y_logit must have shape"),
+    (dict(y_logit=np.zeros(6)), r"labels must have shape \(6,\) or \(6, 1\), got \(8,\)"),
+    (dict(y_logit=np.zeros(6), labels=np.zeros(6)),
+     r"x \(8, 4, 4, 3\) and y_logit \(6,\) differ in batch size"),
+    (dict(labels=np.zeros((8, 8))), "labels must have shape"),
+    (dict(labels=np.zeros(6)), "labels must have shape"),
+    (dict(z_mean=np.zeros((6, 3))), "z_mean and z_logvar must both be"),
+    (dict(z_mean=np.zeros((6, 3)), z_logvar=np.zeros((6, 3))), "differ in batch size"),
+    (dict(z_logvar=np.zeros((8, 1))), "z_mean and z_logvar must both be"),
+    (dict(x_recon=np.zeros((6, 4, 4, 3))), "differ in shape"),
+])
+def test_debiasing_loss_refuses_other_shapes_at_trace_time(overrides, message):
+  b = dict(_batch8(), **{k: jnp.asarray(v) for k, v in overrides.items()})
+  with pytest.raises(ValueError, match=message):
+    jax.jit(losses.debiasing_loss)(**b)
+
+
+def test_vae_parts_refuse_mismatched_batches():
+  b = _batch8()
+  with pytest.raises(ValueError, match="z_mean and z_logvar must both be"):
+    losses.kl_divergence(b["z_mean"], b["z_logvar"][:1])  # (1, k) would broadcast to (8,)
+  with pytest.raises(ValueError, match="z_mean and z_logvar must both be"):
+    losses.kl_divergence(b["z_mean"][0], b["z_logvar"][0])
+  with pytest.raises(ValueError, match=r"differ in batch size"):
+    losses.vae_loss(b["x"], b["x_recon"], b["z_mean"][:1], b["z_logvar"][:1])
+  with pytest.raises(ValueError, match="batch axis"):
+    losses.reconstruction_loss(jnp.float32(1.0), jnp.float32(0.0))
+
+
+def test_flat_per_sample_keeps_numpy_and_jax_types():
+  column = np.arange(5.0)[:, None]
+  out = losses.flat_per_sample(column, "v")
+  assert isinstance(out, np.ndarray) and out.shape == (5,)
+  np.testing.assert_array_equal(out, np.arange(5.0))
+  assert losses.flat_per_sample(jnp.asarray(column), "v", 5).shape == (5,)
+  with pytest.raises(ValueError, match=r"v must have shape \(4,\) or \(4, 1\), got \(5, 1\)"):
+    losses.flat_per_sample(column, "v", 4)
+  with pytest.raises(ValueError, match="v must have shape"):
+    losses.flat_per_sample([1.0, 2.0], "v")  # no shape: not an array
+
+
+def test_group_metrics_per_sample_shapes():
+  prob = np.array([0.9, 0.2, 0.7, 0.6, 0.1, 0.8])
+  labels = np.array([1, 1, 1, 1, 0, 0])
+  groups = np.array(["A", "A", "B", "B", "", ""])
+  flat = evaluation.group_metrics(prob, labels, groups)
+  assert flat == evaluation.group_metrics(prob[:, None], labels[:, None], groups[:, None])
+  # (N, 2) probabilities beside (2N,) labels used to be flattened into a wrong match.
+  with pytest.raises(ValueError, match=r"face_prob must have shape .*got \(3, 2\)"):
+    evaluation.group_metrics(prob.reshape(3, 2), np.tile(labels, 1), groups)
+  with pytest.raises(ValueError, match=r"labels must have shape .*got \(3, 2\)"):
+    evaluation.group_metrics(prob, labels.reshape(3, 2), groups)
+  with pytest.raises(ValueError, match=r"groups must have shape .*got \(\)"):
+    evaluation.group_metrics(prob[:1], labels[:1], np.array("A"))
+  with pytest.raises(ValueError, match=r"face_prob must have shape .*got \(\)"):
+    evaluation.group_metrics(np.float64(0.9), labels[:1], groups[:1])
+
+
+def test_aleatoric_score_per_sample_shapes():
+  logits = np.array([0.0, 2.0, -3.0], np.float32)
+  flat = evaluation.aleatoric_score(logits)
+  column = evaluation.aleatoric_score(logits[:, None])
+  assert column.shape == (3,)
+  np.testing.assert_allclose(column, flat)
+  np.testing.assert_allclose(flat[0], math.log(2.0), rtol=1e-6)
+  for bad in (np.zeros((3, 2), np.float32), np.float32(0.0)):
+    with pytest.raises(ValueError, match="y_logit must have shape"):
+      evaluation.aleatoric_score(bad)
+
+
+def test_var_a_sampling_noise_refuses_nan():
+  with pytest.raises(ValueError, match="rates must be fractions"):
+    evaluation.var_a_sampling_noise([0.5, float("nan")], [5, 3])
+  with pytest.raises(ValueError, match="at least 2 faces"):
+    evaluation.var_a_sampling_noise([0.5, 0.9], [5, float("nan")])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,15 +1,26 @@
 """Tests of jaxface.resampling against independent NumPy references and hand-computed values.
 
-Speed: every (shape, bins, combine) compiles the jitted kernels once, so the random-input tests
-share one shape, (N, K) = (120, 5), and the default 10 bins wherever they can.
+Speed: every (shape, bins, combine, histogram_impl) compiles the jitted kernels once, so the
+random-input tests share one shape, (N, K) = (120, 5), and the default 10 bins wherever they can.
 """
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxface import config as config_lib
 from jaxface import resampling
+
+IMPLS = ("vmap", "scatter")
 
 # ----------------------------------------------------------------------------------------------
 # Independent NumPy references.
@@ -92,14 +103,17 @@ def _skewed(n, k, seed=0):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bins,alpha,data,seed", [
     (10, 1e-3, "normal", 0),
     (10, 0.05, "skewed", 1),
     (20, 1e-3, "skewed", 2),  # 20 bins: several empty bins per dimension
+    (100, 1e-3, "normal", 3),  # more bins than the vmap path's comparison lookup takes
 ])
-def test_max_matches_numpy_lab_loop(bins, alpha, data, seed):
+def test_max_matches_numpy_lab_loop(bins, alpha, data, seed, impl):
   z = (_normal if data == "normal" else _skewed)(N, K, seed=seed)
-  p = np.asarray(resampling.sampling_probabilities(z, bins=bins, alpha=alpha, combine="max"))
+  p = np.asarray(resampling.sampling_probabilities(z, bins=bins, alpha=alpha, combine="max",
+                                                   histogram_impl=impl))
   expected = ref_max(z, bins, alpha)
   np.testing.assert_allclose(p, expected, rtol=1e-4, atol=1e-7)
   # And the package's own NumPy transcription of the lab.
@@ -229,11 +243,12 @@ def test_larger_alpha_is_closer_to_uniform(combine):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("alpha,seed", [(1e-3, 7), (0.2, 8)])
-def test_product_matches_float64_reference_small_dims(alpha, seed):
+def test_product_matches_float64_reference_small_dims(alpha, seed, impl):
   z, bins = _skewed(N, K, seed=seed), 10
   p = np.asarray(resampling.sampling_probabilities(z, bins=bins, alpha=alpha,
-                                                   combine="product"))
+                                                   combine="product", histogram_impl=impl))
   direct = ref_product_direct(z, bins, alpha)
   assert np.all(np.isfinite(direct))  # no underflow at these sizes: a valid reference
   np.testing.assert_allclose(p, direct, rtol=1e-4, atol=1e-8)
@@ -272,10 +287,11 @@ def test_product_200_dims_no_underflow_or_overflow():
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bins", [10, 4])
-def test_bias_score_matches_numpy_reference(bins):
+def test_bias_score_matches_numpy_reference(bins, impl):
   z = _skewed(N, K, seed=8)
-  s = np.asarray(resampling.bias_score(z, bins=bins))
+  s = np.asarray(resampling.bias_score(z, bins=bins, histogram_impl=impl))
   assert s.shape == (N,)
   np.testing.assert_allclose(s, ref_bias_score(z, bins), rtol=1e-5, atol=1e-5)
   assert np.all(s <= 0)
@@ -419,3 +435,234 @@ def test_group_power_tempers_the_group_weights():
   for bad in (-0.1, 1.5):
     with pytest.raises(ValueError, match="power"):
       resampling.group_balanced_probabilities(groups, power=bad)
+
+
+def test_effective_sample_size_refuses_non_vectors():
+  for bad in (np.float64(1.0), np.ones((3, 2)), np.ones(0)):
+    with pytest.raises(ValueError, match="p must be a non-empty"):
+      resampling.effective_sample_size(bad)
+
+
+def test_lab_loop_refuses_non_matrices():
+  with pytest.raises(ValueError, match="z_mean must be a non-empty"):
+    resampling.lab_sampling_probabilities_numpy(np.zeros(10, np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# The two histogram paths: vmap of jnp.histogram (reference) and arithmetic scatter-add.
+# ----------------------------------------------------------------------------------------------
+
+
+def _edge_codes():
+  """(12, 4) codes on exactly representable bin edges (4 bins in every dimension).
+
+  dim 0: integers 0..4 (edges 0, 1, 2, 3, 4): values on interior edges and three on the max;
+  dim 1: constant (widened to 4.5..5.5); dim 2: quarter steps in [-1, 1] (edges every 0.5),
+  ties at the min and the max; dim 3: one low outlier, the rest at the max.
+  """
+  dim0 = [0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 0]
+  dim1 = [5.0] * 12
+  dim2 = [-1, -1, -0.5, -0.25, 0, 0, 0.5, 0.75, 1, 1, 1, 0.25]
+  dim3 = [-8.0] + [3.0] * 11
+  return np.array([dim0, dim1, dim2, dim3], np.float32).T.copy()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_edge_bins_match_the_lab_loop(impl):
+  z = _edge_codes()
+  for alpha in (0.0, 1e-3):
+    p = np.asarray(resampling.sampling_probabilities(z, bins=4, alpha=alpha, combine="max",
+                                                     histogram_impl=impl))
+    np.testing.assert_allclose(p, resampling.lab_sampling_probabilities_numpy(z, 4, alpha),
+                               rtol=1e-5)
+    np.testing.assert_allclose(p, ref_max(z, 4, alpha), rtol=1e-5)
+    p = np.asarray(resampling.sampling_probabilities(z, bins=4, alpha=alpha, combine="product",
+                                                     histogram_impl=impl))
+    np.testing.assert_allclose(p, ref_product_direct(z, 4, alpha), rtol=1e-5)
+  s = np.asarray(resampling.bias_score(z, bins=4, histogram_impl=impl))
+  np.testing.assert_allclose(s, ref_bias_score(z, 4), rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_interior_edges_go_up_and_the_max_is_in_the_last_bin(impl):
+  # 0, 1, 1, 2, 4 with edges 0, 1, 2, 3, 4: bins 0, 1, 1, 2, 3 -> counts (1, 2, 1, 1) of 5. A
+  # value on an edge counted in the lower bin, or the max dropped, changes the scores.
+  z = np.array([[0.0], [1.0], [1.0], [2.0], [4.0]], np.float32)
+  s = np.asarray(resampling.bias_score(z, bins=4, histogram_impl=impl))
+  np.testing.assert_allclose(s, np.log([1 / 5, 2 / 5, 2 / 5, 1 / 5, 1 / 5]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_constant_dimension_beside_varying_ones(impl):
+  z = _skewed(N, K, seed=11)
+  z[:, -1] = -2.5
+  # max: the constant dimension gives every code 1/N, a floor under the other dimensions'.
+  p = np.asarray(resampling.sampling_probabilities(z, histogram_impl=impl))
+  np.testing.assert_allclose(p, resampling.lab_sampling_probabilities_numpy(z), rtol=1e-4,
+                             atol=1e-7)
+  np.testing.assert_allclose(p, ref_max(z), rtol=1e-4, atol=1e-7)
+  # product: every code in the same bin of the constant dimension, a factor that cancels.
+  p = np.asarray(resampling.sampling_probabilities(z, combine="product", histogram_impl=impl))
+  np.testing.assert_allclose(p, ref_product_direct(z[:, :-1]), rtol=1e-4, atol=1e-8)
+  # bias: the constant dimension adds log(N / N) = 0.
+  s = np.asarray(resampling.bias_score(z, histogram_impl=impl))
+  np.testing.assert_allclose(s, ref_bias_score(z[:, :-1]), rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_path_calls_jnp_histogram_and_scatter_does_not(monkeypatch):
+  calls = []
+  histogram = jnp.histogram
+
+  def spy(*args, **kwargs):
+    calls.append(args[0].shape)
+    return histogram(*args, **kwargs)
+
+  monkeypatch.setattr(jnp, "histogram", spy)
+  z = _normal(37, 3, seed=12)  # a shape no other test compiles: the kernels are traced here
+  resampling.sampling_probabilities(z, histogram_impl="scatter")
+  assert calls == []
+  resampling.sampling_probabilities(z, histogram_impl="vmap")
+  assert calls == [(37,)]  # one per-dimension call, vmapped over the 3 dimensions
+  resampling.bias_score(z, histogram_impl="vmap")
+  assert calls == [(37,), (37,)]
+
+
+def test_auto_is_scatter_on_cpu_only(monkeypatch):
+  assert resampling.resolve_histogram_impl("vmap") == "vmap"
+  assert resampling.resolve_histogram_impl("scatter") == "scatter"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert resampling.resolve_histogram_impl() == "scatter"
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert resampling.resolve_histogram_impl("auto") == "vmap"
+  with pytest.raises(ValueError, match="histogram_impl must be one of"):
+    resampling.resolve_histogram_impl("gpu")
+  for fn in (resampling.sampling_probabilities, resampling.bias_score):
+    with pytest.raises(ValueError, match="histogram_impl must be one of"):
+      fn(_normal(N, K), histogram_impl="numpy")
+
+
+def test_config_histogram_impl_default_and_validation():
+  config = config_lib.get_base_config()
+  assert config.resampling.histogram_impl == "auto"
+  for impl in resampling.HISTOGRAM_IMPLS:
+    config.resampling.histogram_impl = impl
+    config_lib.validate_config(config, 1)
+  config.resampling.histogram_impl = "gpu"
+  with pytest.raises(ValueError, match=r"config\.resampling\.histogram_impl = 'gpu'"):
+    config_lib.validate_config(config, 1)
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+    from jaxface import resampling
+    mesh = jax.make_mesh((2,), ("batch",), axis_types=(jax.sharding.AxisType.Explicit,))
+    z = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    z_sharded = jax.device_put(z, NamedSharding(mesh, PartitionSpec("batch")))
+    ref = resampling.lab_sampling_probabilities_numpy(z)
+    for impl in ("vmap", "scatter"):
+      p = np.asarray(resampling.sampling_probabilities(z_sharded, histogram_impl=impl))
+      np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-7)
+    print("sharded ok")
+""")
+
+
+def test_batch_sharded_codes_on_two_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "sharded ok" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Under jax.jit and jax.vmap: traced arguments work, concrete ones are still checked.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("combine", ["max", "product"])
+def test_jit_with_static_bins_and_combine(combine):
+  z = _skewed(N, K, seed=13)
+  jitted = jax.jit(resampling.sampling_probabilities, static_argnames=("bins", "combine"))
+  p = np.asarray(jitted(z, bins=10, alpha=1e-3, combine=combine))
+  np.testing.assert_allclose(
+      p, np.asarray(resampling.sampling_probabilities(z, 10, 1e-3, combine)), rtol=1e-6)
+  if combine == "max":
+    np.testing.assert_allclose(p, ref_max(z, 10, 1e-3), rtol=1e-4, atol=1e-7)
+  jitted_impl = jax.jit(resampling.sampling_probabilities,
+                        static_argnames=("bins", "combine", "histogram_impl"))
+  for impl in IMPLS:
+    np.testing.assert_allclose(
+        np.asarray(jitted_impl(z, bins=10, alpha=1e-3, combine=combine, histogram_impl=impl)),
+        p, rtol=1e-5)
+
+
+@pytest.mark.parametrize("combine", ["max", "product"])
+def test_vmap_over_alpha(combine):
+  z = _skewed(N, K, seed=14)
+  alphas = np.array([0.0, 1e-3, 0.1, 10.0], np.float32)
+  batched = np.asarray(jax.vmap(
+      lambda a: resampling.sampling_probabilities(z, alpha=a, combine=combine))(alphas))
+  assert batched.shape == (4, N)
+  for row, alpha in zip(batched, alphas):
+    np.testing.assert_allclose(
+        row, np.asarray(resampling.sampling_probabilities(z, alpha=float(alpha),
+                                                          combine=combine)), rtol=1e-5)
+  assert not np.allclose(batched[0], batched[-1])  # alpha does change the weights
+
+
+def test_bias_score_and_blends_under_jit():
+  z = _skewed(N, K, seed=15)
+  np.testing.assert_allclose(
+      np.asarray(jax.jit(resampling.bias_score, static_argnames=("bins",))(z, bins=4)),
+      ref_bias_score(z, 4), rtol=1e-5, atol=1e-5)
+  rng = np.random.default_rng(16)
+  p1, p2 = rng.uniform(size=N), rng.uniform(size=N)
+  np.testing.assert_allclose(np.asarray(jax.jit(resampling.blend_probabilities)(p1, p2)),
+                             (p1 / p1.sum() + p2 / p2.sum()) / 2, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.jit(resampling.epistemic_probabilities)(p2)),
+                             p2 / p2.sum(), rtol=1e-5)
+  x = np.zeros((2, 2, 2, 1), np.float32)
+  recon = np.array([[1, -1, 2, 0], [0.5, 0.5, 0.5, 0.5]], np.float32).reshape(2, 2, 2, 1)
+  score = jax.jit(resampling.epistemic_score, static_argnames=("kind",))(x, recon, kind="l2")
+  np.testing.assert_allclose(np.asarray(score), [1.5, 0.25], rtol=1e-6)
+
+
+def test_traced_bins_is_a_clear_error():
+  z = _normal(N, K)
+  with pytest.raises(TypeError, match="bins must be a concrete int"):
+    jax.jit(resampling.sampling_probabilities)(z, 10)
+  with pytest.raises(TypeError, match="bins must be a concrete int"):
+    jax.jit(resampling.bias_score)(z, 10)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(alpha=jnp.float32(-0.1)), ValueError, "alpha must be a scalar >= 0"),
+    (dict(alpha=np.array([0.1, 0.2])), ValueError, "alpha must be a scalar"),
+    (dict(bins=2.5), TypeError, "bins must be an int"),
+    (dict(bins="10"), TypeError, "bins must be an int"),
+])
+def test_concrete_bad_values_still_raise(kwargs, error, message):
+  with pytest.raises(error, match=message):
+    resampling.sampling_probabilities(_normal(N, K), **kwargs)
+
+
+def test_traced_alpha_of_the_wrong_shape_raises():
+  with pytest.raises(ValueError, match="alpha must be a scalar"):
+    jax.jit(lambda a: resampling.sampling_probabilities(_normal(N, K), alpha=a))(jnp.ones(2))
+
+
+def test_bench_resampling_quick_run():
+  path = Path(__file__).resolve().parent.parent / "experiments" / "bench_resampling.py"
+  spec = importlib.util.spec_from_file_location("_experiments_bench_resampling", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  # The shape and bins the tests above compile already.
+  (row,) = bench.main(["--sizes", str(N), "--dims", str(K), "--repeats", "1"])
+  assert row["auto_impl"] == resampling.resolve_histogram_impl("auto")
+  for impl in IMPLS:
+    assert row[f"{impl}_max_rel_diff_vs_numpy"] < 1e-4
+    for name in ("max", "product", "bias_score"):
+      assert row[f"{impl}_{name}_ms"] > 0
