@@ -13,8 +13,10 @@ window never reads a pixel outside itself.
 
 Photos of different sizes: the photos of one call are zero-padded to one canvas (height and
 width rounded up to a multiple of 64, which bounds the number of compiled shapes). Padding is
-never read, because every window lies inside its own photo. Windows are grouped by side (one
-compiled cut per side) and packed across photos into batches of ``batch_size``.
+never read, because every window lies inside its own photo. Windows are sorted by side and
+packed across photos into classifier batches of ``batch_size``; each run of one side in a batch
+is cut on its own (:func:`cut_batch`), at a power-of-two length, so the cut costs about as
+much as the windows it cuts (a few large windows are not cut as a whole batch).
 
 With a mesh (one axis named ``data``), the window batch is sharded over it and the photos and
 variables are replicated.
@@ -191,6 +193,9 @@ def _cut_windows(images: jax.Array, image_index: jax.Array, y0: jax.Array, x0: j
   crops = crops.astype(jnp.float32)
   if images.dtype == jnp.uint8:
     crops = crops / 255.0
+  if side == out_size and np.allclose(resize_matrix(side, out_size, method), np.eye(side),
+                                      atol=1e-6):
+    return crops  # the filter at scale 1 (Lanczos, linear) leaves the pixels as they are
   rows = jnp.einsum("oh,bhwc->bowc", weights, crops)
   return jnp.einsum("pw,bowc->bopc", weights, rows)
 
@@ -229,7 +234,7 @@ def _check_photo(image: np.ndarray, index: int) -> None:
     raise ValueError(f"images[{index}] must be (H, W, 3), got shape {image.shape}")
 
 
-def _canvas(images: Sequence[np.ndarray]) -> np.ndarray:
+def pad_to_canvas(images: Sequence[np.ndarray]) -> np.ndarray:
   """Zero-pads photos to one (N, H, W, 3) canvas, H and W multiples of CANVAS_MULTIPLE.
 
   uint8 photos stay uint8 (0-255) unless mixed with float ones, when all become float (0-1).
@@ -272,30 +277,20 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
   per_image = [window_boxes(im.shape[0], im.shape[1], options) for im in images]
   owner = np.concatenate([np.full(len(b), i, np.int32) for i, b in enumerate(per_image)])
   boxes = np.concatenate(per_image)
-  canvas = _canvas(images)
+  canvas = pad_to_canvas(images)
   n_dev = 1 if mesh is None else mesh.devices.size
   batch = max(n_dev, -(-options.batch_size // n_dev) * n_dev)
-  if mesh is None:
-    place_batch = place_all = jax.device_put
-  else:
-    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-    replicated = NamedSharding(mesh, P())
-    place_batch = functools.partial(jax.device_put, device=batch_sharding)
-    place_all = functools.partial(jax.device_put, device=replicated)
+  place_batch, place_all = _placements(mesh)
   canvas_dev = place_all(canvas)
   variables = place_all(variables)
-  order = np.argsort(boxes[:, 2], kind="stable")  # group the windows by side
-  parts = _split_by_side(order, boxes[:, 2], batch)
+  plan = plan_batches(boxes[:, 2], batch)
   probs_dev = []
-  for idx in parts:
-    padded = np.concatenate([idx, np.full(batch - len(idx), idx[0])])
-    crops = _cut_windows(canvas_dev, place_batch(owner[padded]),
-                         place_batch(boxes[padded, 1]), place_batch(boxes[padded, 0]),
-                         side=int(boxes[idx[0], 2]), out_size=options.input_size,
-                         method=options.method)
-    probs_dev.append(window_probabilities(variables, crops))
+  for segments in plan:
+    crops = cut_batch(canvas_dev, owner, boxes, segments, batch, options, mesh)
+    probs_dev.append(window_probabilities(variables, place_batch(crops)))
   probs = np.empty(len(boxes), np.float32)
-  for idx, p in zip(parts, jax.device_get(probs_dev)):
+  for segments, p in zip(plan, jax.device_get(probs_dev)):
+    idx = np.concatenate([seg for _, seg in segments])
     probs[idx] = np.asarray(p)[:len(idx)]
   results, start = [], 0
   for b in per_image:
@@ -308,14 +303,69 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
   return results
 
 
-def _split_by_side(order: np.ndarray, sides: np.ndarray, batch: int) -> list[np.ndarray]:
-  """Splits window indices (sorted by side) into batches of at most ``batch`` of one side."""
+def plan_batches(sides: np.ndarray, batch: int) -> list[list[tuple[int, np.ndarray]]]:
+  """Packs windows, grouped by side, into classifier batches.
+
+  Args:
+    sides: (N,) side of every window.
+    batch: windows per batch.
+
+  Returns:
+    One list per batch of ``(side, window indices)`` segments, at most ``batch`` windows in
+    all; every window is in exactly one segment, and only the last batch is short.
+  """
+  order = np.argsort(sides, kind="stable")
+  plan = []
+  for start in range(0, len(order), batch):
+    chunk = order[start:start + batch]
+    bounds = np.flatnonzero(np.diff(sides[chunk])) + 1
+    plan.append([(int(sides[seg[0]]), seg) for seg in np.split(chunk, bounds)])
+  return plan
+
+
+def _placements(mesh: Mesh | None):
+  """(place a batch, place a replicated value) for ``mesh`` (plain device_put without one)."""
+  if mesh is None:
+    return jax.device_put, jax.device_put
+  return (functools.partial(jax.device_put, device=NamedSharding(mesh, P(DATA_AXIS))),
+          functools.partial(jax.device_put, device=NamedSharding(mesh, P())))
+
+
+def cut_batch(canvas: jax.Array, owner: np.ndarray, boxes: np.ndarray,
+              segments: Sequence[tuple[int, np.ndarray]], batch: int, options: ScanOptions,
+              mesh: Mesh | None = None) -> jax.Array:
+  """The crops of one classifier batch: each segment cut at its side, then joined.
+
+  A segment is cut at a power-of-two length (at least 8 and a multiple of the device count),
+  which bounds the compiled shapes without cutting many padding windows.
+
+  Args:
+    canvas: (N, H, W, 3) photos on the device (:func:`pad_to_canvas`).
+    owner: (M,) photo of every window.
+    boxes: (M, 3) every window ``(x0, y0, side)``.
+    segments: ``(side, window indices)`` pairs from :func:`plan_batches`.
+    batch: the batch length; a short batch is padded with zero images.
+    options: the scan options (input size and resize method).
+    mesh: optional mesh; segment cuts are sharded over it.
+
+  Returns:
+    (batch, input_size, input_size, 3) float32 crops in the order of the segments.
+  """
+  n_dev = 1 if mesh is None else mesh.devices.size
+  place_batch, _ = _placements(mesh)
   parts = []
-  sorted_sides = sides[order]
-  bounds = np.flatnonzero(np.diff(sorted_sides)) + 1
-  for group in np.split(order, bounds):
-    parts.extend(group[i:i + batch] for i in range(0, len(group), batch))
-  return parts
+  for side, idx in segments:
+    size = max(8, n_dev, 1 << (len(idx) - 1).bit_length())
+    size = -(-size // n_dev) * n_dev
+    padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+    crops = _cut_windows(canvas, place_batch(owner[padded].astype(np.int32)),
+                         place_batch(boxes[padded, 1]), place_batch(boxes[padded, 0]),
+                         side=side, out_size=options.input_size, method=options.method)
+    parts.append(crops[:len(idx)])
+  n = sum(len(idx) for _, idx in segments)
+  if n < batch:
+    parts.append(jnp.zeros((batch - n,) + parts[0].shape[1:], parts[0].dtype))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
 def scan_image(variables: PyTree, image: np.ndarray, options: ScanOptions = ScanOptions(),
