@@ -181,23 +181,51 @@ def resize_matrix(side: int, out_size: int, method: str = "lanczos3") -> np.ndar
 
 
 @functools.partial(jax.jit, static_argnames=("side", "out_size", "method"))
-def _cut_windows(images: jax.Array, image_index: jax.Array, y0: jax.Array, x0: jax.Array, *,
-                 side: int, out_size: int, method: str) -> jax.Array:
-  """Cuts (B,) windows of one side from (N, H, W, 3) photos; returns (B, out, out, 3) in [0, 1]."""
+def _cut_windows(images: jax.Array, band_image: jax.Array, band_y0: jax.Array,
+                 window_band: jax.Array, window_x0: jax.Array, *, side: int, out_size: int,
+                 method: str) -> jax.Array:
+  """Cuts windows of one side from (N, H, W, C) photos; returns (B, out, out, C) in [0, 1].
+
+  The rows of a band (``side`` rows of a photo from ``band_y0``) are resized once for all the
+  windows on it; each window then takes its ``side`` columns and resizes them. Both steps only
+  read the window's own pixels, so the result is that of resizing each crop alone.
+  """
   weights = jnp.asarray(resize_matrix(side, out_size, method))
+  identity = side == out_size and np.allclose(resize_matrix(side, out_size, method),
+                                              np.eye(side), atol=1e-6)
+  channels, width = images.shape[-1], images.shape[2]
 
-  def cut(i, y, x):
-    return lax.dynamic_slice(images[i], (y, x, 0), (side, side, images.shape[-1]))
+  def band(i, y):
+    return lax.dynamic_slice(images[i], (y, 0, 0), (side, width, channels))
 
-  crops = jax.vmap(cut)(image_index, y0, x0)
-  crops = crops.astype(jnp.float32)
+  bands = jax.vmap(band)(band_image, band_y0).astype(jnp.float32)
   if images.dtype == jnp.uint8:
-    crops = crops / 255.0
-  if side == out_size and np.allclose(resize_matrix(side, out_size, method), np.eye(side),
-                                      atol=1e-6):
-    return crops  # the filter at scale 1 (Lanczos, linear) leaves the pixels as they are
-  rows = jnp.einsum("oh,bhwc->bowc", weights, crops)
-  return jnp.einsum("pw,bowc->bopc", weights, rows)
+    bands = bands / 255.0
+  # The filter at scale 1 (Lanczos, linear) leaves the pixels as they are.
+  rows = bands if identity else jnp.einsum("oh,bhwc->bowc", weights, bands)
+
+  def window(b, x):
+    return lax.dynamic_slice(rows[b], (0, x, 0), (out_size, side, channels))
+
+  crops = jax.vmap(window)(window_band, window_x0)
+  return crops if identity else jnp.einsum("pw,bowc->bopc", weights, crops)
+
+
+def _bands(image_index: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Distinct (photo, y0) bands: ``(band_image, band_y0, window_band)``."""
+  keys = np.stack([image_index, y0], axis=1).astype(np.int64)
+  unique, window_band = np.unique(keys, axis=0, return_inverse=True)
+  return unique[:, 0], unique[:, 1], window_band.reshape(-1)
+
+
+def _pow2(n: int, multiple: int) -> int:
+  """The smallest power of two >= max(n, 8), rounded up to a multiple of ``multiple``."""
+  size = max(8, 1 << (max(n, 1) - 1).bit_length())
+  return -(-size // multiple) * multiple
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+  return np.concatenate([values, np.full(size - len(values), values[0], values.dtype)])
 
 
 def cut_windows(images: np.ndarray | jax.Array, image_index: np.ndarray, boxes: np.ndarray,
@@ -218,9 +246,11 @@ def cut_windows(images: np.ndarray | jax.Array, image_index: np.ndarray, boxes: 
   sides = np.unique(boxes[:, 2])
   if sides.size != 1:
     raise ValueError(f"cut_windows takes windows of one side, got sides {sides.tolist()}")
-  return _cut_windows(jnp.asarray(images), jnp.asarray(image_index, jnp.int32),
-                      jnp.asarray(boxes[:, 1], jnp.int32), jnp.asarray(boxes[:, 0], jnp.int32),
-                      side=int(sides[0]), out_size=out_size, method=method)
+  band_image, band_y0, window_band = _bands(np.asarray(image_index), boxes[:, 1])
+  return _cut_windows(jnp.asarray(images), jnp.asarray(band_image, jnp.int32),
+                      jnp.asarray(band_y0, jnp.int32), jnp.asarray(window_band, jnp.int32),
+                      jnp.asarray(boxes[:, 0], jnp.int32), side=int(sides[0]),
+                      out_size=out_size, method=method)
 
 
 @jax.jit
@@ -337,7 +367,8 @@ def cut_batch(canvas: jax.Array, owner: np.ndarray, boxes: np.ndarray,
   """The crops of one classifier batch: each segment cut at its side, then joined.
 
   A segment is cut at a power-of-two length (at least 8 and a multiple of the device count),
-  which bounds the compiled shapes without cutting many padding windows.
+  which bounds the compiled shapes without cutting many padding windows; the rows of each band
+  of photo rows that windows share are resized once.
 
   Args:
     canvas: (N, H, W, 3) photos on the device (:func:`pad_to_canvas`).
@@ -355,11 +386,13 @@ def cut_batch(canvas: jax.Array, owner: np.ndarray, boxes: np.ndarray,
   place_batch, _ = _placements(mesh)
   parts = []
   for side, idx in segments:
-    size = max(8, n_dev, 1 << (len(idx) - 1).bit_length())
-    size = -(-size // n_dev) * n_dev
-    padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-    crops = _cut_windows(canvas, place_batch(owner[padded].astype(np.int32)),
-                         place_batch(boxes[padded, 1]), place_batch(boxes[padded, 0]),
+    band_image, band_y0, window_band = _bands(owner[idx], boxes[idx, 1])
+    n_bands = _pow2(len(band_image), 1)
+    size = _pow2(len(idx), n_dev)
+    crops = _cut_windows(canvas, jnp.asarray(_pad(band_image, n_bands), jnp.int32),
+                         jnp.asarray(_pad(band_y0, n_bands), jnp.int32),
+                         place_batch(_pad(window_band, size).astype(np.int32)),
+                         place_batch(_pad(boxes[idx, 0], size).astype(np.int32)),
                          side=side, out_size=options.input_size, method=options.method)
     parts.append(crops[:len(idx)])
   n = sum(len(idx) for _, idx in segments)
