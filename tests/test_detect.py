@@ -393,7 +393,7 @@ def test_whole_image_evaluation_on_a_few_portraits_and_photos(tiny_variables):
   chosen = portraits[:2] + absent[:1]
   non_faces = detect.photo_files(NON_FACE)[:4]
   out = detect.evaluate_whole_images(tiny_variables, chosen, faces, non_faces,
-                                     TINY._replace(batch_size=256))
+                                     TINY._replace(batch_size=256, stride_frac=0.5, n_scales=3))
   json.dumps(out)
   assert out["false_detections"]["n_photos"] == 4
   assert out["false_detections"]["n_with_detection"] == 0  # 5% of 4 photos allows none
