@@ -26,7 +26,7 @@ Boxes are ``(x0, y0, side)`` in photo pixels (x0 from the left, y0 from the top)
 Whole-image evaluation: :func:`threshold_for_false_rate` picks the threshold from the non-face
 photos' highest window probabilities, :func:`false_detections` counts non-face photos with a
 detection, and :func:`faces_found` counts portraits whose face is found, by group. Results of
-these measurements are in experiments/results/.
+these measurements are in experiments/results/detect_whole_images.md.
 """
 
 from __future__ import annotations
