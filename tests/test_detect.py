@@ -16,9 +16,9 @@ from jaxface import detect, models
 from jaxface.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("JAXFACE_SHARED_DATA", REPO.parent.parent / "shared" / "data"))
-if not DATA.exists():
-  DATA = Path("/work/shared/data")
+# ../shared/data beside the checkout (or beside the folder of a worktree).
+DATA = next((p for p in (REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data")
+             if p.exists()), REPO.parent / "shared" / "data")
 PPB = DATA / "ppb-faces"
 NON_FACE = DATA / "nonface-photos" / "images"
 
