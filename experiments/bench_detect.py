@@ -1,0 +1,105 @@
+"""Speed of the whole-photo scan against plain inference on the same, already cut windows.
+
+    python experiments/bench_detect.py [--workdir=RUN] [--images=FOLDER] [--n_photos=4]
+
+For each batch size, the scan (:func:`jaxface.detect.scan_images`: window enumeration, upload,
+cutting and resizing on the device, classification) and the model alone on the same windows
+cut beforehand (the same batches, already on the device) are timed in the same run, best of
+``--repeats``; both rates (windows per second) and their ratio are printed. Without
+``--workdir`` the model is a randomly initialised standard CNN (the speed does not depend on
+the weights). Without ``--images`` the PPB portraits are used if present, else random photos
+of 480x320 pixels.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from jaxface import detect, models
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory of a trained model (default: random CNN).")
+flags.DEFINE_string("images", "../shared/data/ppb-faces/portraits", "Folder of photos.")
+flags.DEFINE_integer("n_photos", 4, "Photos scanned per timing.")
+flags.DEFINE_list("batch_sizes", ["256", "1024"], "Window batch sizes.")
+flags.DEFINE_integer("repeats", 3, "Timings per measurement (the best is kept).")
+flags.DEFINE_string("json", None, "Append the results as one JSON line to this file.")
+
+
+def _photos(n: int) -> tuple[list[np.ndarray], str]:
+  folder = Path(FLAGS.images)
+  if folder.is_dir():
+    files = detect.photo_files(folder)[:n]
+    return [detect.read_photo(p) for p in files], str(folder)
+  rng = np.random.default_rng(0)
+  return [rng.integers(0, 256, (480, 320, 3), dtype=np.uint8) for _ in range(n)], "random"
+
+
+def _best_time(fn, repeats: int) -> float:
+  fn()  # compile and warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _precut(photos: list[np.ndarray], options: detect.ScanOptions) -> list[jax.Array]:
+  """The scan's batches of windows, cut beforehand (same grouping by side and padding)."""
+  per_image = [detect.window_boxes(p.shape[0], p.shape[1], options) for p in photos]
+  owner = np.concatenate([np.full(len(b), i, np.int32) for i, b in enumerate(per_image)])
+  boxes = np.concatenate(per_image)
+  canvas = jax.device_put(detect.pad_to_canvas(photos))  # the scan's own padding
+  batches = [detect.cut_batch(canvas, owner, boxes, segments, options.batch_size, options)
+             for segments in detect.plan_batches(boxes[:, 2], options.batch_size)]
+  return jax.block_until_ready(batches)
+
+
+def main(argv):
+  del argv
+  if FLAGS.workdir:
+    from jaxface.train import load_run
+    config, variables = load_run(FLAGS.workdir)
+    input_size = int(config.data.image_size)
+  else:
+    variables = models.init_variables(jax.random.key(0), latent_dim=0)
+    input_size = 64
+  variables = jax.device_put(variables)
+  photos, source = _photos(FLAGS.n_photos)
+  print(f"{jax.devices()[0].platform} x {jax.device_count()}; {len(photos)} photos from "
+        f"{source}")
+  rows = []
+  for batch_size in (int(b) for b in FLAGS.batch_sizes):
+    options = detect.ScanOptions(batch_size=batch_size, input_size=input_size)
+    n_windows = sum(len(detect.window_boxes(p.shape[0], p.shape[1], options)) for p in photos)
+    crops = _precut(photos, options)
+
+    def plain():
+      jax.block_until_ready([detect.window_probabilities(variables, c) for c in crops])
+
+    def scan():
+      detect.scan_images(variables, photos, options)  # returns host arrays: synchronous
+
+    plain_rate = n_windows / _best_time(plain, FLAGS.repeats)
+    scan_rate = n_windows / _best_time(scan, FLAGS.repeats)
+    row = {"batch_size": batch_size, "n_windows": n_windows,
+           "scan_windows_per_s": round(scan_rate, 1), "plain_windows_per_s": round(plain_rate, 1),
+           "ratio": round(scan_rate / plain_rate, 3)}
+    rows.append(row)
+    print(f"batch {batch_size}: scan {scan_rate:.0f} windows/s, plain inference "
+          f"{plain_rate:.0f} windows/s on the same {n_windows} windows, ratio "
+          f"{scan_rate / plain_rate:.2f}x")
+  if FLAGS.json:
+    record = {"platform": jax.devices()[0].platform, "devices": jax.device_count(),
+              "photos": len(photos), "source": source, "rows": rows}
+    with open(FLAGS.json, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,177 @@
+"""Finds faces in whole photos with a trained model and draws them.
+
+    python experiments/detect.py --workdir=RUN --images=PHOTO_OR_FOLDER [MORE ...] --out=DIR
+
+Every photo is scanned with square windows (see jaxface/detect.py); DIR gets one PNG per photo
+(the best window thick: green when it is a detection, red when not; the other windows at or
+above the threshold thin, yellow) and detections.json with every photo's best window and
+detections. A bad input (unreadable, empty, too small, an empty folder) gets a one-line message
+on stderr and the other photos are still processed.
+
+Whole-image evaluation on PPB portraits and non-face photos (threshold calibrated so that at
+most --max_false_rate of the non-face photos have a detection), written to DIR/evaluation.json:
+
+    python experiments/detect.py --workdir=RUN --out=DIR \\
+        --ppb=../shared/data/ppb-faces --nonface=../shared/data/nonface-photos/images
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import Mesh
+from PIL import Image, ImageDraw
+
+from jaxface import detect
+from jaxface.train import load_run
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
+flags.DEFINE_multi_string("images", [], "Photo files or folders (repeatable; further "
+                          "positional arguments are photos too).")
+flags.DEFINE_string("out", None, "Output folder for the drawings and JSON.")
+flags.DEFINE_float("threshold", detect.ScanOptions().threshold, "Detection threshold.")
+flags.DEFINE_integer("batch_size", detect.ScanOptions().batch_size, "Windows per model call.")
+flags.DEFINE_float("stride_frac", detect.ScanOptions().stride_frac,
+                   "Step between windows, as a fraction of the window side.")
+flags.DEFINE_integer("n_scales", detect.ScanOptions().n_scales, "Number of window sides.")
+flags.DEFINE_integer("max_drawn", 50, "Most detections drawn per photo (highest first).")
+flags.DEFINE_string("ppb", None, "ppb-faces folder (portraits/ and faces.csv) to evaluate on.")
+flags.DEFINE_string("nonface", None, "Folder of non-face photos (calibrates the threshold).")
+flags.DEFINE_float("max_false_rate", 0.05, "Largest share of non-face photos with a detection.")
+
+
+def _error(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+
+
+def _mesh() -> Mesh | None:
+  devices = jax.devices()
+  return Mesh(np.asarray(devices), (detect.DATA_AXIS,)) if len(devices) > 1 else None
+
+
+def _png_name(path: Path, taken: set[str]) -> str:
+  name, i = f"{path.stem}.png", 1
+  while name in taken:
+    name, i = f"{path.stem}_{i}.png", i + 1
+  taken.add(name)
+  return name
+
+
+def draw(photo: np.ndarray, result: detect.ScanResult, max_drawn: int) -> Image.Image:
+  """The photo with its detections (thin, yellow) and the best window (thick) drawn on it."""
+  canvas = Image.fromarray(photo)
+  pen = ImageDraw.Draw(canvas)
+  boxes, _ = detect.detections(result)
+  for x0, y0, side in boxes[:max_drawn].tolist():
+    pen.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), outline=(255, 220, 0), width=1)
+  x0, y0, side = result.best_box.tolist()
+  colour = (0, 200, 0) if result.face_present else (220, 0, 0)
+  pen.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), outline=colour, width=3)
+  return canvas
+
+
+def _photo_entry(result: detect.ScanResult, photo: np.ndarray, png: str) -> dict:
+  boxes, probs = detect.detections(result)
+  return {"width": int(photo.shape[1]), "height": int(photo.shape[0]), "png": png,
+          "face_present": result.face_present, "best_box": result.best_box.tolist(),
+          "best_prob": result.best_prob, "n_windows": int(len(result.boxes)),
+          "detections": [{"box": b, "prob": float(p)} for b, p in zip(boxes.tolist(), probs)]}
+
+
+def scan_and_draw(variables, paths: list[Path], options: detect.ScanOptions, out: Path,
+                  mesh: Mesh | None, max_drawn: int) -> tuple[dict, dict]:
+  """Scans the photos, writes a PNG for each; returns (JSON entries, errors) by path."""
+  results, errors = detect.scan_files(variables, paths, options, mesh,
+                                      progress=len(paths) > 20)
+  entries, taken = {}, set()
+  for path in paths:
+    result = results.get(str(path))
+    if result is None:
+      continue
+    photo = detect.read_photo(path)
+    png = _png_name(Path(path), taken)
+    draw(photo, result, max_drawn).save(out / png)
+    entries[str(path)] = _photo_entry(result, photo, png)
+  return entries, errors
+
+
+def evaluate(variables, options: detect.ScanOptions, mesh: Mesh | None) -> dict:
+  """Runs :func:`jaxface.detect.evaluate_whole_images` on --ppb and --nonface."""
+  ppb = Path(FLAGS.ppb)
+  faces = detect.load_face_boxes(ppb / "faces.csv")
+  portraits = detect.photo_files(ppb / "portraits")
+  non_faces = detect.photo_files(FLAGS.nonface)
+  return detect.evaluate_whole_images(variables, portraits, faces, non_faces, options, mesh,
+                                      max_false_rate=FLAGS.max_false_rate, progress=True)
+
+
+def _summary(result: dict) -> str:
+  lines = [f"threshold {result['threshold']:.6f}: non-face photos with a detection "
+           f"{result['false_detections']['n_with_detection']}/"
+           f"{result['false_detections']['n_photos']}"]
+  for section in ("with_box", "without_box", "all"):
+    rates = result["faces_found"][section]
+    cells = [f"{g} {r['found']}/{r['n']}" for g, r in rates.items()]
+    lines.append(f"faces found ({section}): " + ", ".join(cells))
+  return "\n".join(lines)
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # keeps Orbax's restore chatter out of the output
+  images = list(FLAGS.images) + list(argv[1:])
+  if not FLAGS.workdir or not FLAGS.out:
+    raise app.UsageError("--workdir and --out are required")
+  if not images and not FLAGS.ppb:
+    raise app.UsageError("give photos with --images (or --ppb and --nonface to evaluate)")
+  if bool(FLAGS.ppb) != bool(FLAGS.nonface):
+    raise app.UsageError("--ppb and --nonface go together")
+  try:
+    config, variables = load_run(FLAGS.workdir)
+    options = detect.ScanOptions(threshold=FLAGS.threshold, batch_size=FLAGS.batch_size,
+                                 stride_frac=FLAGS.stride_frac, n_scales=FLAGS.n_scales,
+                                 input_size=int(config.data.image_size))
+    detect.check_options(options)
+  except (OSError, ValueError) as e:
+    _error(str(e))
+    return 1
+  out = Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  mesh = _mesh()
+  status = 0
+  if images:
+    paths, errors = [], {}
+    for item in images:
+      try:
+        paths.extend(detect.photo_files(item))
+      except ValueError as e:
+        errors[str(item)] = str(e)
+    entries, scan_errors = scan_and_draw(variables, paths, options, out, mesh, FLAGS.max_drawn)
+    errors.update(scan_errors)
+    for message in errors.values():
+      _error(message)
+    report = {"workdir": str(Path(FLAGS.workdir).absolute()), "threshold": options.threshold,
+              "options": options._asdict(), "photos": entries, "errors": errors}
+    (out / "detections.json").write_text(json.dumps(report, indent=1))
+    n_faces = sum(e["face_present"] for e in entries.values())
+    print(f"{len(entries)} photo(s) scanned, {n_faces} with a face, {len(errors)} error(s): "
+          f"{out / 'detections.json'}")
+    if not entries:
+      status = 1
+  if FLAGS.ppb:
+    try:
+      result = evaluate(variables, options, mesh)
+    except (OSError, ValueError) as e:
+      _error(str(e))
+      return 1
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    print(_summary(result))
+    print(f"evaluation: {out / 'evaluation.json'}")
+  return status
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,402 @@
+"""Whole-photo detection: windows, on-device crops, batching, evaluation helpers and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_config
+from PIL import Image
+
+from jaxface import detect, models
+from jaxface.data import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (or beside the folder of a worktree).
+DATA = next((p for p in (REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data")
+             if p.exists()), REPO.parent / "shared" / "data")
+PPB = DATA / "ppb-faces"
+NON_FACE = DATA / "nonface-photos" / "images"
+
+# A small model and scan: 32-pixel inputs, 4 base filters.
+TINY = detect.ScanOptions(input_size=32, batch_size=16)
+PIL_FILTERS = {"lanczos3": Image.Resampling.LANCZOS, "linear": Image.Resampling.BILINEAR}
+
+
+@pytest.fixture(scope="module")
+def tiny_variables():
+  return models.init_variables(jax.random.key(0), latent_dim=0, n_filters=4, image_size=32)
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """A smooth random photo (uint8), so a window's crop depends on where it is."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.random((height // 8 + 2, width // 8 + 2, 3))
+  up = np.kron(coarse, np.ones((8, 8, 1)))[:height, :width]
+  return np.clip(255 * (0.7 * up + 0.3 * rng.random((height, width, 3))), 0, 255).astype(np.uint8)
+
+
+def reference_crop(photo: np.ndarray, box, out_size: int, method: str) -> np.ndarray:
+  """NumPy crop of the window, resized channel by channel with Pillow (float mode)."""
+  x0, y0, side = (int(v) for v in box)
+  crop = photo[y0:y0 + side, x0:x0 + side].astype(np.float32)
+  if photo.dtype == np.uint8:
+    crop = crop / 255.0
+  channels = [np.asarray(Image.fromarray(crop[..., c], mode="F").resize(
+      (out_size, out_size), PIL_FILTERS[method])) for c in range(3)]
+  return np.stack(channels, axis=-1)
+
+
+# ------------------------------------------------------------------------------------ windows
+
+
+@pytest.mark.parametrize("height,width", [(480, 320), (240, 320), (64, 64), (97, 33)])
+def test_windows_of_every_side_cover_the_photo_and_stay_inside(height, width):
+  boxes = detect.window_boxes(height, width)
+  sides = detect.window_sides(height, width)
+  assert sorted(set(boxes[:, 2].tolist())) == sides
+  assert sides[-1] == min(height, width)  # the largest window is the full shorter side
+  assert sides[0] <= max(detect.ScanOptions().min_side, round(0.2 * min(height, width)) + 4)
+  assert (boxes[:, :2] >= 0).all()
+  assert (boxes[:, 0] + boxes[:, 2] <= width).all() and (boxes[:, 1] + boxes[:, 2] <= height).all()
+  for side in sides:
+    covered = np.zeros((height, width), bool)
+    for x0, y0, s in boxes[boxes[:, 2] == side]:
+      covered[y0:y0 + s, x0:x0 + s] = True
+    assert covered.all(), f"windows of side {side} leave pixels uncovered"
+
+
+def test_window_boxes_are_the_expected_grid():
+  options = detect.ScanOptions(min_frac=0.5, max_frac=1.0, n_scales=2, stride_frac=0.5)
+  boxes = detect.window_boxes(64, 80, options)
+  side32 = [(x, y, 32) for y in (0, 16, 32) for x in (0, 16, 32, 48)]
+  side64 = [(0, 0, 64), (16, 0, 64)]  # stride 32 would leave the last 16 columns: flush end
+  assert boxes.tolist() == [list(b) for b in side32 + side64]
+
+
+def test_a_photo_smaller_than_the_smallest_window_raises():
+  with pytest.raises(ValueError, match="30x20 image is smaller than the smallest window"):
+    detect.window_boxes(20, 30)
+
+
+@pytest.mark.parametrize("field,value", [("min_frac", 0.0), ("max_frac", 1.5), ("n_scales", 0),
+                                         ("stride_frac", 0.0), ("input_size", 40)])
+def test_invalid_options_raise_naming_the_field(field, value):
+  with pytest.raises(ValueError, match=field if field != "input_size" else "image_size"):
+    detect.check_options(detect.ScanOptions()._replace(**{field: value}))
+
+
+# -------------------------------------------------------------------------------------- crops
+
+
+@pytest.mark.parametrize("method", ["lanczos3", "linear"])
+@pytest.mark.parametrize("side", [20, 32, 45, 70])
+def test_device_crops_equal_a_numpy_crop_resized_with_pillow(method, side):
+  photo = _photo(75, 90, seed=side)
+  boxes = np.array([(0, 0, side), (90 - side, 75 - side, side), (3, 1, side)])
+  crops = np.asarray(detect.cut_windows(photo[None], np.zeros(3, np.int32), boxes, 32, method))
+  for crop, box in zip(crops, boxes):
+    np.testing.assert_allclose(crop, reference_crop(photo, box, 32, method), atol=2e-5)
+
+
+def test_crops_never_read_outside_their_window():
+  photo = np.zeros((64, 64, 3), np.uint8)
+  photo[:, 32:] = 255  # a window over the left half must stay black after the resize
+  crops = np.asarray(detect.cut_windows(photo[None], np.zeros(1, np.int32),
+                                        np.array([(0, 0, 32)]), 32, "lanczos3"))
+  assert np.abs(crops).max() < 1e-6
+
+
+def test_cut_windows_refuses_windows_of_several_sides():
+  with pytest.raises(ValueError, match="one side"):
+    detect.cut_windows(np.zeros((1, 64, 64, 3), np.uint8), np.zeros(2, np.int32),
+                       np.array([(0, 0, 32), (0, 0, 40)]))
+
+
+# --------------------------------------------------------------------------------------- scans
+
+
+def test_scan_probabilities_are_those_of_each_box_s_reference_crop(tiny_variables):
+  photo = _photo(70, 100, seed=1)
+  result = detect.scan_image(tiny_variables, photo, TINY)
+  assert result.boxes.tolist() == detect.window_boxes(70, 100, TINY).tolist()
+  crops = np.stack([reference_crop(photo, b, 32, TINY.method) for b in result.boxes])
+  expected = np.asarray(detect.window_probabilities(tiny_variables, crops))
+  np.testing.assert_allclose(result.probs, expected, atol=1e-5)
+  best = int(np.argmax(expected))
+  assert result.best_box.tolist() == result.boxes[best].tolist()
+  assert result.best_prob == pytest.approx(float(expected[best]), abs=1e-5)
+
+
+def test_photos_of_different_sizes_in_one_call_score_as_alone(tiny_variables):
+  photos = [_photo(48, 80, 2), _photo(101, 60, 3), _photo(64, 64, 4).astype(np.float32) / 255]
+  together = detect.scan_images(tiny_variables, photos, TINY._replace(batch_size=7))
+  for photo, result in zip(photos, together):
+    alone = detect.scan_image(tiny_variables, photo, TINY)
+    assert result.boxes.tolist() == alone.boxes.tolist()
+    np.testing.assert_allclose(result.probs, alone.probs, atol=1e-5)
+
+
+def test_best_box_decision_and_detections_follow_the_threshold(tiny_variables):
+  photo = _photo(64, 96, seed=5)
+  probe = detect.scan_image(tiny_variables, photo, TINY)
+  cut = float(np.median(probe.probs))
+  result = detect.scan_image(tiny_variables, photo, TINY._replace(threshold=cut))
+  boxes, probs = detect.detections(result)
+  assert len(probs) == int((result.probs >= cut).sum()) and (np.diff(probs) <= 0).all()
+  assert result.face_present and boxes[0].tolist() == result.best_box.tolist()
+  above_all = detect.scan_image(tiny_variables, photo, TINY._replace(threshold=1.5))
+  assert not above_all.face_present and len(detect.detections(above_all)[0]) == 0
+
+
+def test_scan_on_a_two_device_mesh_matches_one_device(tmp_path):
+  script = f"""
+import jax, numpy as np
+from jax.sharding import Mesh
+from jaxface import detect, models
+assert jax.device_count() == 2
+v = models.init_variables(jax.random.key(0), latent_dim=0, n_filters=4, image_size=32)
+rng = np.random.default_rng(0)
+photos = [rng.integers(0, 255, (70, 90, 3), dtype=np.uint8), rng.integers(0, 255, (50, 64, 3),
+          dtype=np.uint8)]
+opts = detect.ScanOptions(input_size=32, batch_size=15)
+mesh = Mesh(np.asarray(jax.devices()), ('data',))
+a = detect.scan_images(v, photos, opts, mesh)
+b = detect.scan_images(v, photos, opts)
+for x, y in zip(a, b):
+  np.testing.assert_allclose(x.probs, y.probs, atol=1e-5)
+print('ok', sum(len(x.probs) for x in a))
+"""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith("ok")
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def test_iou_of_squares():
+  boxes = np.array([(0, 0, 10), (5, 0, 10), (20, 20, 5), (0, 0, 20), (2, 2, 5)])
+  np.testing.assert_allclose(detect.iou((0, 0, 10), boxes), [1.0, 50 / 150, 0.0, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("n", [10, 20, 40, 112])
+def test_threshold_keeps_at_most_the_allowed_share_of_photos_with_a_detection(n):
+  max_probs = np.random.default_rng(n).random(n)
+  t = detect.threshold_for_false_rate(max_probs, 0.05)
+  hits = int((max_probs >= t).sum())
+  assert hits <= 0.05 * n
+  lower = max_probs[max_probs < t].max()  # the next lower threshold lets one more through
+  assert int((max_probs >= lower).sum()) > 0.05 * n
+  assert hits == int(np.floor(0.05 * n))
+
+
+def test_threshold_with_tied_probabilities_stays_under_the_share():
+  max_probs = [0.9] * 3 + [0.1] * 37  # 5% of 40 is 2, but three photos tie at 0.9
+  t = detect.threshold_for_false_rate(max_probs, 0.05)
+  assert t > 0.9
+  assert detect.false_detections(dict(enumerate(max_probs)), t)["n_with_detection"] == 0
+
+
+def test_false_detections_counts_photos_at_or_above_the_threshold():
+  out = detect.false_detections({"a.jpg": 0.2, "b.jpg": 0.7, "c.jpg": 0.5}, 0.5)
+  assert out["n_with_detection"] == 2 and out["rate"] == pytest.approx(2 / 3)
+  assert out["photos_with_detection"] == ["b.jpg", "c.jpg"]
+  json.dumps(out)
+
+
+def test_portrait_group_from_the_file_name():
+  assert detect.portrait_group("0612_6_f_RW.jpg") == "DF"
+  assert detect.portrait_group("x/0002_1_m_FL.jpg") == "LM"
+  assert detect.portrait_group("0800_4_M_SE.jpg") == "DM"
+  assert detect.portrait_group("0003_3_f_SW.jpg") == "LF"
+  assert detect.portrait_group("n01498041_stingray.jpg") is None
+
+
+def _result(boxes, probs) -> detect.ScanResult:
+  boxes, probs = np.asarray(boxes, np.int32), np.asarray(probs, np.float32)
+  best = int(np.argmax(probs))
+  return detect.ScanResult(boxes, probs, boxes[best], float(probs[best]), True, 0.5)
+
+
+def test_faces_found_needs_the_overlap_where_there_is_a_box():
+  faces = {"0001_1_f_FL.jpg": {"group": "LF", "box": (10.0, 10.0, 40.0)},
+           "0002_2_m_FL.jpg": {"group": "LM", "box": (10.0, 10.0, 40.0)},
+           "0003_5_f_RW.jpg": {"group": "DF", "box": None}}
+  scans = {
+      "p/0001_1_f_FL.jpg": _result([(12, 12, 40), (100, 100, 40)], [0.9, 0.1]),  # found
+      "p/0002_2_m_FL.jpg": _result([(12, 12, 40), (100, 100, 40)], [0.1, 0.9]),  # wrong place
+      "p/0003_5_f_RW.jpg": _result([(0, 0, 40)], [0.6]),  # no box: any window
+      "p/0004_6_m_SE.jpg": _result([(0, 0, 40)], [0.4]),  # not in the CSV, below threshold
+      "p/0005_5_m_SE.jpg": _result([(0, 0, 40)], [0.7]),  # not in the CSV, found
+  }
+  out = detect.faces_found(scans, faces, threshold=0.5)
+  assert out["with_box"]["LF"] == {"n": 1, "found": 1, "rate": 1.0}
+  assert out["with_box"]["LM"] == {"n": 1, "found": 0, "rate": 0.0}
+  assert out["without_box"]["DF"]["found"] == 1
+  assert out["without_box"]["DM"] == {"n": 2, "found": 1, "rate": 0.5}
+  assert out["all"]["overall"] == {"n": 5, "found": 3, "rate": 0.6}
+  assert out["missed"] == ["0002_2_m_FL.jpg", "0004_6_m_SE.jpg"]
+  json.dumps(out)
+  assert detect.faces_found(scans, faces, 0.5, min_iou=0.95)["with_box"]["LF"]["found"] == 0
+
+
+def test_load_face_boxes_turns_centres_into_corners(tmp_path):
+  csv_path = tmp_path / "faces.csv"
+  csv_path.write_text("file,portrait,group,box_cx,box_cy,box_side\n"
+                      "a.png,a.jpg,LF,50,60,20\nb.png,b.jpg,DM,,,\n")
+  faces = detect.load_face_boxes(csv_path)
+  assert faces["a.jpg"] == {"group": "LF", "box": (40.0, 50.0, 20.0)}
+  assert faces["b.jpg"] == {"group": "DM", "box": None}
+  (tmp_path / "bad.csv").write_text("portrait,group\na.jpg,LF\n")
+  with pytest.raises(DataError, match="bad.csv: missing column"):
+    detect.load_face_boxes(tmp_path / "bad.csv")
+
+
+# --------------------------------------------------------------------------------- bad inputs
+
+
+def _bad_inputs(folder: Path) -> dict[str, Path]:
+  """Photos a user may pass: good, greyscale, RGBA, palette, empty, garbage, too small."""
+  folder.mkdir(parents=True, exist_ok=True)
+  rgb = _photo(60, 80, 7)
+  paths = {name: folder / name for name in
+           ("rgb.png", "grey.png", "rgba.png", "palette.gif", "zero.jpg", "garbage.jpg",
+            "tiny.png")}
+  Image.fromarray(rgb).save(paths["rgb.png"])
+  Image.fromarray(rgb[..., 0]).save(paths["grey.png"])
+  Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(paths["rgba.png"])
+  Image.fromarray(rgb).convert("P").save(paths["palette.gif"])
+  paths["zero.jpg"].write_bytes(b"")
+  paths["garbage.jpg"].write_bytes(b"not an image at all")
+  Image.fromarray(rgb[:20, :30]).save(paths["tiny.png"])
+  return paths
+
+
+def test_read_photo_converts_greyscale_rgba_and_palette(tmp_path):
+  paths = _bad_inputs(tmp_path)
+  for name in ("grey.png", "rgba.png", "palette.gif"):
+    photo = detect.read_photo(paths[name])
+    assert photo.shape == (60, 80, 3) and photo.dtype == np.uint8
+  grey = detect.read_photo(paths["grey.png"])
+  assert (grey[..., 0] == grey[..., 2]).all()
+
+
+@pytest.mark.parametrize("name,message", [("zero.jpg", "empty file"),
+                                          ("garbage.jpg", "cannot read image")])
+def test_read_photo_names_the_bad_file(tmp_path, name, message):
+  path = _bad_inputs(tmp_path)[name]
+  with pytest.raises(DataError, match=f"{name}: {message}"):
+    detect.read_photo(path)
+
+
+def test_photo_files_refuses_an_empty_folder_and_a_missing_path(tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+  with pytest.raises(DataError, match="empty: folder holds no image"):
+    detect.photo_files(tmp_path / "empty")
+  with pytest.raises(DataError, match="nowhere.jpg: no such file"):
+    detect.photo_files(tmp_path / "nowhere.jpg")
+
+
+def test_scan_files_reports_bad_files_and_scans_the_rest(tmp_path, tiny_variables):
+  paths = _bad_inputs(tmp_path)
+  results, errors = detect.scan_files(tiny_variables, sorted(paths.values()), TINY,
+                                      images_per_call=3)
+  assert sorted(Path(p).name for p in results) == ["grey.png", "palette.gif", "rgb.png",
+                                                     "rgba.png"]
+  assert sorted(Path(p).name for p in errors) == ["garbage.jpg", "tiny.png", "zero.jpg"]
+  for path, message in errors.items():
+    assert message.startswith(path) and "\n" not in message
+  assert "smaller than the smallest window" in errors[str(paths["tiny.png"])]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """A few steps of a tiny CNN (32-pixel inputs), trained and saved by the trainer."""
+  from jaxface import train
+  workdir = tmp_path_factory.mktemp("cnn_run")
+  train.train_and_evaluate(tiny_config("cnn", num_epochs=1, steps_per_epoch=2), workdir)
+  return workdir
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, str(REPO / "experiments" / "detect.py"), *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_draws_and_writes_detections_and_reports_bad_inputs(tmp_path, smoke_run):
+  paths = _bad_inputs(tmp_path / "photos")
+  (tmp_path / "empty").mkdir()
+  out = tmp_path / "out"
+  proc = _cli(f"--workdir={smoke_run}", f"--out={out}", "--threshold=0.0",
+              f"--images={tmp_path / 'photos'}", str(tmp_path / "empty"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 4
+  for name in ("zero.jpg", "garbage.jpg", "tiny.png", "empty"):
+    assert any(name in line for line in errors), name
+  report = json.loads((out / "detections.json").read_text())
+  assert sorted(Path(p).name for p in report["photos"]) == ["grey.png", "palette.gif",
+                                                              "rgb.png", "rgba.png"]
+  assert report["options"]["input_size"] == 32  # read from the run's config
+  entry = report["photos"][str(paths["rgb.png"])]
+  assert entry["face_present"] and len(entry["detections"]) == entry["n_windows"]  # threshold 0
+  assert entry["best_box"] == entry["detections"][0]["box"]
+  drawing = np.asarray(Image.open(out / entry["png"]))
+  assert drawing.shape == (60, 80, 3)
+  x0, y0, side = entry["best_box"]
+  assert tuple(drawing[y0, x0 + side // 2]) == (0, 200, 0)  # the best box's top edge, green
+  assert not np.array_equal(drawing, _photo(60, 80, 7))
+
+
+def test_cli_with_only_bad_inputs_fails_with_messages(tmp_path, smoke_run):
+  (tmp_path / "empty").mkdir()
+  proc = _cli(f"--workdir={smoke_run}", f"--out={tmp_path / 'out'}",
+              f"--images={tmp_path / 'empty'}")
+  assert proc.returncode == 1
+  assert "error: " in proc.stderr and "folder holds no image" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ PPB and photos
+
+
+needs_ppb = pytest.mark.skipif(not (PPB / "faces.csv").exists() or not NON_FACE.exists(),
+                               reason="ppb-faces / nonface-photos data not available")
+
+
+@needs_ppb
+def test_ppb_groups_in_the_csv_agree_with_the_file_names():
+  faces = detect.load_face_boxes(PPB / "faces.csv")
+  assert all(detect.portrait_group(name) == f["group"] for name, f in faces.items())
+  portraits = detect.photo_files(PPB / "portraits")
+  absent = [p.name for p in portraits if p.name not in faces]
+  assert absent and all(detect.portrait_group(name) for name in absent)
+
+
+@needs_ppb
+def test_whole_image_evaluation_on_a_few_portraits_and_photos(tiny_variables):
+  faces = detect.load_face_boxes(PPB / "faces.csv")
+  portraits = detect.photo_files(PPB / "portraits")
+  absent = [p for p in portraits if p.name not in faces]
+  chosen = portraits[:2] + absent[:1]
+  non_faces = detect.photo_files(NON_FACE)[:4]
+  out = detect.evaluate_whole_images(tiny_variables, chosen, faces, non_faces,
+                                     TINY._replace(batch_size=256, stride_frac=0.5, n_scales=3))
+  json.dumps(out)
+  assert out["false_detections"]["n_photos"] == 4
+  assert out["false_detections"]["n_with_detection"] == 0  # 5% of 4 photos allows none
+  found = out["faces_found"]
+  assert found["with_box"]["overall"]["n"] == 2 and found["without_box"]["overall"]["n"] == 1
+  assert found["all"]["overall"]["n"] == 3
