@@ -921,7 +921,7 @@ def write_report(workdir: str | os.PathLike, compare: Sequence[str | os.PathLike
     Path of ``index.html``.
   """
   from jaxface import data as data_lib
-  from jaxface import train as train_lib
+  from jaxface import checkpoints
 
   workdir = Path(workdir)
   taken: set[str] = set()
@@ -929,7 +929,7 @@ def write_report(workdir: str | os.PathLike, compare: Sequence[str | os.PathLike
   runs = []
   main_test = None
   for i, directory in enumerate([workdir, *map(Path, compare)]):
-    config, variables = train_lib.load_run(directory)
+    config, variables = checkpoints.load_run(directory)
     key = config.data.to_json()
     if i == 0 and datasets is not None:
       cache[key] = datasets

@@ -279,10 +279,11 @@ def _check_report_dir(report_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-  """The run directory of a real tiny training with ``write_report = True``."""
+  """The run directory of a real tiny training and its report (as experiments/run.py writes)."""
   from jaxface import train
   workdir = tmp_path_factory.mktemp("trained") / "dbvae"
-  train.train_and_evaluate(_tiny_report_config(), workdir)
+  result = train.train_and_evaluate(_tiny_report_config(), workdir)
+  report.write_report(workdir, datasets=result.datasets)
   return workdir
 
 
