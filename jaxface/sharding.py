@@ -39,5 +39,24 @@ def shard_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
 
 
 def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
-  """Copies every leaf of ``tree`` to every device of ``mesh``."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Copies every leaf of ``tree`` (the same on every process) to every device of ``mesh``.
+
+  Args:
+    mesh: the device mesh; on several processes, each places its own devices' copies.
+    tree: host or device arrays, PRNG keys included.
+
+  Returns:
+    The tree of replicated global arrays.
+  """
+  sharding = NamedSharding(mesh, P())
+  if not mesh.is_multi_process:
+    return jax.device_put(tree, sharding)
+
+  def leaf(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(leaf(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(leaf, tree)
