@@ -165,7 +165,7 @@ def _fake_config(name: str, kind: str) -> ml_collections.ConfigDict:
 
 def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
   import jaxface.data
-  import jaxface.train
+  import jaxface.checkpoints
   images, labels, groups = _test_set()
   test = jaxface.data.FaceData(images, labels, groups)
   train_images, _, _ = _test_set(per_group=20, non_faces=0, seed=2)
@@ -181,7 +181,7 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
     loads.append(data_config.to_json())
     return {"train": train, "val": test, "test": test}
 
-  monkeypatch.setattr(jaxface.train, "load_run", load_run)
+  monkeypatch.setattr(jaxface.checkpoints, "load_run", load_run)
   monkeypatch.setattr(jaxface.data, "load_datasets", load_datasets)
   (tmp_path / "vae_dir").mkdir()
   (tmp_path / "vae_dir" / "metrics.json").write_text(json.dumps(
