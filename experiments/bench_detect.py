@@ -63,7 +63,7 @@ def _precut(photos: list[np.ndarray], options: detect.ScanOptions) -> list[jax.A
 def main(argv):
   del argv
   if FLAGS.workdir:
-    from jaxface.train import load_run
+    from jaxface.checkpoints import load_run
     config, variables = load_run(FLAGS.workdir)
     input_size = int(config.data.image_size)
   else:

@@ -60,7 +60,7 @@ if str(HERE) not in sys.path:
 from bench_resampling import best_time  # noqa: E402
 from jaxface import config as config_lib  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
-from jaxface import resampling, train  # noqa: E402
+from jaxface import resampling, sharding, train  # noqa: E402
 from jaxface import models  # noqa: E402
 
 SECTIONS = ("train", "xla", "data_path", "epoch", "resampling", "batcher", "devices",
@@ -152,7 +152,7 @@ def model_config(kind: str, batch_size: int, dtype: str = "float32"):
 
 def shard(mesh, batch: data_lib.Batch) -> data_lib.Batch:
   """Both halves of a host batch placed on the mesh, split over its ``data`` axis."""
-  return jax.tree.map(lambda half: train.shard_batch(mesh, half), batch)
+  return jax.tree.map(lambda half: sharding.shard_batch(mesh, half), batch)
 
 
 class Step:
@@ -162,7 +162,7 @@ class Step:
                input_kind: str = "float32", layers: str = "ops", seed: int = 0):
     optimizer = train.make_optimizer(config)
     state = train.create_train_state(jax.random.key(seed), config, optimizer)
-    self.state = train.replicate(mesh, state)
+    self.state = sharding.replicate(mesh, state)
     step_fn = train.make_train_step(config, optimizer, mesh,
                                     decode_every_row=layers == "decode_every_row")
     rng = np.random.default_rng(seed)
@@ -177,7 +177,7 @@ class Step:
       images = rng.random(shape, dtype=np.float32)
     half = config.batch_size // 2
     batch = data_lib.Batch(faces=images[:half], non_faces=images[half:])
-    self.args = (shard(mesh, batch), train.replicate(mesh, jax.random.key(seed + 1)))
+    self.args = (shard(mesh, batch), sharding.replicate(mesh, jax.random.key(seed + 1)))
     self.batch_size = config.batch_size
     start = time.perf_counter()
     with flax_layers() if layers == "flax" else contextlib.nullcontext():
@@ -387,7 +387,7 @@ def bench_batcher(n_images: int, batch_sizes: Sequence[int], steps: int, repeats
 def device_worker(batch_sizes: Sequence[int], kinds: Sequence[str], rounds: int,
                   quick: bool) -> None:
   """Runs in a subprocess with forced host devices: the step sharded over all of them."""
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   for batch_size in batch_sizes:
     for kind in kinds:
       step = Step(model_config(kind, batch_size), mesh)
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   emit({"section": "setup", "jax": jax.__version__, "backend": jax.default_backend(),
         "devices": jax.device_count(), "cpus": os.cpu_count(), "quick": args.quick,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "load": load_average()}, out)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   sections = set(args.sections)
   if "train" in sections:
     bench_train(mesh, args.batch_sizes, args.kinds, args.rounds, args.quick, out)

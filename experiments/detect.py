@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
 from jaxface import detect
-from jaxface.train import load_run
+from jaxface.checkpoints import load_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory of a trained model.")

@@ -1,16 +1,23 @@
 """Trains and evaluates a model: ``python experiments/run.py --config=configs/dbvae.py``.
 
-Any config field can be overridden, e.g. ``--config.resampling.alpha=0.01``.
+Any config field can be overridden, e.g. ``--config.resampling.alpha=0.01``. With
+``config.write_report`` (the default) the bias report is written to ``WORKDIR/report/`` at the
+end of the run.
 """
+
+from __future__ import annotations
 
 import logging as py_logging
 import os
 import sys
+from pathlib import Path
 
+import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxface import train
+from jaxface import report, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (optionally ':smoke').",
@@ -36,6 +43,31 @@ def parse_flags(argv: list[str]) -> list[str]:
              f"{' '.join(overrides)}; the fields are listed in jaxface/config.py")
 
 
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path | None:
+  """Trains, then (process 0, with ``config.write_report``) writes the report.
+
+  Every process of a multi-host run trains; the report is written by process 0 from the
+  datasets already loaded while the others wait at one barrier, so all processes leave
+  together.
+
+  Args:
+    config: the run config.
+    workdir: the run directory.
+
+  Returns:
+    The report's ``index.html``, or None when no report was written (by this process).
+  """
+  result = train.train_and_evaluate(config, workdir)
+  path = None
+  if config.write_report and jax.process_index() == 0:
+    path = report.write_report(result.workdir, datasets=result.datasets)
+    print(f"report: {path}", flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("jaxface:run_finished")
+  return path
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -43,7 +75,7 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  train.train_and_evaluate(config, workdir)
+  run(config, workdir)
 
 
 if __name__ == "__main__":

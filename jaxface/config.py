@@ -62,7 +62,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500  # also at every epoch end; 0 = epoch ends only
   config.keep_checkpoints = 3
   config.progress_bar = True
-  config.write_report = True  # WORKDIR/report/ at the end of the run
+  config.write_report = True  # experiments/run.py writes WORKDIR/report/ after training
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
   return config
 

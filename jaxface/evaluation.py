@@ -26,7 +26,6 @@ matplotlib.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import models, resampling
+from jaxface import inference, losses, models, resampling
 
 Array = jax.Array
 PyTree = Any
@@ -58,61 +57,6 @@ class Predictions(NamedTuple):
   recon_error: np.ndarray | None
 
 
-def _as_float_images(x: Array) -> Array:
-  """uint8 images to float32 / 255, other dtypes to float32 (static choice under jit)."""
-  if x.dtype == jnp.uint8:
-    return x.astype(jnp.float32) * (1.0 / 255.0)
-  return x.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("dtype", "recon"))
-def _predict_batch(variables: PyTree, x: Array, dtype: Any, recon: str = "l1") -> tuple:
-  x = _as_float_images(x)
-  enc = models.encode(variables, x, train=False, dtype=dtype)
-  recon_error = None
-  if models.latent_dim_of(variables["params"]) > 0:
-    x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype)
-    recon_error = resampling.epistemic_score(x, x_recon, recon)
-  return jax.nn.sigmoid(enc.y_logit), enc.y_logit, enc.z_mean, enc.z_logvar, recon_error
-
-
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _reconstruct_batch(variables: PyTree, x: Array, dtype: Any) -> Array:
-  x = _as_float_images(x)
-  z_mean = models.encode(variables, x, train=False, dtype=dtype).z_mean
-  return jnp.clip(models.decode(variables["params"], z_mean, dtype=dtype), 0.0, 1.0)
-
-
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _decode_batch(params: PyTree, z: Array, dtype: Any) -> Array:
-  return jnp.clip(models.decode(params, z, dtype=dtype), 0.0, 1.0)
-
-
-def _batched(fn, first: PyTree, inputs: np.ndarray, batch_size: int, dtype: Any) -> list:
-  """Applies a jitted ``fn(first, batch, dtype)`` over ``inputs`` in fixed-size batches.
-
-  The batch size is ``min(batch_size, next power of two >= N)`` and the last batch is padded
-  with copies of the first row, so at most one shape is compiled per power of two.
-
-  Returns:
-    The per-batch outputs (pytrees of device arrays), with padding rows removed.
-  """
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  n = inputs.shape[0]
-  batch = min(int(batch_size), 1 << max(n - 1, 0).bit_length())
-  outputs = []
-  for start in range(0, n, batch):
-    chunk = inputs[start:start + batch]
-    valid = chunk.shape[0]
-    if valid < batch:
-      pad = np.broadcast_to(chunk[:1], (batch - valid,) + chunk.shape[1:])
-      chunk = np.concatenate([chunk, pad], axis=0)
-    out = fn(first, jnp.asarray(chunk), dtype)
-    outputs.append(jax.tree.map(lambda a, v=valid: a[:v], out))
-  return outputs
-
-
 def _check_images(images) -> np.ndarray:
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
@@ -123,6 +67,8 @@ def _check_images(images) -> np.ndarray:
 def predict(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256, *,
             dtype: Any = jnp.float32, recon: str = "l1") -> Predictions:
   """Runs a model in evaluation mode over a set of images, in batches.
+
+  A convenience over :func:`jaxface.inference.infer` on this process's devices.
 
   Args:
     variables: model variables (standard CNN or VAE).
@@ -138,17 +84,12 @@ def predict(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256
   if recon not in ("l1", "l2"):
     raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
   images = _check_images(images)
-  dtype = jnp.dtype(dtype)
-  k = models.latent_dim_of(variables["params"])
-  if images.shape[0] == 0:
-    empty = np.zeros((0,), np.float32)
-    return Predictions(empty, empty, np.zeros((0, k), np.float32), np.zeros((0, k), np.float32),
-                       empty if k else None)
-  outs = _batched(functools.partial(_predict_batch, recon=recon), variables, images, batch_size,
-                  dtype)
-  parts = [np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(4)]
-  recon = np.concatenate([np.asarray(o[4]) for o in outs]) if k else None
-  return Predictions(*parts, recon_error=recon)
+  is_vae = models.latent_dim_of(variables["params"]) > 0
+  names = ("face_prob", "y_logit", "z_mean", "z_logvar") + (("recon_error",) if is_vae else ())
+  out = inference.infer(variables, images, names, batch_size=batch_size, dtype=dtype,
+                        recon=recon)
+  return Predictions(out["face_prob"], out["y_logit"], out["z_mean"], out["z_logvar"],
+                     recon_error=out.get("recon_error"))
 
 
 def reconstruct(variables: PyTree, images: np.ndarray | Array, batch_size: int = 256, *,
@@ -167,23 +108,14 @@ def reconstruct(variables: PyTree, images: np.ndarray | Array, batch_size: int =
   images = _check_images(images)
   if models.latent_dim_of(variables["params"]) == 0:
     raise ValueError("the standard CNN (latent_dim=0) has no decoder to reconstruct with")
-  if images.shape[0] == 0:
-    return np.zeros(images.shape, np.float32)
-  outs = _batched(_reconstruct_batch, variables, images, batch_size, jnp.dtype(dtype))
-  return np.concatenate([np.asarray(o) for o in outs])
+  return inference.infer(variables, images, ("x_recon",), batch_size=batch_size,
+                         dtype=dtype)["x_recon"]
 
 
 def decode_latents(variables: PyTree, z: np.ndarray | Array, batch_size: int = 256, *,
                    dtype: Any = jnp.float32) -> np.ndarray:
   """Decodes latent codes (M, k) to images (M, H, W, 3) float32 clipped to [0, 1]."""
-  z = np.asarray(z, np.float32)
-  if z.ndim != 2:
-    raise ValueError(f"z must be (M, k), got shape {z.shape}")
-  if z.shape[0] == 0:
-    size = models.image_size_of_decoder(variables["params"])
-    return np.zeros((0, size, size, 3), np.float32)
-  outs = _batched(_decode_batch, variables["params"], z, batch_size, jnp.dtype(dtype))
-  return np.concatenate([np.asarray(o) for o in outs])
+  return inference.decode(variables, z, batch_size=batch_size, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------ metrics

@@ -2,19 +2,20 @@
 
 ``train_and_evaluate(config, workdir)`` reads top to bottom:
 
-1. set-up: validate the config, build the device mesh, load the data;
+1. set-up: validate the config, build the device mesh (:mod:`jaxface.sharding`), load the data;
 2. the train state and one jitted, data-parallel train step (batch sharded on the ``data`` mesh
    axis, parameters replicated, the state donated, per-step randomness from
    ``jax.random.fold_in(key, step)``);
-3. DB-VAE resampling: at the start of every epoch all training faces are encoded with a
-   jitted, sharded, batched pass and the batcher's face probabilities are replaced (or, with
-   ``resampling.signal='groups'``, mass by labelled group from the group sizes, for any model);
-4. checkpoints (Orbax, under ``WORKDIR/checkpoints``) that resume exactly where a run stopped,
-   after checking that the run's seed, batch, model, data size and PRNG key match the
-   checkpoint's (:func:`run_identity`);
+3. DB-VAE resampling: at the start of every epoch all training faces are encoded with the
+   sharded, batched pass of :func:`jaxface.inference.infer` and the batcher's face
+   probabilities are replaced (or, with ``resampling.signal='groups'``, mass by labelled group
+   from the group sizes, for any model);
+4. checkpoints (:mod:`jaxface.checkpoints`, under ``WORKDIR/checkpoints``) that resume exactly
+   where a run stopped, after checking the run's identity against the checkpoint's;
 5. the loop, with a progress bar, metrics every ``log_every_steps`` steps to
    ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end;
-6. the final summary, ``WORKDIR/metrics.json`` and the report.
+6. the final summary and ``WORKDIR/metrics.json``. The report is written by the caller
+   (``experiments/run.py``) from the returned :class:`TrainResult`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -34,17 +34,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxface import config as config_lib
 from jaxface import data as data_lib
-from jaxface import losses, models, resampling
+from jaxface import checkpoints, evaluation, inference, losses, models, resampling
+from jaxface.sharding import DATA_AXIS, make_mesh, replicate, shard_batch
 
 PyTree = Any
-DATA_AXIS = "data"
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,28 +51,9 @@ DATA_AXIS = "data"
 # --------------------------------------------------------------------------------------------
 
 
-def make_mesh(devices: list | None = None) -> Mesh:
-  """A one-axis mesh named ``data`` over ``devices`` (default: every device of every host)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def compute_dtype(config: ml_collections.ConfigDict):
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  """The jnp dtype named by ``config.dtype``."""
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-
-
-def shard_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
-  """Places a global host batch (B, ...) on the mesh, split along B over ``data``.
-
-  Every process holds the same global batch (the batcher is deterministic) and contributes the
-  rows of its own devices, so this works on one host and on many.
-  """
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
-  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
-def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
-  return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,66 +227,13 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
 
 
 # --------------------------------------------------------------------------------------------
-# Sharded inference (evaluation and the resampling pass)
+# Batch-norm recalibration and the resampling pass
 # --------------------------------------------------------------------------------------------
-
-
-def _unit_float(images: jax.Array) -> jax.Array:
-  """uint8 images as float32 in [0, 1]; float images unchanged."""
-  return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
-
-
-@functools.partial(jax.jit, static_argnames=("dtype", "recon", "with_recon"))
-def _infer(variables, images, dtype, recon, with_recon=True):
-  """Eval-mode encoding of one batch; decodes ``z_mean`` only for a VAE with ``with_recon``."""
-  x = _unit_float(images)
-  enc = models.encode(variables, x, train=False, dtype=dtype)
-  out = {"face_prob": jax.nn.sigmoid(enc.y_logit), "z_mean": enc.z_mean}
-  if with_recon and models.latent_dim_of(variables["params"]) > 0:
-    x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype)
-    out["recon_error"] = losses.reconstruction_loss(x, x_recon, recon)
-  return out
-
-
-def infer_dataset(variables: PyTree, images: np.ndarray, mesh: Mesh, batch_size: int = 256,
-                  dtype: Any = jnp.float32, recon: str = "l1",
-                  with_recon: bool = True) -> dict[str, np.ndarray]:
-  """Eval-mode pass over a whole image array, batched and sharded over the mesh.
-
-  Args:
-    variables: model variables (replicated on the mesh).
-    images: (N, H, W, 3) uint8 or float32 images on the host.
-    mesh: the device mesh; each batch is split over its ``data`` axis.
-    batch_size: images per pass (rounded up to a multiple of the device count).
-    dtype: compute dtype.
-    recon: reconstruction error kind ('l1' or 'l2').
-    with_recon: decode ``z_mean`` and return its reconstruction error (a VAE only); False
-      skips the decoder.
-
-  Returns:
-    ``face_prob (N,)``, ``z_mean (N, k)`` and, for a VAE with ``with_recon``,
-    ``recon_error (N,)`` (decoding ``z_mean``), as NumPy arrays.
-  """
-  n_dev = mesh.devices.size
-  batch_size = max(n_dev, -(-batch_size // n_dev) * n_dev)
-  n = images.shape[0]
-  parts = []
-  for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    if chunk.shape[0] < batch_size:  # pad the last batch: one compiled shape
-      pad = np.zeros((batch_size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
-      chunk = np.concatenate([chunk, pad])
-    parts.append(_infer(variables, shard_batch(mesh, chunk), dtype, recon, with_recon))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    parts = [multihost_utils.process_allgather(p, tiled=True) for p in parts]
-  parts = jax.device_get(parts)
-  return {key: np.concatenate([p[key] for p in parts])[:n] for key in parts[0]} if parts else {}
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _batch_norm_statistics(variables, images, dtype):
-  return models.batch_norm_statistics(variables, _unit_float(images), dtype=dtype)
+  return models.batch_norm_statistics(variables, inference.unit_float(images), dtype=dtype)
 
 
 def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mesh: Mesh,
@@ -366,9 +293,10 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     p = resampling.group_balanced_probabilities(train_faces.groups, rs.group_power)
   else:
     # Only the epistemic signal needs the reconstruction error: 'latent' skips the decoder.
-    out = infer_dataset(variables, train_faces.images, mesh, config.eval_batch_size,
-                        compute_dtype(config), config.loss.recon,
-                        with_recon=rs.signal == "latent+epistemic")
+    outputs = ("z_mean", "recon_error") if rs.signal == "latent+epistemic" else ("z_mean",)
+    out = inference.infer(variables, train_faces.images, outputs, mesh=mesh,
+                          batch_size=config.eval_batch_size, dtype=compute_dtype(config),
+                          recon=config.loss.recon)
     z_mean = out["z_mean"]
     if not np.isfinite(z_mean).all():
       raise FloatingPointError("the encoder produced non-finite latent means for the training "
@@ -395,162 +323,53 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_train_faces: int,
-                 step_key: jax.Array) -> dict[str, Any]:
-  """What a resumed run must share with the run that wrote the checkpoint (JSON-ready).
-
-  ``num_epochs`` is not part of it: a finished run may be resumed with more epochs.
-
-  Args:
-    config: the run config.
-    steps_per_epoch: the resolved number of steps per epoch.
-    n_train_faces: the number of training faces (after the validation split).
-    step_key: the run's base step key (host or replicated).
-
-  Returns:
-    A flat dict keyed by field name; ``step_key`` is ``jax.random.key_data`` as a list.
-  """
-  return {
-      "seed": int(config.seed),
-      "batch_size": int(config.batch_size),
-      "steps_per_epoch": int(steps_per_epoch),
-      "model.kind": str(config.model.kind),
-      "model.latent_dim": int(config.model.latent_dim),
-      "model.n_filters": int(config.model.n_filters),
-      "data.image_size": int(config.data.image_size),
-      "n_train_faces": int(n_train_faces),
-      "step_key": np.asarray(jax.device_get(jax.random.key_data(step_key))).ravel().tolist(),
-  }
-
-
-def check_resume(meta: dict[str, Any], current: dict[str, Any],
-                 checkpoint_dir: str | os.PathLike) -> None:
-  """Raises ValueError when a checkpoint's run identity differs from the current run's.
-
-  Fields the checkpoint lacks (one written before these checks) are not compared.
-
-  Args:
-    meta: the checkpoint's meta (run-identity fields at its top level).
-    current: :func:`run_identity` of the current run.
-    checkpoint_dir: the checkpoint directory (for the message).
-  """
-  differ = [field for field, value in current.items() if field in meta and meta[field] != value]
-  if "seed" in differ and "step_key" in differ:
-    differ.remove("step_key")  # another seed gives another key: name the cause only
-  mismatches = [f"{field}: checkpoint has {meta[field]!r}, config has {current[field]!r}"
-                for field in differ]
-  if mismatches:
-    hint = (" (the same seed gave another PRNG key: a different JAX version or PRNG "
-            "implementation)" if "step_key" in differ else "")
-    raise ValueError(
-        f"cannot resume from the checkpoints in {checkpoint_dir}: the run that wrote them "
-        f"differs from this one in {'; '.join(mismatches)}{hint}. Use a fresh --workdir for "
-        "the new settings, or run again with the checkpoint's values to resume.")
-
-
-class Checkpoints:
-  """Orbax checkpoints of the train state, the face probabilities and the loop position.
-
-  Each checkpoint (keyed by global step) holds ``state`` (the TrainState), ``probs`` (the
-  batcher's face probabilities) and ``meta`` (epoch, step within the epoch, per-epoch history
-  and the :func:`run_identity` fields).
-  """
-
-  def __init__(self, directory: Path, keep: int):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                         item_names=("state", "probs", "meta"))
-
-  def save(self, state: TrainState, probs: np.ndarray, meta: dict[str, Any]) -> None:
-    # A host copy: the device buffers are donated to the next step while Orbax writes.
-    host_state = jax.device_get(state)
-    step = int(host_state.step)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state),
-        probs=ocp.args.StandardSave({"face_probs": np.asarray(probs, np.float64)}),
-        meta=ocp.args.JsonSave(meta)), force=True)
-
-  def restore_latest(self, abstract_state: TrainState, n_faces: int,
-                     check_meta: Callable[[dict[str, Any]], Any] | None = None):
-    """The newest readable checkpoint as ``(state, probs, meta)``, or None when there is none.
-
-    A checkpoint that fails to restore (corrupt or partial) is skipped with a warning and the
-    previous one is tried.
-
-    Args:
-      abstract_state: the TrainState's shapes and dtypes.
-      n_faces: the length of the face probabilities.
-      check_meta: called with each checkpoint's meta before its state is read; the errors it
-        raises (e.g. :func:`check_resume`'s ValueError) are not caught.
-    """
-    abstract_probs = {"face_probs": jax.ShapeDtypeStruct((n_faces,), np.float64)}
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        meta = self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
-      except Exception as err:  # noqa: BLE001 -- any failure means: try the previous one
-        self._skip(step, err)
-        continue
-      if check_meta is not None:
-        check_meta(meta)
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            probs=ocp.args.StandardRestore(abstract_probs)))
-        return restored.state, np.asarray(restored.probs["face_probs"]), meta
-      except Exception as err:  # noqa: BLE001
-        self._skip(step, err)
-    return None
-
-  def _skip(self, step: int, err: Exception) -> None:
-    logging.warning("checkpoint at step %d in %s could not be restored (%s: %s); "
-                    "falling back to the previous checkpoint", step, self.manager.directory,
-                    type(err).__name__, err)
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
-  def close(self) -> None:
-    self.manager.close()
-
-
-def load_run(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, PyTree]:
-  """The config and the latest model variables of a run directory.
-
-  Args:
-    workdir: a directory written by :func:`train_and_evaluate`.
-
-  Returns:
-    ``(config, variables)`` with variables as host NumPy arrays.
-  """
-  workdir = Path(workdir).absolute()
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxface run directory?")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  optimizer = make_optimizer(config)
-  abstract = jax.eval_shape(lambda: create_train_state(jax.random.key(0), config, optimizer))
-  probs_len = json.loads((workdir / "run_info.json").read_text())["n_train_faces"]
-  ckpts = Checkpoints(workdir / "checkpoints", keep=max(1, config.keep_checkpoints))
-  restored = ckpts.restore_latest(abstract, probs_len)
-  ckpts.close()
-  if restored is None:
-    raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
-  return config, jax.device_get(restored[0].variables)
-
-
-# --------------------------------------------------------------------------------------------
 # Logging helpers
 # --------------------------------------------------------------------------------------------
 
 
+def line_kind(line: dict[str, Any]) -> str:
+  """The kind of a ``metrics.jsonl`` line: 'train', 'eval' or 'resampling'.
+
+  Lines carry it as ``kind``; for lines written without it, it is read from their fields.
+  """
+  if "kind" in line:
+    return str(line["kind"])
+  if "resampling_ess_fraction" in line:
+    return "resampling"
+  return "train" if "loss" in line else "eval"
+
+
+def rewound_lines(lines: list[str], step: int, redo_at_step: tuple[str, ...]) -> list[str]:
+  """The ``metrics.jsonl`` lines a run resumed at ``step`` keeps: one per (step, kind).
+
+  Args:
+    lines: the file's lines (JSON objects with a ``step``).
+    step: the restored checkpoint's step; lines of later steps are dropped.
+    redo_at_step: kinds the resumed run logs again at ``step`` itself (the epoch-start
+      resampling pass), dropped there.
+
+  Returns:
+    The kept lines in file order; of two lines with the same (step, kind), the first.
+  """
+  kept, seen = [], set()
+  for text in lines:
+    if not text.strip():
+      continue
+    line = json.loads(text)
+    key = (int(line.get("step", 0)), line_kind(line))
+    if key[0] > step or (key[0] == step and key[1] in redo_at_step) or key in seen:
+      continue
+    seen.add(key)
+    kept.append(text)
+  return kept
+
+
 class MetricWriter:
-  """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only)."""
+  """Writes metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only).
+
+  Every line is a JSON object with ``step``, ``kind`` ('train', 'eval' or 'resampling') and
+  the metrics; a run that starts fresh or resumes keeps exactly one line per (step, kind).
+  """
 
   def __init__(self, workdir: Path, active: bool):
     self.active = active
@@ -563,19 +382,24 @@ class MetricWriter:
       except ImportError:  # TensorBoard files are optional; the jsonl log is not
         logging.warning("tensorboardX is not installed: writing metrics.jsonl only")
 
-  def truncate_after(self, step: int) -> None:
-    """Drops lines logged after ``step`` (a resumed run logs those steps again)."""
+  def reset(self) -> None:
+    """Empties the log (a fresh start: lines of an earlier attempt are stale)."""
+    if self.active:
+      self.path.write_text("")
+
+  def rewind(self, step: int) -> None:
+    """Keeps what a run resumed at ``step`` does not log again (:func:`rewound_lines`)."""
     if not self.active or not self.path.exists():
       return
-    lines = [line for line in self.path.read_text().splitlines()
-             if line and json.loads(line).get("step", 0) <= step]
+    lines = rewound_lines(self.path.read_text().splitlines(), step, ("resampling",))
     self.path.write_text("".join(line + "\n" for line in lines))
 
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
+  def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
+    """Appends one line (and the numeric metrics to TensorBoard)."""
     if not self.active:
       return
     with self.path.open("a") as f:
-      f.write(json.dumps({"step": step, **metrics}) + "\n")
+      f.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
     if self.tb is not None:
       for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -613,15 +437,12 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
     ``val_accuracy``, ``val_face_accuracy``, ``val_non_face_accuracy`` and, with a test set,
     ``test`` (:func:`jaxface.evaluation.group_metrics`).
   """
-  from jaxface import evaluation
-
   result: dict[str, Any] = {}
-  dtype = compute_dtype(config)
+  face_prob = functools.partial(inference.infer, variables, outputs=("face_prob",), mesh=mesh,
+                                batch_size=config.eval_batch_size, dtype=compute_dtype(config))
   val = datasets.get("val")
   if val is not None and len(val):
-    prob = infer_dataset(variables, val.images, mesh, config.eval_batch_size, dtype,
-                         with_recon=False)["face_prob"]
-    pred = prob > 0.5
+    pred = face_prob(val.images)["face_prob"] > 0.5
     result["val_accuracy"] = float(np.mean(pred == (val.labels == 1)))
     faces = val.labels == 1
     if faces.any():
@@ -630,9 +451,8 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
       result["val_non_face_accuracy"] = float(np.mean(~pred[~faces]))
   test = datasets.get("test")
   if test is not None and len(test):
-    prob = infer_dataset(variables, test.images, mesh, config.eval_batch_size, dtype,
-                         with_recon=False)["face_prob"]
-    result["test"] = evaluation.group_metrics(prob, test.labels, test.groups)
+    result["test"] = evaluation.group_metrics(face_prob(test.images)["face_prob"], test.labels,
+                                              test.groups)
   return result
 
 
@@ -665,15 +485,33 @@ def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> 
 # --------------------------------------------------------------------------------------------
 
 
+class TrainResult(NamedTuple):
+  """What :func:`train_and_evaluate` returns.
+
+  Attributes:
+    metrics: the final metrics (as in ``WORKDIR/metrics.json``); for a run stopped by
+      ``stop_at_step``, ``{'stopped_at_step': step}``.
+    datasets: the loaded ``{'train', 'val', 'test'}`` data sets (for the report).
+    variables: the final model variables (``params``, ``batch_stats``) as host arrays.
+    workdir: the absolute run directory.
+  """
+  metrics: dict[str, Any]
+  datasets: dict[str, data_lib.FaceData]
+  variables: PyTree
+  workdir: Path
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        mesh: Mesh | None = None,
-                       stop_at_step: int | None = None) -> dict[str, Any]:
+                       stop_at_step: int | None = None) -> TrainResult:
   """Trains the configured model, checkpointing as it goes, and evaluates it.
 
-  A run started again on the same ``workdir`` resumes from the latest readable checkpoint and
-  ends with the same parameters and metrics as an uninterrupted run; ``num_epochs`` may grow,
-  but a run whose :func:`run_identity` (seed, batch size, steps per epoch, model, number of
-  training faces, PRNG key) differs from the checkpoint's raises ValueError.
+  A run started again on the same ``workdir`` resumes from the latest readable checkpoint (one
+  that cannot be restored is moved to ``checkpoints/corrupt/``) and ends with the same
+  parameters and metrics as an uninterrupted run; ``num_epochs`` may grow, but a run whose
+  :func:`jaxface.checkpoints.run_identity` (seed, batch size, steps per epoch, model, number of
+  training faces, PRNG key) differs from the checkpoint's raises ValueError. The report is not
+  written here (``experiments/run.py`` writes it from the result).
 
   Args:
     config: the run configuration (see ``jaxface.config.get_base_config``).
@@ -683,11 +521,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       the process had been killed (for testing resumption). None trains to the end.
 
   Returns:
-    The final metrics (also written to ``WORKDIR/metrics.json``); for a run stopped by
-    ``stop_at_step``, ``{'stopped_at_step': step}``.
+    A :class:`TrainResult`; its metrics are also written to ``WORKDIR/metrics.json``.
   """
   # ---- Set-up ------------------------------------------------------------------------------
-  if config.get("distributed", False):
+  if config.get("distributed", False) and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   mesh = make_mesh() if mesh is None else mesh
   config_lib.validate_config(config, mesh.devices.size)
@@ -721,19 +558,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   optimizer = make_optimizer(config)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
-  identity = run_identity(config, steps_per_epoch, int(face_idx.size), step_key)
+  identity = checkpoints.run_identity(config, steps_per_epoch, int(face_idx.size), step_key)
   abstract_state = jax.eval_shape(lambda: create_train_state(init_key, config, optimizer))
   train_step_fn = make_train_step(config, optimizer, mesh)
 
   # ---- Resume ------------------------------------------------------------------------------
   # The checkpoint's run identity is checked before its state is read and before config.json
   # is rewritten: a run with other settings fails here and leaves the workdir as it was.
-  ckpts = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
+  ckpts = checkpoints.Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
   try:
     restored = ckpts.restore_latest(
         abstract_state, int(face_idx.size),
-        check_meta=functools.partial(check_resume, current=identity,
-                                     checkpoint_dir=ckpts.manager.directory))
+        check_meta=functools.partial(checkpoints.check_resume, current=identity,
+                                     checkpoint_dir=ckpts.directory))
   except ValueError:
     ckpts.close()
     raise
@@ -741,7 +578,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   missing = [field for field in identity if field not in meta]
   if restored is not None and missing:
     logging.warning("the checkpoint in %s predates run-identity checks (it lacks %s): resuming "
-                    "without checking that these settings match", ckpts.manager.directory,
+                    "without checking that these settings match", ckpts.directory,
                     ", ".join(missing))
   if "step_key" in meta:  # the checkpoint's key (checked equal to the re-derived one)
     step_key = jax.random.wrap_key_data(np.asarray(meta["step_key"], np.uint32).reshape(
@@ -759,13 +596,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     out_shardings=NamedSharding(mesh, P()))(init_key)
     epoch, step_in_epoch, history = 0, 0, {"epochs": [], "resampling": []}
     batcher.set_face_probabilities(None)
-    writer.truncate_after(0)
+    writer.reset()
   else:
     state, probs, meta = restored
     state = replicate(mesh, state)
     epoch, step_in_epoch, history = meta["epoch"], meta["step_in_epoch"], meta["history"]
     batcher.set_face_probabilities(probs)
-    writer.truncate_after(int(jax.device_get(state.step)))
+    writer.rewind(int(jax.device_get(state.step)))
     logging.info("resuming from step %d (epoch %d, step %d of the epoch)",
                  int(jax.device_get(state.step)), epoch, step_in_epoch)
 
@@ -797,7 +634,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     trained_images += n_images
     mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     mean.update(epoch=epoch, images_per_s=n_images / max(elapsed, 1e-9))
-    writer.write(pending[-1][0], mean)
+    writer.write(pending[-1][0], "train", mean)
     if bar is not None:
       bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{mean['accuracy']:.3f}",
                       img_s=f"{mean['images_per_s']:.0f}", epoch=epoch)
@@ -816,7 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                      info["ess"], info["n_faces"], 100 * info["ess_fraction"],
                      "".join(f"; {g} {100 * m:.1f}% of mass ({100 * info['share_by_group'][g]:.1f}%"
                              " of faces)" for g, m in info.get("mass_by_group", {}).items()))
-        writer.write(int(jax.device_get(state.step)),
+        writer.write(int(jax.device_get(state.step)), "resampling",
                      {"resampling_ess_fraction": info["ess_fraction"], "epoch": epoch,
                       **{f"resampling_mass_{g}": m
                          for g, m in info.get("mass_by_group", {}).items()}})
@@ -832,8 +669,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if global_step % config.log_every_steps == 0:
           flush_metrics()
         if stop_at_step is not None and global_step >= stop_at_step:
-          ckpts.wait()
-          return {"stopped_at_step": global_step}
+          return TrainResult({"stopped_at_step": global_step}, datasets,
+                             jax.device_get(state.variables), workdir)
         if (config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0
             and step_in_epoch < steps_per_epoch):
           flush_metrics()  # never checkpoint a state whose loss has not been checked
@@ -844,7 +681,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       ev = evaluate(state.variables, datasets, mesh, config)
       ev["epoch"] = epoch
       history["epochs"].append(ev)
-      writer.write(int(jax.device_get(state.step)),
+      writer.write(int(jax.device_get(state.step)), "eval",
                    {"epoch": epoch, **{k: v for k, v in ev.items() if k != "test"},
                     **({"test_E_A": ev["test"]["E_A"], "test_Var_A": ev["test"]["Var_A"]}
                        if ev.get("test") and ev["test"].get("E_A") is not None else {})})
@@ -854,7 +691,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   finally:
     if bar is not None:
       bar.close()
-    ckpts.wait()
+    ckpts.close()  # waits for the last save; every process reaches it
+    writer.close()
 
   # ---- Summary -----------------------------------------------------------------------------
   wall = time.perf_counter() - start_time
@@ -866,13 +704,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       "epochs": history["epochs"], "resampling": history["resampling"],
       "devices": int(mesh.devices.size),
   }
-  ckpts.close()
-  writer.close()
   if is_main:
     (workdir / "metrics.json").write_text(json.dumps(final, indent=2, default=_json_default))
     print(format_summary(config, final), flush=True)
-    if config.write_report:
-      from jaxface import report
-      path = report.write_report(workdir)
-      print(f"report: {path}", flush=True)
-  return final
+  return TrainResult(final, datasets, jax.device_get(state.variables), workdir)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxface import evaluation, losses, models, resampling
+from jaxface import evaluation, inference, losses, models, resampling
 
 # One small architecture for every test here and in test_report.py, so each compiles once.
 IMAGE_SIZE = 32
@@ -178,7 +178,7 @@ def test_predict_matches_forward_and_pads_partial_batches(vae_variables):
 
 
 def test_predict_does_not_recompile_per_size(vae_variables):
-  jitted = evaluation._predict_batch
+  jitted = inference._infer_batch
   if not hasattr(jitted, "_cache_size"):
     pytest.skip("this jax version has no jit cache introspection")
   evaluation.predict(vae_variables, _images(8), batch_size=8)

@@ -170,7 +170,7 @@ def _fake_config(name: str, kind: str, recon: str = "l1") -> ml_collections.Conf
 
 def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
   import jaxface.data
-  import jaxface.train
+  import jaxface.checkpoints
   images, labels, groups = _test_set()
   test = jaxface.data.FaceData(images, labels, groups)
   train_images, _, _ = _test_set(per_group=20, non_faces=0, seed=2)
@@ -186,7 +186,7 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
     loads.append(data_config.to_json())
     return {"train": train, "val": test, "test": test}
 
-  monkeypatch.setattr(jaxface.train, "load_run", load_run)
+  monkeypatch.setattr(jaxface.checkpoints, "load_run", load_run)
   monkeypatch.setattr(jaxface.data, "load_datasets", load_datasets)
   (tmp_path / "vae_dir").mkdir()
   (tmp_path / "vae_dir" / "metrics.json").write_text(json.dumps(
@@ -212,10 +212,10 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
 
 def test_write_report_uses_the_given_datasets(tmp_path, variables, monkeypatch):
   import jaxface.data
-  import jaxface.train
+  import jaxface.checkpoints
   images, labels, groups = _test_set(per_group=4, non_faces=4)
   test = jaxface.data.FaceData(images, labels, groups)
-  monkeypatch.setattr(jaxface.train, "load_run",
+  monkeypatch.setattr(jaxface.checkpoints, "load_run",
                       lambda workdir: (_fake_config("cnn", "cnn"), variables["cnn"]))
 
   def load_datasets(data_config):
@@ -302,10 +302,11 @@ def _check_report_dir(report_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-  """The run directory of a real tiny training with ``write_report = True``."""
+  """The run directory of a real tiny training and its report (as experiments/run.py writes)."""
   from jaxface import train
   workdir = tmp_path_factory.mktemp("trained") / "dbvae"
-  train.train_and_evaluate(_tiny_report_config(), workdir)
+  result = train.train_and_evaluate(_tiny_report_config(), workdir)
+  report.write_report(workdir, datasets=result.datasets)
   return workdir
 
 
@@ -379,8 +380,9 @@ def test_epistemic_score_is_the_runs_reconstruction_loss(tmp_path, variables, ki
   pred = evaluation.predict(variables["vae"], images, recon=kind)
   np.testing.assert_allclose(pred.recon_error, expected, rtol=1e-4, atol=1e-6)
   # ... the trainer's inference (the resampling pass) gives the same ...
-  from jaxface import train
-  out = train.infer_dataset(variables["vae"], images, train.make_mesh(), 64, recon=kind)
+  from jaxface import inference, sharding
+  out = inference.infer(variables["vae"], images, ("recon_error",), mesh=sharding.make_mesh(),
+                        batch_size=64, recon=kind)
   np.testing.assert_allclose(out["recon_error"], expected, rtol=1e-4, atol=1e-6)
   # ... and it is what the report ranks and averages by group.
   run = report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,

@@ -20,7 +20,7 @@ import pytest
 
 from jaxface import config as config_lib
 from jaxface import data as data_lib
-from jaxface import losses, models, train
+from jaxface import checkpoints, inference, losses, models, sharding, train
 
 from helpers import tiny_config
 
@@ -33,7 +33,7 @@ def flat_params(variables):
 
 @pytest.mark.parametrize("kind", ["cnn", "ssvae", "dbvae"])
 def test_end_to_end_each_model(tmp_path, kind):
-  final = train.train_and_evaluate(tiny_config(kind), tmp_path)
+  final = train.train_and_evaluate(tiny_config(kind), tmp_path).metrics
   assert final["steps"] == 12
   metrics = json.loads((tmp_path / "metrics.json").read_text())
   assert metrics["kind"] == kind
@@ -54,7 +54,7 @@ def test_end_to_end_each_model(tmp_path, kind):
     assert abs(sum(info["mass_by_group"].values()) - 1.0) < 1e-6
   else:
     assert metrics["resampling"] == []
-  config, variables = train.load_run(tmp_path)
+  config, variables = checkpoints.load_run(tmp_path)
   assert config.model.kind == kind
   assert "params" in variables and "batch_stats" in variables
 
@@ -66,7 +66,7 @@ def test_end_to_end_each_model(tmp_path, kind):
 ], ids=["latent+epistemic", "bfloat16", "bn_recalibration"])
 def test_end_to_end_dbvae_variants(tmp_path, overrides):
   config = tiny_config("dbvae", num_epochs=1, steps_per_epoch=4, **overrides)
-  final = train.train_and_evaluate(config, tmp_path)
+  final = train.train_and_evaluate(config, tmp_path).metrics
   assert final["steps"] == 4
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [line["loss"] for line in lines if "loss" in line]
@@ -75,7 +75,7 @@ def test_end_to_end_dbvae_variants(tmp_path, overrides):
   assert np.isfinite(final["eval"]["test"]["E_A"]) and np.isfinite(final["eval"]["test"]["Var_A"])
   info = final["resampling"][0]
   assert np.isfinite(info["ess"]) and 0 < info["ess_fraction"] <= 1.0
-  _, variables = train.load_run(tmp_path)
+  _, variables = checkpoints.load_run(tmp_path)
   assert np.isfinite(flat_params(variables)).all()
 
 
@@ -161,7 +161,7 @@ def test_recalibrated_batch_norm_is_the_mean_of_uniform_batch_statistics():
   variables = random_variables(config)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                            batch_stats=variables["batch_stats"], opt_state=())
-  new = train.recalibrate_batch_norm(state, train_data, train.make_mesh(), config, epoch=1)
+  new = train.recalibrate_batch_norm(state, train_data, sharding.make_mesh(), config, epoch=1)
   batcher = data_lib.Batcher(train_data, 16, seed=config.seed + 1, steps_per_epoch=2)
   per_batch = [models.batch_norm_statistics(
       variables, jnp.concatenate(jax.tree.map(jnp.asarray, batcher.batch(1, step))))
@@ -198,33 +198,33 @@ def test_resume_with_other_settings_raises_naming_the_field(tmp_path):
   assert "step_key" not in str(err.value)  # the seed is named as the cause, not the key
   # Nothing was overwritten: the run resumes (and may train longer) with its own settings.
   assert (tmp_path / "config.json").read_text() == saved_config
-  final = train.train_and_evaluate(_identity_run(num_epochs=2), tmp_path)
+  final = train.train_and_evaluate(_identity_run(num_epochs=2), tmp_path).metrics
   assert final["steps"] == 4 and len(final["epochs"]) == 2
 
 
 def test_resume_restores_the_step_key_and_accepts_old_checkpoints(tmp_path, caplog):
   config = _identity_run(num_epochs=2)
   train.train_and_evaluate(config, tmp_path, stop_at_step=3)  # checkpoint at step 2
-  ckpts = train.Checkpoints(tmp_path / "checkpoints", keep=3)
+  ckpts = checkpoints.Checkpoints(tmp_path / "checkpoints", keep=3)
   abstract = jax.eval_shape(lambda: train.create_train_state(
       jax.random.key(0), config, train.make_optimizer(config)))
   n_faces = json.loads((tmp_path / "run_info.json").read_text())["n_train_faces"]
   state, probs, meta = ckpts.restore_latest(abstract, n_faces)
   _, step_key = jax.random.split(jax.random.key(config.seed))
-  current = train.run_identity(config, 2, n_faces, step_key)
+  current = checkpoints.run_identity(config, 2, n_faces, step_key)
   assert {k: meta[k] for k in current} == current
   assert meta["step_key"] == np.asarray(jax.random.key_data(step_key)).tolist()
   # A key that the seed does not give (another JAX / PRNG implementation) is refused too.
   other_key = dict(current, step_key=[k + 1 for k in current["step_key"]])
   with pytest.raises(ValueError, match="step_key: checkpoint has .*PRNG"):
-    train.check_resume(other_key, current, tmp_path)
+    checkpoints.check_resume(other_key, current, tmp_path)
   # An older checkpoint, without the run-identity fields, resumes with a warning.
   old_meta = {k: meta[k] for k in ("epoch", "step_in_epoch", "history")}
   ckpts.manager.delete(int(state.step))
   ckpts.save(state, probs, old_meta)
   ckpts.wait()
   ckpts.close()
-  final = train.train_and_evaluate(config, tmp_path)
+  final = train.train_and_evaluate(config, tmp_path).metrics
   assert final["steps"] == 4
   assert any("predates run-identity checks" in r.getMessage() for r in caplog.records)
 
@@ -251,47 +251,43 @@ def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
   datasets = data_lib.load_datasets(config.data)
   faces = datasets["train"].subset(datasets["train"].face_indices())
   variables = random_variables(config)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   seen = []
-  original = train.infer_dataset
+  original = inference.infer
 
   def spy(*args, **kwargs):
     out = original(*args, **kwargs)
     seen.append(set(out))
     return out
 
-  monkeypatch.setattr(train, "infer_dataset", spy)
+  monkeypatch.setattr(inference, "infer", spy)
   for signal in ("latent", "latent+epistemic"):
     config.resampling.signal = signal
     p, _ = train.resampling_probabilities(config, variables, faces, mesh)
     assert p.shape == (len(faces),) and np.isfinite(p).all()
-  assert seen == [{"face_prob", "z_mean"}, {"face_prob", "z_mean", "recon_error"}]
-  # The default keeps the reconstruction error for other callers (same compiled shapes).
-  assert "recon_error" in original(variables, faces.images, mesh, config.eval_batch_size)
-  assert "recon_error" not in original(variables, faces.images, mesh, config.eval_batch_size,
-                                       with_recon=False)
+  assert seen == [{"z_mean"}, {"z_mean", "recon_error"}]
 
 
 def test_groups_signal_balances_the_labelled_groups_without_a_model(monkeypatch):
   config = tiny_config("cnn", **{"resampling.signal": "groups"})
   datasets = data_lib.load_datasets(config.data)
   faces = datasets["train"].subset(datasets["train"].face_indices())
-  monkeypatch.setattr(train, "infer_dataset", lambda *a, **k: pytest.fail("no encoding pass"))
-  p, info = train.resampling_probabilities(config, None, faces, train.make_mesh())
+  monkeypatch.setattr(inference, "infer", lambda *a, **k: pytest.fail("no encoding pass"))
+  p, info = train.resampling_probabilities(config, None, faces, sharding.make_mesh())
   names = faces.group_names
   assert len(names) > 1
   for g in names:
     assert info["mass_by_group"][g] == pytest.approx(1 / len(names))
   assert p.shape == (len(faces),) and info["ess"] < len(faces)
   config.resampling.group_power = 0.0  # uniform over the faces
-  _, info = train.resampling_probabilities(config, None, faces, train.make_mesh())
+  _, info = train.resampling_probabilities(config, None, faces, sharding.make_mesh())
   for g in names:
     assert info["mass_by_group"][g] == pytest.approx(info["share_by_group"][g])
 
 
 def test_groups_signal_trains_a_cnn_and_refuses_unlabelled_faces(tmp_path, monkeypatch):
   config = tiny_config("cnn", **{"resampling.signal": "groups", "num_epochs": 1})
-  metrics = train.train_and_evaluate(config, tmp_path / "run")
+  metrics = train.train_and_evaluate(config, tmp_path / "run").metrics
   masses = metrics["resampling"][0]["mass_by_group"]
   assert set(masses) == set(metrics["resampling"][0]["share_by_group"])
   assert max(masses.values()) == pytest.approx(min(masses.values()))
@@ -319,12 +315,12 @@ def test_resampling_pass_warns_when_the_mass_collapses(caplog, monkeypatch):
   outlier[0] = 10.0  # alone in its bins of every dimension: product mode puts the mass on it
   config.resampling.signal, config.resampling.alpha = "latent", 0.0
   for z_mean, combine, collapses in ((spread, "max", False), (outlier, "product", True)):
-    monkeypatch.setattr(train, "infer_dataset",
+    monkeypatch.setattr(inference, "infer",
                         lambda *args, z_mean=z_mean, **kwargs: {"z_mean": z_mean})
     config.resampling.combine = combine
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-      _, info = train.resampling_probabilities(config, None, faces, train.make_mesh())
+      _, info = train.resampling_probabilities(config, None, faces, sharding.make_mesh())
     assert (info["ess"] < 2) == collapses, (combine, info["ess"])
     warned = [r.getMessage() for r in caplog.records if "almost all sampling mass" in
               r.getMessage()]
@@ -334,14 +330,14 @@ def test_resampling_pass_warns_when_the_mass_collapses(caplog, monkeypatch):
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
   config = tiny_config("dbvae")
-  full = train.train_and_evaluate(config, tmp_path / "full")
+  full = train.train_and_evaluate(config, tmp_path / "full").metrics
   # Killed mid-epoch 1, after the checkpoint at global step 8 and before the next one.
-  stopped = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=11)
+  stopped = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=11).metrics
   assert stopped == {"stopped_at_step": 11}
-  resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed").metrics
   assert resumed["steps"] == full["steps"] == 12
-  _, v_full = train.load_run(tmp_path / "full")
-  _, v_res = train.load_run(tmp_path / "resumed")
+  _, v_full = checkpoints.load_run(tmp_path / "full")
+  _, v_res = checkpoints.load_run(tmp_path / "resumed")
   np.testing.assert_allclose(flat_params(v_res), flat_params(v_full), rtol=1e-6, atol=1e-7)
   assert resumed["eval"]["val_accuracy"] == full["eval"]["val_accuracy"]
   np.testing.assert_allclose(resumed["eval"]["test"]["E_A"], full["eval"]["test"]["E_A"])
@@ -356,7 +352,7 @@ def test_checkpoint_round_trip_and_corrupt_fallback(tmp_path, caplog):
   config = tiny_config("ssvae")
   optimizer = train.make_optimizer(config)
   state = train.create_train_state(jax.random.key(3), config, optimizer)
-  ckpts = train.Checkpoints(tmp_path / "ckpt", keep=3)
+  ckpts = checkpoints.Checkpoints(tmp_path / "ckpt", keep=3)
   probs = np.full(10, 0.1)
   ckpts.save(state, probs, {"epoch": 0, "step_in_epoch": 0, "history": {}})
   later = state.replace(step=state.step + 5,
@@ -373,12 +369,20 @@ def test_checkpoint_round_trip_and_corrupt_fallback(tmp_path, caplog):
   for path in (tmp_path / "ckpt" / "5" / "state").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
-  ckpts = train.Checkpoints(tmp_path / "ckpt", keep=3)
+  ckpts = checkpoints.Checkpoints(tmp_path / "ckpt", keep=3)
   restored, _, meta = ckpts.restore_latest(abstract, 10)
   ckpts.close()
   assert int(restored.step) == 0 and meta["step_in_epoch"] == 0
   np.testing.assert_allclose(flat_params(restored.params), flat_params(state.params))
-  assert any("falling back" in r.getMessage() for r in caplog.records)
+  warned = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+  assert len(warned) == 1 and "\n" not in warned[0] and "corrupt/5" in warned[0]
+  # The unreadable step is set aside, so the run can save that step again.
+  assert (tmp_path / "ckpt" / "corrupt" / "5" / "state").is_dir()
+  assert not (tmp_path / "ckpt" / "5").exists()
+  ckpts = checkpoints.Checkpoints(tmp_path / "ckpt", keep=3)
+  ckpts.save(later, probs, {"epoch": 0, "step_in_epoch": 5, "history": {}})
+  ckpts.close()
+  assert sorted(ckpts.manager.all_steps()) == [0, 5]
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
@@ -394,7 +398,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
   monkeypatch.setattr(data_lib.Batcher, "epoch_batches", poisoned)
   with pytest.raises(FloatingPointError, match="step 5"):
     train.train_and_evaluate(config, tmp_path)
-  config_back, variables = train.load_run(tmp_path)  # the last good checkpoint (step 4)
+  config_back, variables = checkpoints.load_run(tmp_path)  # the last good checkpoint (step 4)
   assert np.isfinite(flat_params(variables)).all()
 
 
@@ -451,7 +455,7 @@ def test_config_files_and_smoke_option():
 EQUIVALENCE_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from jaxface import train
+    from jaxface import checkpoints, sharding, train
     sys.path.insert(0, {tests!r})
     from test_train import tiny_config, flat_params
     assert len(jax.devices()) == 4, jax.devices()
@@ -459,8 +463,8 @@ EQUIVALENCE_SCRIPT = textwrap.dedent("""
     for n in (1, 4):
         config = tiny_config("dbvae", num_epochs=1, steps_per_epoch=5)
         final = train.train_and_evaluate(config, {tmp!r} + f"/d{{n}}",
-                                         mesh=train.make_mesh(jax.devices()[:n]))
-        _, variables = train.load_run({tmp!r} + f"/d{{n}}")
+                                         mesh=sharding.make_mesh(jax.devices()[:n])).metrics
+        _, variables = checkpoints.load_run({tmp!r} + f"/d{{n}}")
         losses = [json.loads(l)["loss"] for l in open({tmp!r} + f"/d{{n}}/metrics.jsonl")
                   if "loss" in json.loads(l)]
         out[n] = {{"params": flat_params(variables).tolist()[:5000], "losses": losses,

@@ -36,8 +36,8 @@ def _finite(x: float) -> float | None:
 
 def _load_run(directory: Path):
   """``(config, variables)`` of a run directory: the one place the report loads a run."""
-  from jaxface import train
-  return train.load_run(directory)
+  from jaxface import checkpoints
+  return checkpoints.load_run(directory)
 
 
 def _slug(name: str, taken: set[str]) -> str:
