@@ -2,7 +2,8 @@
 
     python experiments/study.py [--manifest PATH/manifest.csv] [--workdir /tmp/jaxface-study]
         [--seeds 3] [--alphas 0.1 0.01 0.001] [--combines max product] [--quick]
-        [--reference_log /tmp/peer_study.log]
+        [--reference_log /tmp/peer_study.log] [--planted] [--ablation]
+        [--row NAME KIND FIELD=VALUE ...]
 
 Every run goes through ``jaxface.train.train_and_evaluate`` with the same seed, data and budget
 (2 epochs, batch 32, Adam 5e-4). By default the whole training split is trained on
@@ -10,6 +11,12 @@ Every run goes through ``jaxface.train.train_and_evaluate`` with the same seed, 
 in the lab's reference study. Each (config, seed) writes ``WORKDIR/<config>/seed<k>/``; a run
 whose ``metrics.json`` exists is skipped and an interrupted one resumes from its checkpoint, so
 the study can be re-run until it is complete.
+
+Extra rows: ``--ablation`` adds the DB-VAE's VAE trained without resampling (the same model and
+budget, so a difference is the resampling's own), and each ``--row`` a named config, e.g.
+``--row dbvae-pca dbvae resampling.signal=latent_pca resampling.target_ess=0.3``.
+``--planted`` studies the embedded planted-bias data instead of a manifest. The table has the
+validation split's E[A] and worst group beside the test set's: settings are chosen on those.
 
 Writes ``WORKDIR/study.json`` (every run, and mean / std over seeds per config) and
 ``WORKDIR/study.md`` (the table), and prints the Markdown. With ``--reference_log`` (the JSON
@@ -53,6 +60,43 @@ class RunSpec:
   combine: str = "max"
   signal: str = ""  # config.resampling.signal; '' = 'none' for the CNN, 'latent' for the DB-VAE
   group_power: float = 1.0  # config.resampling.group_power (signal 'groups')
+  overrides: tuple[tuple[str, str], ...] = ()  # ('resampling.target_ess', '0.3'), ... last
+
+
+def parse_row(words: Sequence[str]) -> RunSpec:
+  """``['dbvae-pca', 'dbvae', 'resampling.signal=latent_pca', ...]`` -> a RunSpec.
+
+  The kind is 'cnn' or 'dbvae'; a DB-VAE row with ``resampling.signal=none`` is the same VAE
+  trained without resampling (the ablation of the resampling itself).
+  """
+  if len(words) < 2 or words[1] not in ("cnn", "dbvae"):
+    raise SystemExit(f"--row wants NAME KIND [FIELD=VALUE ...] with KIND cnn or dbvae, got "
+                     f"{' '.join(words)}")
+  pairs = []
+  for word in words[2:]:
+    if "=" not in word:
+      raise SystemExit(f"--row {words[0]}: {word!r} is not FIELD=VALUE")
+    key, value = word.split("=", 1)
+    pairs.append((key, value))
+  signal = dict(pairs).get("resampling.signal", "")
+  return RunSpec(words[0], words[1], signal=signal, overrides=tuple(pairs))
+
+
+def _set_field(config, dotted: str, text: str) -> None:
+  """Sets ``config.<dotted>`` from text, converted to the field's current type."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  if leaf not in node:
+    raise SystemExit(f"unknown config field {dotted!r}")
+  old = node[leaf]
+  if isinstance(old, bool):
+    node[leaf] = text.lower() in ("1", "true", "yes")
+  elif isinstance(old, (int, float)):
+    node[leaf] = type(old)(float(text)) if isinstance(old, int) else float(text)
+  else:
+    node[leaf] = text
 
 
 def study_specs(alphas: Sequence[float], combines: Sequence[str],
@@ -70,7 +114,7 @@ def study_specs(alphas: Sequence[float], combines: Sequence[str],
   return specs
 
 
-def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_size: int,
+def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, batch_size: int,
                learning_rate: float, steps_per_epoch: int, val_fraction: float,
                bn_recalibration_batches: int | None = None):
   """The jaxface config of one run."""
@@ -88,8 +132,9 @@ def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_si
     config.resampling.signal = spec.signal or "latent"
     config.resampling.alpha = spec.alpha
     config.resampling.combine = spec.combine
-  config.data.source = "manifest"
-  config.data.path = str(manifest)
+  if manifest is not None:
+    config.data.source = "manifest"
+    config.data.path = str(manifest)
   config.data.val_fraction = val_fraction
   config.data.seed = 0  # the same split for every seed
   config.num_epochs = epochs
@@ -103,6 +148,8 @@ def run_config(spec: RunSpec, seed: int, manifest: str, *, epochs: int, batch_si
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0
   config.keep_checkpoints = 1
+  for key, value in spec.overrides:
+    _set_field(config, key, value)
   return config
 
 
@@ -148,6 +195,9 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
              non_face_accuracy=100.0 * test["non_face_accuracy"],
              wall_time_s=metrics["wall_time_s"], images_per_s=metrics["images_per_s"],
              steps=metrics["steps"])
+  val = metrics["eval"].get("val")
+  if val and val.get("E_A") is not None:  # for choosing settings: never the test set
+    out.update(val_E_A=val["E_A"], val_worst_rate=val["worst_rate"])
   if metrics.get("resampling"):
     last = metrics["resampling"][-1]
     if "mass_by_group" in last:
@@ -207,14 +257,16 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
   """One line per config: mean ± std over seeds (percent; Var[A] in percent²)."""
   header = ["config", "seeds", *[f"{g} %" for g in GROUPS], "E[A] %", "Var[A] %²",
             "Var[A] noise %²", "worst %",
-            "non-face %", "dark mass %", *[f"mass {g} %" for g in GROUPS], "ESS %", "run s"]
+            "non-face %", "val E[A] %", "val worst %", "dark mass %",
+            *[f"mass {g} %" for g in GROUPS], "ESS %", "run s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, stats in rows.items():
     seeds = max((s["n"] for s in stats.values()), default=0)
     cells = [name, str(seeds), *[_cell(stats, f"rate_{g}") for g in GROUPS],
              _cell(stats, "E_A"), _cell(stats, "Var_A", 2), _cell(stats, "Var_A_noise", 2),
              _cell(stats, "worst_rate"),
-             _cell(stats, "non_face_accuracy"), _cell(stats, "mass_dark"),
+             _cell(stats, "non_face_accuracy"), _cell(stats, "val_E_A"),
+             _cell(stats, "val_worst_rate"), _cell(stats, "mass_dark"),
              *[_cell(stats, f"mass_{g}") for g in GROUPS], _cell(stats, "ess_pct"),
              _cell(stats, "wall_time_s", 0)]
     lines.append("| " + " | ".join(cells) + " |")
@@ -280,8 +332,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--seeds", type=int, default=None,
                       help="number of seeds (0 .. N-1); default 3, 1 with --quick")
   parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.01, 0.001])
-  parser.add_argument("--combines", nargs="+", default=["max", "product"],
-                      choices=["max", "product"])
+  parser.add_argument("--combines", nargs="*", default=["max", "product"],
+                      choices=["max", "product"],
+                      help="one DB-VAE row (per-dimension histograms) per combine and alpha; "
+                           "none with an empty list")
+  parser.add_argument("--row", nargs="+", action="append", default=[],
+                      metavar="NAME KIND FIELD=VALUE",
+                      help="an extra row: name, 'cnn' or 'dbvae', config overrides, e.g. "
+                           "--row dbvae-pca dbvae resampling.signal=latent_pca (repeatable)")
+  parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                      help="config overrides for every row (before each row's own)")
+  parser.add_argument("--ablation", action="store_true",
+                      help="also the DB-VAE's VAE trained without resampling (vae-no-resampling)")
+  parser.add_argument("--planted", action="store_true",
+                      help="the embedded planted-bias data instead of --manifest (its "
+                           "validation split: 20%% of the training data)")
   parser.add_argument("--group_balanced", action="store_true",
                       help="also train the CNN with group-weighted sampling (cnn-groups...): "
                            "the known-groups baseline that reads the training faces' labels")
@@ -294,8 +359,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--steps_per_epoch", type=int, default=None,
                       help="-1 (default): 2 * n_train_faces // batch_size (n_train // batch_size "
                            "here); 20 with --quick")
-  parser.add_argument("--val_fraction", type=float, default=0.0,
-                      help="training data held out for validation (the reference holds none)")
+  parser.add_argument("--val_fraction", type=float, default=None,
+                      help="training data held out for validation (default 0 on a manifest, "
+                           "as in the reference; 0.2 with --planted, to choose settings on)")
   parser.add_argument("--bn_recalibration_batches", type=int, default=None,
                       help="config.bn_recalibration_batches of every run (default: the "
                            "config's; 0: the running averages)")
@@ -319,6 +385,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if args.bn_recalibration_batches is None:
     from jaxface import config as config_lib
     args.bn_recalibration_batches = config_lib.get_base_config().bn_recalibration_batches
+  if args.val_fraction is None:
+    args.val_fraction = 0.2 if args.planted else 0.0
   if args.steps_per_epoch is None:
     args.steps_per_epoch = 20 if args.quick else -1
   return args
@@ -333,12 +401,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from jaxface import train
 
-  manifest = Path(args.manifest).resolve()
-  if not manifest.is_file():
+  manifest = None if args.planted else Path(args.manifest).resolve()
+  if manifest is not None and not manifest.is_file():
     raise SystemExit(f"manifest not found: {manifest}")
   root = Path(args.workdir)
   specs = study_specs(args.alphas, args.combines,
                       args.group_powers if args.group_balanced else ())
+  if args.ablation:
+    specs.append(RunSpec("vae-no-resampling", "dbvae", signal="none"))
+  specs += [parse_row(words) for words in args.row]
+  common = parse_row(["set", "cnn", *args.set]).overrides
+  specs = [dataclasses.replace(s, overrides=common + s.overrides) for s in specs]
+  if len({s.name for s in specs}) != len(specs):
+    raise SystemExit("two study rows have the same name")
   runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
   with contextlib.ExitStack() as stack:
     stack.enter_context(shared_datasets())
@@ -349,7 +424,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.aggregate_only and not done.exists():
           continue
         if not done.exists():
-          config = run_config(spec, seed, str(manifest), epochs=args.epochs,
+          config = run_config(spec, seed, None if manifest is None else str(manifest),
+                              epochs=args.epochs,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               steps_per_epoch=args.steps_per_epoch,
                               val_fraction=args.val_fraction,
@@ -377,13 +453,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                          "worst_rate")}
           for k, v in table_rows.items() if k.startswith("lab-")} or LAB_BASELINE)
   checks = target_checks(rows, lab)
+  data_name = "planted" if manifest is None else manifest.parent.name
   result = {"args": {k: v for k, v in vars(args).items()}, "manifest": str(manifest),
             "runs": runs, "summary": rows, "reference": reference, "lab_baseline": lab,
             "checks": checks}
   natural = next((r["share_dark"] for rs in runs.values() for r in rs if "share_dark" in r), None)
   natural_text = "" if natural is None else f" (their share of the training faces: {natural:.1f}%)"
   md = "\n\n".join([
-      f"Study on `{manifest.parent.name}`: {args.epochs} epochs, batch {args.batch_size}, Adam "
+      f"Study on `{data_name}`: {args.epochs} epochs, batch {args.batch_size}, Adam "
       f"{args.learning_rate:g}, steps/epoch {args.steps_per_epoch} (-1: n_train // batch), "
       f"seeds 0..{args.seeds - 1}; mean ± sample std over seeds. Rates on the test set in %, "
       "Var[A] in %², dark mass = share of the last epoch's resampling mass on DF + DM faces"

@@ -10,7 +10,11 @@ from __future__ import annotations
 import ml_collections
 
 MODEL_KINDS = ("cnn", "ssvae", "dbvae")
-SIGNALS = ("none", "latent", "latent+epistemic", "groups")
+# Resampling signals. 'none' and 'groups' stand alone; the others can be blended, e.g.
+# 'latent_pca+errors' (weights in resampling.blend_weights, equal by default).
+BLEND_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters", "errors")
+SIGNALS = ("none", "groups") + BLEND_SIGNALS
+LATENT_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters")  # need a VAE
 DTYPES = ("float32", "bfloat16")
 
 
@@ -46,6 +50,25 @@ def get_base_config() -> ml_collections.ConfigDict:
   # signal 'groups': group g gets sampling mass proportional to n_g ** (1 - group_power); 1
   # balances the groups, 0.5 weights them by the square root of their size.
   config.resampling.group_power = 1.0
+  # signal 'latent_pca' / 'clusters': the top `components` principal axes of the latent
+  # dimensions whose variance of z_mean over the faces exceeds `active_variance`, whitened;
+  # 'latent_pca' takes the product of per-component histogram densities (bins, alpha),
+  # 'clusters' gives each of `clusters` k-means clusters the same mass.
+  config.resampling.components = 4
+  config.resampling.active_variance = 1e-2
+  config.resampling.clusters = 8
+  # signal 'errors' (any model): misclassified training faces ('mistakes') or faces in
+  # proportion to their loss ('loss') get up to `error_upweight` times the weight, from the
+  # model at the end of the previous epoch (uniform in the first epoch).
+  config.resampling.error_kind = "mistakes"
+  config.resampling.error_upweight = 5.0
+  # Blends ('a+b'): comma-separated weights, one per signal ('' = equal weights).
+  config.resampling.blend_weights = ""
+  # After the signal: temper the probabilities (p ** t) so that the Kish effective sample size
+  # is this fraction of the faces (0 = off), then cap every face at `max_weight` times the
+  # uniform probability (0 = off).
+  config.resampling.target_ess = 0.0
+  config.resampling.max_weight = 0.0
 
   config.batch_size = 32  # global batch: half faces, half non-faces
   config.num_epochs = 2
@@ -97,14 +120,45 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if kind == "cnn":
     if config.model.latent_dim != 0:
       fail("model.latent_dim", "must be 0 for the standard CNN")
-    if config.resampling.signal not in ("none", "groups"):
-      fail("resampling.signal", "the standard CNN has no latent space: use 'none' or 'groups'")
+    if any(s in LATENT_SIGNALS for s in signal_parts(config.resampling.signal)):
+      fail("resampling.signal", "the standard CNN has no latent space: use 'none', 'groups' "
+           "or 'errors'")
   elif config.model.latent_dim < 1:
     fail("model.latent_dim", "must be >= 1 for a VAE")
   if config.model.n_filters < 1:
     fail("model.n_filters", "must be >= 1")
-  if config.resampling.signal not in SIGNALS:
-    fail("resampling.signal", f"must be one of {SIGNALS}")
+  parts = signal_parts(config.resampling.signal)
+  if not parts or any(p not in SIGNALS for p in parts):
+    fail("resampling.signal", f"must be one of {SIGNALS}, or several of {BLEND_SIGNALS} "
+         "joined by '+'")
+  if len(parts) > 1 and any(p not in BLEND_SIGNALS for p in parts):
+    fail("resampling.signal", f"only {BLEND_SIGNALS} can be blended")
+  if len(set(parts)) != len(parts):
+    fail("resampling.signal", "names a signal twice")
+  if config.resampling.blend_weights:
+    try:
+      weights = blend_weights(config.resampling)
+    except ValueError:
+      fail("resampling.blend_weights", "must be comma-separated numbers")
+    if len(weights) != len(parts):
+      fail("resampling.blend_weights", f"needs one weight per signal ({len(parts)})")
+    if min(weights) < 0 or sum(weights) <= 0:
+      fail("resampling.blend_weights", "must be >= 0 with a positive sum")
+  rs = config.resampling
+  if not isinstance(rs.components, int) or rs.components < 1:
+    fail("resampling.components", "must be an integer >= 1")
+  if not isinstance(rs.clusters, int) or rs.clusters < 1:
+    fail("resampling.clusters", "must be an integer >= 1")
+  if not rs.active_variance >= 0:
+    fail("resampling.active_variance", "must be >= 0")
+  if rs.error_kind not in ("mistakes", "loss"):
+    fail("resampling.error_kind", "must be 'mistakes' or 'loss'")
+  if not rs.error_upweight >= 1:
+    fail("resampling.error_upweight", "must be >= 1")
+  if not 0 <= rs.target_ess <= 1:
+    fail("resampling.target_ess", "must be in (0, 1], or 0 for no tempering")
+  if not (rs.max_weight == 0 or rs.max_weight >= 1):
+    fail("resampling.max_weight", "must be >= 1 (times the uniform probability), or 0 for no cap")
   if config.resampling.bins < 1:
     fail("resampling.bins", "must be >= 1")
   if not config.resampling.alpha >= 0:
@@ -146,6 +200,18 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   size = config.data.image_size
   if not isinstance(size, int) or size < 16 or size % 16:
     fail("data.image_size", "must be a positive multiple of 16")
+
+
+def signal_parts(signal: str) -> list[str]:
+  """``'latent_pca+errors'`` -> ``['latent_pca', 'errors']``."""
+  return [part.strip() for part in str(signal).split("+")]
+
+
+def blend_weights(resampling: ml_collections.ConfigDict) -> list[float]:
+  """The blend's weights, one per signal of ``resampling.signal`` (equal when unset)."""
+  if not resampling.blend_weights:
+    return [1.0] * len(signal_parts(resampling.signal))
+  return [float(w) for w in str(resampling.blend_weights).split(",")]
 
 
 def config_get(config: ml_collections.ConfigDict, dotted: str):

@@ -418,3 +418,353 @@ def lab_sampling_probabilities_numpy(z_mean: np.ndarray, bins: int = 10,
     p = p / np.sum(p)
     p_max = np.maximum(p, p_max)
   return p_max / np.sum(p_max)
+
+
+# --------------------------------------------------------------------------------------------
+# Label-free signals beyond per-dimension histograms
+# --------------------------------------------------------------------------------------------
+#
+# The per-dimension histograms above are decided by the dimensions one by one: ``max`` by each
+# face's single most extreme dimension, ``product`` mostly by the many dimensions that carry
+# no group signal. The signals below work in a decorrelated, low-dimensional latent instead
+# (the top principal components of the active dimensions, whitened), or use the classifier's
+# own mistakes; :func:`temper_to_ess` then sets how far any of them moves the sampling mass.
+
+ACTIVE_VARIANCE = 1e-2  # a latent dimension is active when Var[z_mean] over the faces exceeds it
+
+
+def _finite_codes(z_mean, name: str = "z_mean") -> np.ndarray | None:
+  """Checks a concrete (N, k) code array; returns it as NumPy (None when traced)."""
+  if isinstance(z_mean, jax.core.Tracer):
+    return None
+  z = np.asarray(z_mean)
+  if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] < 1:
+    raise ValueError(f"{name} must be (N, k) with N, k >= 1, got shape {z.shape}")
+  if not np.isfinite(z).all():
+    raise ValueError(f"{name} has {int(np.sum(~np.isfinite(z)))} non-finite values: the encoder "
+                     "diverged; no sampling probabilities can be computed from it")
+  return z
+
+
+def active_dimensions(z_mean: Array, threshold: float = ACTIVE_VARIANCE) -> Array:
+  """Mask of the latent dimensions in use: variance of ``z_mean`` over the faces > threshold.
+
+  A VAE leaves unused dimensions at the prior (``z_mean`` about 0 for every face); they carry
+  no information about a face and only add noise to a density estimate.
+
+  Args:
+    z_mean: (N, k) latent means.
+    threshold: minimum variance of an active dimension.
+
+  Returns:
+    (k,) bool.
+  """
+  return jnp.var(jnp.asarray(z_mean, jnp.float32), axis=0) > threshold
+
+
+@functools.partial(jax.jit, static_argnames=("m",))
+def whitened_components(z_mean: Array, active: Array, m: int) -> Array:
+  """The faces' coordinates on the top ``m`` principal axes of the active dimensions, whitened.
+
+  Args:
+    z_mean: (N, k) latent means.
+    active: (k,) bool mask of the dimensions to use (:func:`active_dimensions`).
+    m: number of components (at most the number of active dimensions).
+
+  Returns:
+    (N, m) float32 coordinates with zero mean and unit variance per component (a component of
+    zero variance stays zero).
+  """
+  z = jnp.asarray(z_mean, jnp.float32)
+  z = (z - jnp.mean(z, axis=0)) * active.astype(jnp.float32)
+  cov = z.T @ z / z.shape[0]
+  eigval, eigvec = jnp.linalg.eigh(cov)  # ascending
+  top_val, top_vec = eigval[::-1][:m], eigvec[:, ::-1][:, :m]
+  scale = jnp.where(top_val > 1e-12, jax.lax.rsqrt(jnp.maximum(top_val, 1e-12)), 0.0)
+  return (z @ top_vec) * scale
+
+
+def _log_inverse_density(u: Array, bins: int, alpha: Array) -> Array:
+  """-sum_j log q_j(u_j) with q_j the smoothed histogram density of component j, (N, m) -> (N,).
+
+  Per component: ``jnp.histogram`` (vmapped over components), density + ``alpha``, normalised
+  over the bins as in the lab; each face looks up its bin by ``searchsorted`` on the edges.
+  """
+  n = u.shape[0]
+
+  def one_component(col):
+    counts, edges = jnp.histogram(col, bins=bins)
+    width = edges[1] - edges[0]
+    smoothed = counts / (n * width) + alpha
+    q = smoothed / jnp.sum(smoothed)
+    index = jnp.clip(jnp.searchsorted(edges, col, side="right") - 1, 0, bins - 1)
+    return jnp.log(q[index])
+
+  return -jnp.sum(jax.vmap(one_component, in_axes=1, out_axes=1)(u), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("m", "bins"))
+def _latent_pca_probabilities(z_mean, active, alpha, m, bins):
+  return jax.nn.softmax(_log_inverse_density(whitened_components(z_mean, active, m), bins, alpha))
+
+
+def _resolve_components(z_mean, m: int, threshold: float) -> tuple[Array, bool]:
+  """The active-dimension mask, checked against ``m``; also whether any dimension is active."""
+  _check_positive_int(m, "m")
+  active = active_dimensions(z_mean, threshold)
+  n_active = int(jnp.sum(active))
+  if n_active and m > n_active:
+    raise ValueError(f"m = {m} components asked for, but only {n_active} latent dimensions "
+                     f"are active (variance > {threshold}); use m <= {n_active}")
+  return active, n_active > 0
+
+
+def _check_positive_int(value, name: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _uniform_with_warning(n: int, why: str) -> Array:
+  from absl import logging
+  logging.warning("%s: sampling the faces uniformly", why)
+  return jnp.full((n,), 1.0 / n, jnp.float32)
+
+
+def latent_pca_probabilities(z_mean: Array, m: int = 4, bins: int = 10, alpha: float = 1e-3,
+                             threshold: float = ACTIVE_VARIANCE) -> Array:
+  """Sampling probabilities inversely related to the density of a decorrelated latent.
+
+  The active dimensions (:func:`active_dimensions`) are whitened with PCA and the top ``m``
+  components kept (:func:`whitened_components`); each component gets a ``bins``-bin histogram
+  (``jax.vmap`` of ``jnp.histogram``), smoothed by ``alpha`` and normalised as in the lab, and a
+  face's weight is the product over components of ``1 / q_j``, combined in log space (a
+  softmax of ``-sum_j log q_j``).
+
+  Args:
+    z_mean: (N, k) latent means of the training faces.
+    m: number of principal components.
+    bins: histogram bins per component.
+    alpha: smoothing added to each bin's density.
+    threshold: variance above which a latent dimension counts as active.
+
+  Returns:
+    (N,) float32 probabilities summing to 1; uniform (with a warning) when no dimension is
+    active, e.g. identical codes.
+  """
+  z = _finite_codes(z_mean)
+  _check(z_mean, bins, alpha)
+  active, any_active = _resolve_components(z_mean, m, threshold)
+  if not any_active:
+    return _uniform_with_warning(z.shape[0], "no latent dimension varies over the faces")
+  return _latent_pca_probabilities(jnp.asarray(z_mean), active, jnp.float32(alpha), m, int(bins))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iterations"))
+def kmeans(key: Array, u: Array, k: int, iterations: int = 50) -> tuple[Array, Array]:
+  """k-means with k-means++ seeding (Arthur and Vassilvitskii, 2007).
+
+  Args:
+    key: PRNG key for the seeding.
+    u: (N, d) points.
+    k: number of clusters (<= N).
+    iterations: Lloyd iterations after seeding.
+
+  Returns:
+    ``centers (k, d)`` and ``assignment (N,)`` int32 (index of each point's nearest center).
+  """
+  u = jnp.asarray(u, jnp.float32)
+  n = u.shape[0]
+
+  def sq_dist(centers):  # (N, k)
+    return jnp.sum(jnp.square(u[:, None, :] - centers[None, :, :]), axis=-1)
+
+  first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, n)
+  centers = jnp.zeros((k, u.shape[1]), jnp.float32).at[0].set(u[first])
+
+  def seed(i, centers):
+    d2 = jnp.min(jnp.where(jnp.arange(k) < i, sq_dist(centers), jnp.inf), axis=1)
+    # All points on chosen centers (d2 = 0 everywhere): any point will do.
+    logits = jnp.where(jnp.sum(d2) > 0, jnp.log(jnp.maximum(d2, 1e-30)), 0.0)
+    pick = jax.random.categorical(jax.random.fold_in(key, i), logits)
+    return centers.at[i].set(u[pick])
+
+  centers = jax.lax.fori_loop(1, k, seed, centers)
+
+  def lloyd(_, centers):
+    assign = jnp.argmin(sq_dist(centers), axis=1)
+    one_hot = jax.nn.one_hot(assign, k, dtype=jnp.float32)
+    size = jnp.sum(one_hot, axis=0)
+    mean = (one_hot.T @ u) / jnp.maximum(size, 1.0)[:, None]
+    return jnp.where(size[:, None] > 0, mean, centers)  # an empty cluster keeps its center
+
+  centers = jax.lax.fori_loop(0, iterations, lloyd, centers)
+  return centers, jnp.argmin(sq_dist(centers), axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("m", "k"))
+def _cluster_probabilities(key, z_mean, active, m, k):
+  _, assign = kmeans(key, whitened_components(z_mean, active, m), k)
+  size = jnp.bincount(assign, length=k).astype(jnp.float32)
+  w = 1.0 / size[assign]
+  return w / jnp.sum(w)
+
+
+def cluster_probabilities(z_mean: Array, k: int = 8, m: int = 4,
+                          threshold: float = ACTIVE_VARIANCE, seed: int = 0) -> Array:
+  """Sampling probabilities that give every k-means cluster of the latent the same mass.
+
+  The faces are clustered (:func:`kmeans`, a fixed key from ``seed``) in the whitened top-``m``
+  principal components of the active latent dimensions; a face's weight is 1 / the size of
+  its cluster (GEORGE-style balancing of discovered subclasses, Sohoni et al. 2020).
+
+  Args:
+    z_mean: (N, k_latent) latent means of the training faces.
+    k: number of clusters (<= N).
+    m: number of principal components clustered.
+    threshold: variance above which a latent dimension counts as active.
+    seed: seeds the k-means++ initialisation.
+
+  Returns:
+    (N,) float32 probabilities summing to 1 (uniform, with a warning, when no dimension is
+    active).
+  """
+  z = _finite_codes(z_mean)
+  _check_positive_int(k, "k")
+  if k > z.shape[0]:
+    raise ValueError(f"k = {k} clusters asked for, but there are only {z.shape[0]} faces")
+  active, any_active = _resolve_components(z_mean, m, threshold)
+  if not any_active:
+    return _uniform_with_warning(z.shape[0], "no latent dimension varies over the faces")
+  return _cluster_probabilities(jax.random.key(seed), jnp.asarray(z_mean), active, m, k)
+
+
+ERROR_KINDS = ("mistakes", "loss")
+
+
+def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mistakes") -> Array:
+  """Sampling probabilities that favour the faces the classifier gets wrong (JTT-style).
+
+  Just Train Twice (Liu et al., 2021) up-weights the training errors of an earlier model. Here
+  the earlier model is the current one at the end of the previous epoch (the trainer computes
+  the signal at the start of each epoch), so no second training run is needed; it needs no
+  latent space and works for the CNN too.
+
+  Args:
+    face_prob: (N,) or (N, 1) the classifier's p(face) for each training face.
+    upweight: weight of a misclassified face (``kind='mistakes'``: p(face) <= 0.5) relative to
+      a correct one; with ``kind='loss'``, weights are ``1 + (upweight - 1) * bce / max(bce)``
+      with ``bce = -log p(face)``.
+    kind: ``'mistakes'`` or ``'loss'``.
+
+  Returns:
+    (N,) float32 probabilities summing to 1.
+  """
+  if kind not in ERROR_KINDS:
+    raise ValueError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
+  if not isinstance(upweight, jax.core.Tracer) and not upweight >= 1:
+    raise ValueError(f"upweight must be >= 1, got {upweight}")
+  p = jnp.asarray(face_prob, jnp.float32)
+  if p.ndim == 2 and p.shape[1] == 1:
+    p = p[:, 0]
+  if p.ndim != 1:
+    raise ValueError(f"face_prob must be (N,) or (N, 1), got shape {p.shape}")
+  if kind == "mistakes":
+    w = jnp.where(p <= 0.5, upweight, 1.0)
+  else:
+    bce = -jnp.log(jnp.clip(p, 1e-7, 1.0))
+    w = 1.0 + (upweight - 1.0) * bce / jnp.maximum(jnp.max(bce), 1e-12)
+  return w / jnp.sum(w)
+
+
+def _kish_fraction(log_w: Array) -> Array:
+  p = jax.nn.softmax(log_w)
+  return 1.0 / (jnp.sum(jnp.square(p)) * log_w.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("iterations",))
+def _temper(log_p: Array, target: Array, max_power: Array, iterations: int = 60) -> Array:
+  # The Kish fraction of p ** t falls from 1 at t = 0 as t grows: bisect on t.
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    above = _kish_fraction(mid * log_p) > target
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, body, (jnp.float32(0.0), max_power))
+  return 0.5 * (lo + hi)
+
+
+def temper_to_ess(p: Array, target_ess: float, max_power: float = 64.0) -> tuple[Array, Array]:
+  """``p ** t`` renormalised, with ``t`` set so the Kish effective sample size hits a target.
+
+  The effective sample size ``1 / sum(p_t ** 2)`` is N for uniform sampling (t = 0) and falls
+  as t grows; bisection (jitted) finds the t in ``[0, max_power]`` whose ESS is
+  ``target_ess * N``. ``t < 1`` softens a signal that concentrates on few faces, ``t > 1``
+  sharpens one that barely moves the mass. A target the signal cannot reach even at
+  ``max_power`` gives ``t = max_power``.
+
+  Args:
+    p: (N,) positive probabilities (zeros get probability 0 at any t > 0).
+    target_ess: the target ESS as a fraction of N, in (0, 1].
+    max_power: the largest power tried.
+
+  Returns:
+    ``(p_t (N,) float32 summing to 1, t scalar)``.
+  """
+  if not isinstance(target_ess, jax.core.Tracer) and not 0 < target_ess <= 1:
+    raise ValueError(f"target_ess must be in (0, 1], got {target_ess}")
+  p = jnp.asarray(p, jnp.float32)
+  if p.ndim != 1:
+    raise ValueError(f"p must be (N,), got shape {p.shape}")
+  log_p = jnp.log(jnp.maximum(p, 1e-38))
+  log_p = log_p - jnp.max(log_p)
+  t = _temper(log_p, jnp.float32(target_ess), jnp.float32(max_power))
+  return jax.nn.softmax(t * log_p), t
+
+
+@functools.partial(jax.jit, static_argnames=("iterations",))
+def cap_weights(p: Array, max_ratio: float, iterations: int = 32) -> Array:
+  """Caps every probability at ``max_ratio / N`` (``max_ratio`` times uniform), keeping sum 1.
+
+  The excess is spread over the uncapped faces in proportion to their probabilities (water
+  filling; ``iterations`` rounds, enough for the cap to hold to float precision in practice).
+
+  Args:
+    p: (N,) probabilities summing to 1.
+    max_ratio: the cap relative to uniform sampling (>= 1).
+    iterations: rounds of clipping and renormalising.
+
+  Returns:
+    (N,) float32 probabilities summing to 1, each <= max(max_ratio, 1) / N (up to rounding).
+  """
+  p = jnp.asarray(p, jnp.float32)
+  cap = jnp.maximum(max_ratio, 1.0) / p.shape[0]
+
+  def body(_, q):
+    capped = q >= cap
+    free = jnp.sum(jnp.where(capped, 0.0, q))
+    room = 1.0 - cap * jnp.sum(capped)
+    return jnp.where(capped, cap, q * room / jnp.maximum(free, 1e-30))
+
+  return jax.lax.fori_loop(0, iterations, body, p / jnp.sum(p))
+
+
+def blend(probabilities: Array, weights: Array) -> Array:
+  """A weighted mixture of several normalised sampling distributions.
+
+  Generalises the capsa lab's 50/50 blend of bias and epistemic probabilities.
+
+  Args:
+    probabilities: (S, N) non-negative weights, one row per signal (each row is normalised).
+    weights: (S,) non-negative mixture weights (normalised).
+
+  Returns:
+    (N,) float32 probabilities summing to 1.
+  """
+  probs = jnp.asarray(probabilities, jnp.float32)
+  w = jnp.asarray(weights, jnp.float32)
+  if probs.ndim != 2 or w.shape != (probs.shape[0],):
+    raise ValueError(f"probabilities must be (S, N) and weights (S,), got {probs.shape} and "
+                     f"{w.shape}")
+  probs = probs / jnp.sum(probs, axis=1, keepdims=True)
+  return (w / jnp.sum(w)) @ probs

@@ -273,15 +273,17 @@ def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mes
 
 
 def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
-                             train_faces: data_lib.FaceData,
-                             mesh: Mesh) -> tuple[np.ndarray, dict[str, Any]]:
-  """New face sampling probabilities from the current model (the DB-VAE's epoch-start pass).
+                             train_faces: data_lib.FaceData, mesh: Mesh,
+                             epoch: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+  """New face sampling probabilities from the current model (the epoch-start pass).
 
   Args:
     config: the run config (``resampling`` and ``loss.recon`` are read).
     variables: current model variables.
     train_faces: the training faces.
     mesh: device mesh for the encoding pass.
+    epoch: the epoch about to start (signal 'errors' samples uniformly in epoch 0, before the
+      model has learnt anything).
 
   Returns:
     ``(n_faces,)`` float64 probabilities and a summary: the effective sample size (Kish) and,
@@ -289,11 +291,13 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     share of the faces.
   """
   rs = config.resampling
-  if rs.signal == "groups":
+  parts = config_lib.signal_parts(rs.signal)
+  info: dict[str, Any] = {}
+  if parts == ["groups"]:
     p = resampling.group_balanced_probabilities(train_faces.groups, rs.group_power)
   else:
-    # Only the epistemic signal needs the reconstruction error: 'latent' skips the decoder.
-    outputs = ("z_mean", "recon_error") if rs.signal == "latent+epistemic" else ("z_mean",)
+    # Only the epistemic signal needs the reconstruction error: the others skip the decoder.
+    outputs = ("face_prob", "z_mean") + (("recon_error",) if "epistemic" in parts else ())
     out = inference.infer(variables, train_faces.images, outputs, mesh=mesh,
                           batch_size=config.eval_batch_size, dtype=compute_dtype(config),
                           recon=config.loss.recon)
@@ -301,13 +305,35 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     if not np.isfinite(z_mean).all():
       raise FloatingPointError("the encoder produced non-finite latent means for the training "
                                "faces; cannot compute resampling probabilities")
-    p = resampling.sampling_probabilities(z_mean, rs.bins, rs.alpha, rs.combine)
-    if rs.signal == "latent+epistemic":
-      p = resampling.blend_probabilities(p,
-                                         resampling.epistemic_probabilities(out["recon_error"]))
+    signals = []
+    for part in parts:
+      if part == "latent":
+        signals.append(resampling.sampling_probabilities(z_mean, rs.bins, rs.alpha, rs.combine))
+      elif part == "epistemic":
+        signals.append(resampling.epistemic_probabilities(out["recon_error"]))
+      elif part == "latent_pca":
+        signals.append(resampling.latent_pca_probabilities(
+            z_mean, rs.components, rs.bins, rs.alpha, rs.active_variance))
+      elif part == "clusters":
+        signals.append(resampling.cluster_probabilities(
+            z_mean, rs.clusters, rs.components, rs.active_variance, seed=config.seed))
+      elif part == "errors":
+        n = z_mean.shape[0]
+        signals.append(np.full(n, 1.0 / n) if epoch == 0 else resampling.error_probabilities(
+            out["face_prob"], rs.error_upweight, rs.error_kind))
+    p = (signals[0] if len(signals) == 1 else
+         resampling.blend(np.stack([np.asarray(q) for q in signals]),
+                          config_lib.blend_weights(rs)))
+  if rs.target_ess:
+    p, power = resampling.temper_to_ess(p, rs.target_ess)
+    info["power"] = float(power)
+  if rs.max_weight:
+    p = resampling.cap_weights(p, rs.max_weight)
   p = np.asarray(p, np.float64)
+  if not np.isfinite(p).all() or p.sum() <= 0:
+    raise FloatingPointError(f"resampling signal {rs.signal!r} gave non-finite probabilities")
   p = p / p.sum()
-  info = {"ess": resampling.effective_sample_size(p), "n_faces": int(p.size)}
+  info.update(ess=resampling.effective_sample_size(p), n_faces=int(p.size))
   info["ess_fraction"] = info["ess"] / p.size
   if info["ess"] < max(0.01 * p.size, config.batch_size // 2):  # < 1%, or < one batch's faces
     logging.warning(
@@ -442,13 +468,16 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
                                 batch_size=config.eval_batch_size, dtype=compute_dtype(config))
   val = datasets.get("val")
   if val is not None and len(val):
-    pred = face_prob(val.images)["face_prob"] > 0.5
+    prob = face_prob(val.images)["face_prob"]
+    pred = prob > 0.5
     result["val_accuracy"] = float(np.mean(pred == (val.labels == 1)))
     faces = val.labels == 1
     if faces.any():
       result["val_face_accuracy"] = float(np.mean(pred[faces]))
     if (~faces).any():
       result["val_non_face_accuracy"] = float(np.mean(~pred[~faces]))
+    if any(val.groups[faces]):  # per-group validation rates: for choosing settings
+      result["val"] = evaluation.group_metrics(prob, val.labels, val.groups)
   test = datasets.get("test")
   if test is not None and len(test):
     result["test"] = evaluation.group_metrics(face_prob(test.images)["face_prob"], test.labels,
@@ -645,7 +674,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   try:
     while epoch < config.num_epochs:
       if step_in_epoch == 0 and config.resampling.signal != "none":
-        probs, info = resampling_probabilities(config, state.variables, train_faces, mesh)
+        probs, info = resampling_probabilities(config, state.variables, train_faces, mesh,
+                                               epoch)
         batcher.set_face_probabilities(probs)
         info["epoch"] = epoch
         history["resampling"].append(info)
@@ -682,10 +712,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       ev["epoch"] = epoch
       history["epochs"].append(ev)
       writer.write(int(jax.device_get(state.step)), "eval",
-                   {"epoch": epoch, **{k: v for k, v in ev.items() if k != "test"},
+                   {"epoch": epoch, **{k: v for k, v in ev.items() if k not in ("test", "val")},
                     **({"test_E_A": ev["test"]["E_A"], "test_Var_A": ev["test"]["Var_A"]}
                        if ev.get("test") and ev["test"].get("E_A") is not None else {})})
-      logging.info("epoch %d: %s", epoch, {k: v for k, v in ev.items() if k != "test"})
+      logging.info("epoch %d: %s", epoch,
+                   {k: v for k, v in ev.items() if k not in ("test", "val")})
       epoch, step_in_epoch = epoch + 1, 0
       save(state, epoch, step_in_epoch)
   finally:

@@ -89,3 +89,28 @@ def test_study_quick_is_resumable(tmp_path):
   again = study.main(argv)  # finished runs are skipped
   assert metrics.stat().st_mtime_ns == stamp
   assert again["summary"]["cnn"]["E_A"] == cnn["E_A"]
+
+
+def test_study_rows_ablation_and_planted_data(tmp_path):
+  study = _load("study")
+  argv = ["--planted", "--workdir", str(tmp_path / "runs"), "--seeds", "1", "--combines",
+          "--steps_per_epoch", "3", "--epochs", "1", "--xla_cache", "", "--ablation",
+          "--set", "data.n_train_faces=64", "data.n_train_non_faces=64",
+          "data.n_test_per_group=8", "data.n_test_non_faces=16", "data.image_size=32",
+          "model.n_filters=4", "bn_recalibration_batches=1",
+          "eval_batch_size=32", "batch_size=16",
+          "--row", "dbvae-pca", "dbvae", "model.latent_dim=8", "resampling.signal=latent_pca",
+          "resampling.components=2", "resampling.active_variance=0",
+          "resampling.target_ess=0.5"]
+  result = study.main(argv)
+  assert list(result["summary"]) == ["cnn", "vae-no-resampling", "dbvae-pca"]
+  runs = tmp_path / "runs"
+  ablation = json.loads((runs / "vae-no-resampling" / "seed0" / "config.json").read_text())
+  assert ablation["resampling"]["signal"] == "none" and ablation["model"]["kind"] == "dbvae"
+  pca = json.loads((runs / "dbvae-pca" / "seed0" / "config.json").read_text())
+  assert pca["resampling"]["signal"] == "latent_pca" and pca["model"]["latent_dim"] == 8
+  assert pca["data"]["source"] == "planted" and pca["data"]["val_fraction"] == 0.2
+  row = result["summary"]["dbvae-pca"]
+  assert row["ess_pct"]["mean"] == pytest.approx(50.0, rel=1e-2)
+  assert {"val_E_A", "val_worst_rate", "mass_dark"} <= set(row)
+  assert "| dbvae-pca | 1 |" in (runs / "study.md").read_text()
