@@ -7,7 +7,7 @@ The report goes to WORKDIR/report/ unless --out_dir is given.
 
 from absl import app, flags
 
-from jaxface import report
+from jaxface import cli, report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory to report on.")
@@ -16,12 +16,14 @@ flags.DEFINE_string("out_dir", None, "Output directory (default: WORKDIR/report)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  path = report.write_report(FLAGS.workdir, FLAGS.compare, FLAGS.out_dir)
+  del argv  # cli.parse_flags refuses positional arguments
+  cli.setup_logging()
+  with cli.exit_on_error(workdir=FLAGS.out_dir or FLAGS.workdir,
+                         workdir_flag="--out_dir" if FLAGS.out_dir else "--workdir"):
+    path = report.write_report(FLAGS.workdir, FLAGS.compare, FLAGS.out_dir)
   print(f"report: {path}")
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, config_flag=None))

@@ -23,7 +23,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  config.model.kind = "dbvae"  # 'cnn' (standard classifier), 'ssvae' or 'dbvae'
+  # 'cnn' (standard classifier: latent_dim 0, signal 'none' or 'groups'), 'ssvae' (latent_dim
+  # >= 1, signal 'none') or 'dbvae' (latent_dim >= 1, a resampling signal); checked to agree.
+  config.model.kind = "dbvae"
   config.model.latent_dim = 100  # 0 for the CNN
   config.model.n_filters = 12
 
@@ -91,17 +93,26 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   kind = config.model.kind
   if kind not in MODEL_KINDS:
     fail("model.kind", f"must be one of {MODEL_KINDS}")
+  signal = config.resampling.signal
+  if signal not in SIGNALS:
+    fail("resampling.signal", f"must be one of {SIGNALS}")
+  # model.kind names what latent_dim and resampling.signal already say; they must agree.
   if kind == "cnn":
     if config.model.latent_dim != 0:
-      fail("model.latent_dim", "must be 0 for the standard CNN")
-    if config.resampling.signal not in ("none", "groups"):
+      fail("model.latent_dim", "must be 0 for config.model.kind = 'cnn' (the standard CNN)")
+    if signal not in ("none", "groups"):
       fail("resampling.signal", "the standard CNN has no latent space: use 'none' or 'groups'")
-  elif config.model.latent_dim < 1:
-    fail("model.latent_dim", "must be >= 1 for a VAE")
+  else:
+    if config.model.latent_dim < 1:
+      fail("model.latent_dim", f"must be >= 1 for config.model.kind = {kind!r} (a VAE)")
+    if kind == "ssvae" and signal != "none":
+      fail("resampling.signal", "config.model.kind = 'ssvae' trains without resampling: use "
+           "'none', or config.model.kind = 'dbvae' to resample")
+    if kind == "dbvae" and signal == "none":
+      fail("resampling.signal", "config.model.kind = 'dbvae' resamples the faces: use 'latent', "
+           "'latent+epistemic' or 'groups', or config.model.kind = 'ssvae' for none")
   if config.model.n_filters < 1:
     fail("model.n_filters", "must be >= 1")
-  if config.resampling.signal not in SIGNALS:
-    fail("resampling.signal", f"must be one of {SIGNALS}")
   if config.resampling.bins < 1:
     fail("resampling.bins", "must be >= 1")
   if not config.resampling.alpha >= 0:
