@@ -149,15 +149,6 @@ def make_planted_bias(n_faces: int = 6000, n_non_faces: int | None = None, *,
       })
 
 
-def tile_images(images: np.ndarray, cols: int = 16) -> np.ndarray:
-  """Lays images (N, H, W, 3) out in a grid, (rows * H, cols * W, 3), same dtype."""
-  n, h, w, c = images.shape
-  rows = -(-n // cols)
-  grid = np.zeros((rows * cols, h, w, c), images.dtype)
-  grid[:n] = images
-  return grid.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
-
-
 # ----------------------------------------------------------------------------- helpers
 #
 # Rendering works channels-first, (n, 3, S, S) float32 canvases and (n, S, S) coverage maps, so
