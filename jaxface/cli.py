@@ -79,12 +79,19 @@ def last_checkpoint_step(workdir: str | os.PathLike) -> int | None:
 
 
 def _find_os_error(err: BaseException, codes: Sequence[int]) -> OSError | None:
-  """The first OSError with an errno in ``codes`` in ``err``'s cause / context chain."""
+  """The first OSError with an errno in ``codes`` in ``err``'s cause / context chain.
+
+  An exception of another type whose message quotes such an OSError (``[Errno 28] ...``, as a
+  library re-raising a background thread's error may write it) counts as one.
+  """
   seen = set()
   while err is not None and id(err) not in seen:
     seen.add(id(err))
     if isinstance(err, OSError) and err.errno in codes:
       return err
+    quoted = re.search(r"\[Errno (\d+)\]", str(err))
+    if quoted and int(quoted[1]) in codes:
+      return OSError(int(quoted[1]), os.strerror(int(quoted[1])))
     err = err.__cause__ or err.__context__
   return None
 

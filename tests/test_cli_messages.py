@@ -197,6 +197,12 @@ def test_disk_full_names_workdir_and_kept_checkpoint(tmp_path, capsys):
   assert "step 8" in lines[0] and "kept" in lines[0]
 
 
+def test_disk_full_quoted_by_another_exception(tmp_path):
+  err = RuntimeError("save failed: [Errno 28] No space left on device: '/x'")
+  message, status = cli.error_message(err, _checkpoints(tmp_path, "3"))
+  assert status == cli.EXIT_FAILURE and "no space left" in message and "step 3" in message
+
+
 def test_permission_error_names_path_and_workdir(tmp_path):
   err = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "config.json"))
   message, status = cli.error_message(err, tmp_path)
