@@ -30,6 +30,7 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import ml_collections
 from absl import flags
@@ -167,7 +168,7 @@ def exit_on_error(workdir: str | os.PathLike | None = None,
     raise SystemExit(status) from None
 
 
-def fail(message: str, status: int = EXIT_USAGE) -> None:
+def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
   """Prints ``error: message`` on stderr and exits with ``status``."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   raise SystemExit(status)

@@ -224,7 +224,8 @@ def test_unknown_field_message_suggests_closest(tmp_path):
   assert cli.unknown_field_message("resampling.alpha", schema) is None
   assert "did you mean config.resampling.alpha?" in cli.unknown_field_message(
       "resampling.alhpa", schema)
-  assert cli.unknown_field_message("seed.x", schema) == "config.seed is a value, not a group of fields"
+  assert cli.unknown_field_message("seed.x", schema) == (
+      "config.seed is a value, not a group of fields")
   assert "did you mean" not in cli.unknown_field_message("zzzzzz", schema)
 
 
