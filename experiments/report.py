@@ -5,6 +5,8 @@
 The report goes to WORKDIR/report/ unless --out_dir is given.
 """
 
+import functools
+
 from absl import app, flags
 
 from jaxface import cli, report
@@ -26,4 +28,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, config_flag=None))
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, config_flag=None))
