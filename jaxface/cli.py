@@ -28,6 +28,8 @@ import logging as py_logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -159,6 +161,8 @@ def exit_on_error(workdir: str | os.PathLike | None = None,
   try:
     yield
   except (Exception, KeyboardInterrupt) as err:
+    if isinstance(err, KeyboardInterrupt):
+      finish_background_work()  # a checkpoint save in flight completes (or is left unfinished)
     found = error_message(err, workdir, workdir_flag)
     if found is None or os.environ.get("JAXFACE_TRACEBACK"):
       raise
@@ -166,6 +170,26 @@ def exit_on_error(workdir: str | os.PathLike | None = None,
     _flush_logs()
     print(message, file=sys.stderr, flush=True)
     raise SystemExit(status) from None
+
+
+def finish_background_work(timeout_s: float = 120.0) -> None:
+  """Joins the other non-daemon threads (e.g. an asynchronous checkpoint save) for a while.
+
+  Exiting while such a thread runs breaks it at interpreter shutdown, with a traceback; a
+  second Ctrl-C stops the wait. Thread-pool workers (named ``PREFIX_N``) idle until shutdown
+  and are not waited for.
+
+  Args:
+    timeout_s: the most seconds to wait in all.
+  """
+  deadline = time.monotonic() + timeout_s
+  try:
+    for thread in threading.enumerate():
+      if (thread is not threading.current_thread() and not thread.daemon
+          and not re.search(r"_\d+$", thread.name)):
+        thread.join(max(0.0, deadline - time.monotonic()))
+  except KeyboardInterrupt:
+    pass
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
@@ -284,6 +308,9 @@ def _flag_error_message(err: flags.Error,
 class _OwnInfoOnly(py_logging.Filter):
   """Keeps warnings from everywhere but INFO and below only from jaxface and the entry point.
 
+  Other libraries' reports of a KeyboardInterrupt are dropped too (Orbax logs an interrupted
+  wait as an error with its traceback).
+
   Orbax and absl log through the same ``absl`` logger as jaxface, and JAX reports the backends it
   could not start (``Unable to initialize backend 'tpu'``) at INFO, so the source file decides.
   """
@@ -293,9 +320,10 @@ class _OwnInfoOnly(py_logging.Filter):
     self.own_dirs = tuple(str(d) + os.sep for d in own_dirs)
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= py_logging.WARNING:
-      return True
-    return os.path.abspath(record.pathname).startswith(self.own_dirs)
+    own = os.path.abspath(record.pathname).startswith(self.own_dirs)
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt) and not own:
+      return False  # a library reporting that Ctrl-C interrupted it: the entry point says so
+    return own or record.levelno >= py_logging.WARNING
 
 
 class _TqdmHandler(py_logging.Handler):

@@ -248,3 +248,40 @@ def test_model_kind_must_agree_with_latent_dim_and_signal(kind, overrides, words
     config_lib.validate_config(tiny_config(kind, **overrides), 1)
   for word in words:
     assert word in str(err.value)
+
+
+# ------------------------------------------------------------------------------ logging, threads
+
+
+def test_finish_background_work_waits_for_saves_not_pool_workers():
+  import threading
+  saved, release = threading.Event(), threading.Event()
+  save = threading.Thread(target=lambda: (time.sleep(0.3), saved.set()), name="save_finalize")
+  idle_worker = threading.Thread(target=release.wait, name="metadata_store_0")
+  save.start()
+  idle_worker.start()
+  try:
+    start = time.monotonic()
+    cli.finish_background_work(timeout_s=30)
+    assert saved.is_set() and time.monotonic() - start < 10
+  finally:
+    release.set()
+    idle_worker.join()
+
+
+def test_log_filter_keeps_own_info_and_everyone_s_warnings():
+  import logging
+
+  own = REPO / "jaxface" / "train.py"
+  keep = cli._OwnInfoOnly([REPO / "jaxface"])  # noqa: SLF001
+
+  def record(path, level, exc=None):
+    exc_info = None if exc is None else (type(exc), exc, None)
+    return logging.LogRecord("absl", level, str(path), 1, "m", None, exc_info)
+
+  assert keep.filter(record(own, logging.INFO))
+  assert not keep.filter(record("/site-packages/orbax/checkpoint/x.py", logging.INFO))
+  assert not keep.filter(record("/site-packages/jax/_src/xla_bridge.py", logging.INFO))
+  assert keep.filter(record("/site-packages/orbax/x.py", logging.WARNING))
+  assert keep.filter(record("/site-packages/orbax/x.py", logging.ERROR, ValueError("e")))
+  assert not keep.filter(record("/site-packages/orbax/x.py", logging.ERROR, KeyboardInterrupt()))
