@@ -5,11 +5,11 @@
 The run directories are only read; the report goes to WORKDIR/report/ unless --out is given.
 """
 
-import sys
+import functools
 
 from absl import app, flags
 
-from jaxface import report
+from jaxface import cli, report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory to report on.")
@@ -19,15 +19,14 @@ flags.DEFINE_alias("out", "out_dir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
+  del argv  # cli.parse_flags refuses positional arguments
+  cli.setup_logging()
+  with cli.exit_on_error(workdir=FLAGS.out_dir or FLAGS.workdir,
+                         workdir_flag="--out_dir" if FLAGS.out_dir else "--workdir"):
     path = report.write_report(FLAGS.workdir, FLAGS.compare, FLAGS.out_dir)
-  except (FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
   print(f"report: {path}")
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, config_flag=None))

@@ -2,45 +2,29 @@
 
 Any config field can be overridden, e.g. ``--config.resampling.alpha=0.01``. With
 ``config.write_report`` (the default) the bias report is written to ``WORKDIR/report/`` at the
-end of the run.
+end of the run. A bad flag, config value, data file or workdir stops with one line on stderr and
+exit status 2 (see jaxface/cli.py); Ctrl-C stops with the last checkpoint's step, and the same
+command resumes from it.
 """
 
 from __future__ import annotations
 
-import logging as py_logging
+import functools
 import os
-import sys
 from pathlib import Path
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from jaxface import report, train
+from jaxface import cli, report, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (optionally ':smoke').",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the report "
                     "(default: ./workdirs/<config name>).")
-
-
-class _QuietLibraries(py_logging.Filter):
-  """Keeps Orbax's per-save INFO chatter out of the run's log (its warnings still show)."""
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a one-line error for a ``--config.FIELD=`` naming no field."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError) as err:  # ml_collections' answer to an unknown field
-    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    sys.exit(f"error: unknown config field {str(err).strip(chr(34))} in "
-             f"{' '.join(overrides)}; the fields are listed in jaxface/config.py")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path | None:
@@ -69,15 +53,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path |
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.parse_flags refuses positional arguments
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name)
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  run(config, workdir)
+  cli.setup_logging()
+  with cli.exit_on_error(workdir=workdir):
+    run(config, workdir)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, config_flag="config"))

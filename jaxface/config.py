@@ -27,7 +27,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  config.model.kind = "dbvae"  # 'cnn' (standard classifier), 'ssvae' or 'dbvae'
+  # 'cnn' (standard classifier: latent_dim 0, signal 'none' or 'groups'), 'ssvae' (latent_dim
+  # >= 1, signal 'none') or 'dbvae' (latent_dim >= 1, a resampling signal); checked to agree.
+  config.model.kind = "dbvae"
   config.model.latent_dim = 100  # 0 for the CNN
   config.model.n_filters = 12
 
@@ -117,17 +119,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   kind = config.model.kind
   if kind not in MODEL_KINDS:
     fail("model.kind", f"must be one of {MODEL_KINDS}")
-  if kind == "cnn":
-    if config.model.latent_dim != 0:
-      fail("model.latent_dim", "must be 0 for the standard CNN")
-    if any(s in LATENT_SIGNALS for s in signal_parts(config.resampling.signal)):
-      fail("resampling.signal", "the standard CNN has no latent space: use 'none', 'groups' "
-           "or 'errors'")
-  elif config.model.latent_dim < 1:
-    fail("model.latent_dim", "must be >= 1 for a VAE")
-  if config.model.n_filters < 1:
-    fail("model.n_filters", "must be >= 1")
-  parts = signal_parts(config.resampling.signal)
+  signal = config.resampling.signal
+  parts = signal_parts(signal)
   if not parts or any(p not in SIGNALS for p in parts):
     fail("resampling.signal", f"must be one of {SIGNALS}, or several of {BLEND_SIGNALS} "
          "joined by '+'")
@@ -135,6 +128,24 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("resampling.signal", f"only {BLEND_SIGNALS} can be blended")
   if len(set(parts)) != len(parts):
     fail("resampling.signal", "names a signal twice")
+  # model.kind names what latent_dim and resampling.signal already say; they must agree.
+  if kind == "cnn":
+    if config.model.latent_dim != 0:
+      fail("model.latent_dim", "must be 0 for config.model.kind = 'cnn' (the standard CNN)")
+    if any(p in LATENT_SIGNALS for p in parts):
+      fail("resampling.signal", "the standard CNN has no latent space: use 'none', 'groups' "
+           "or 'errors'")
+  else:
+    if config.model.latent_dim < 1:
+      fail("model.latent_dim", f"must be >= 1 for config.model.kind = {kind!r} (a VAE)")
+    if kind == "ssvae" and signal != "none":
+      fail("resampling.signal", "config.model.kind = 'ssvae' trains without resampling: use "
+           "'none', or config.model.kind = 'dbvae' to resample")
+    if kind == "dbvae" and signal == "none":
+      fail("resampling.signal", "config.model.kind = 'dbvae' resamples the faces: use a signal "
+           f"of {SIGNALS[1:]}, or config.model.kind = 'ssvae' for none")
+  if config.model.n_filters < 1:
+    fail("model.n_filters", "must be >= 1")
   if config.resampling.blend_weights:
     try:
       weights = blend_weights(config.resampling)

@@ -121,11 +121,6 @@ def decode_latents(variables: PyTree, z: np.ndarray | Array, batch_size: int = 2
 # ------------------------------------------------------------------------------------ metrics
 
 
-def _opt_float(x) -> float | None:
-  x = float(x)
-  return None if not np.isfinite(x) else x
-
-
 def var_a_sampling_noise(rates: Sequence[float], counts: Sequence[int]) -> float:
   """The part of Var[A] (%²) that the finite test set alone contributes.
 

@@ -1,6 +1,19 @@
 """Helpers shared by the test modules (pytest puts this folder on ``sys.path``)."""
 
+import os
+from pathlib import Path
+
 from jaxface import config as config_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+  """The shared data folder: ``$JAXFACE_SHARED_DATA``, else ``../shared/data`` beside the repo.
+
+  Tests that need a data set in it skip when the set is missing.
+  """
+  return Path(os.environ.get("JAXFACE_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def tiny_config(kind: str = "dbvae", **overrides):

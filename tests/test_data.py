@@ -6,12 +6,13 @@ import pathlib
 import h5py
 import numpy as np
 import pytest
+from helpers import shared_data_dir
 from PIL import Image
 
 from jaxface import data
 from jaxface.data import DataError, FaceData
 
-UTK = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "utkface-bias"
+UTK = shared_data_dir() / "utkface-bias"
 
 
 def _rng_images(n, h=64, w=64, seed=0):

@@ -76,12 +76,3 @@ def test_other_sizes_and_bad_arguments():
     data.make_planted_bias(4, dark_fraction=1.5)
   with pytest.raises(DataError, match="n_faces"):
     data.make_planted_bias(-1)
-
-
-def test_tile_images():
-  images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
-  grid = data.tile_images(images, cols=3)
-  assert grid.shape == (4, 6, 3)
-  np.testing.assert_array_equal(grid[2:4, 2:4], images[4])
-  assert (grid[2:4, 4:6] == 0).all()
-

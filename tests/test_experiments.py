@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import shared_data_dir
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-DATA = EXPERIMENTS.parent.parent / "shared" / "data" / "utkface-bias"
+DATA = shared_data_dir() / "utkface-bias"
 
 
 def _load(name: str):
@@ -61,7 +62,7 @@ def _tiny_manifest(path: Path, per_group_train: int = 8, per_group_test: int = 4
 
 
 @pytest.mark.skipif(not (DATA / "manifest.csv").is_file(),
-                    reason="../shared/data/utkface-bias is not present")
+                    reason=f"{DATA} is not present (set JAXFACE_SHARED_DATA)")
 def test_study_quick_is_resumable(tmp_path):
   study = _load("study")
   manifest = _tiny_manifest(tmp_path / "manifest.csv")

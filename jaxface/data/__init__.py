@@ -16,12 +16,12 @@ from jaxface.data.loaders import (DEFAULT_URL, IMAGE_EXTENSIONS, default_cache_d
                                   load_h5, load_image_folder, load_manifest, manifest_splits,
                                   read_image, read_images, resize_images)
 from jaxface.data.pipeline import SOURCES, default_data_config, load_datasets, train_val_split
-from jaxface.data.planted import GROUPS, NON_FACE_KINDS, make_planted_bias, tile_images
+from jaxface.data.planted import GROUPS, NON_FACE_KINDS, make_planted_bias
 
 __all__ = [
     "Batch", "Batcher", "DataError", "FaceData", "concatenate", "to_float", "DEFAULT_URL",
     "IMAGE_EXTENSIONS", "default_cache_dir", "download_train_face_h5", "load_folders",
     "load_grouped_faces", "load_h5", "load_image_folder", "load_manifest", "manifest_splits", "read_image", "read_images",
     "resize_images", "SOURCES", "default_data_config", "load_datasets", "train_val_split",
-    "GROUPS", "NON_FACE_KINDS", "make_planted_bias", "tile_images",
+    "GROUPS", "NON_FACE_KINDS", "make_planted_bias",
 ]

@@ -107,7 +107,8 @@ def read_images(paths: Sequence[PathLike], image_size: int, skip_corrupt: bool =
       images[i] = read_image(paths[i], image_size)
     except DataError as e:
       if not skip_corrupt:
-        raise
+        raise DataError(f"{e}; skip_corrupt=True (config.data.skip_corrupt) skips unreadable "
+                        "images") from None
       ok[i] = False
       errors.append(str(e))
 

@@ -27,27 +27,10 @@ skewed set therefore tends to use "light head with high-contrast features" and m
 faces, while one trained on balanced data learns the low-contrast features too. The test set
 (``n_per_group``) is balanced over the four groups.
 
-Measured on a shared 2-core CPU with ``python -m jaxface.data.bias_check --seed=S`` (standard
-CNN of :mod:`jaxface.models`, adam 5e-4, batch 32 half faces / half non-faces, 2 epochs over
-6000 training faces with this module's defaults; balanced test set of 250 faces per group, half
-with glasses; face detection rate = fraction of test faces with logit > 0):
-
-=====================  ====  =======  ======  ============  =================
-training faces         seed  lighter  darker  gap (points)  non-face accuracy
-=====================  ====  =======  ======  ============  =================
-5% darker (default)    0     1.000    0.816   18.4          0.926
-5% darker (default)    1     0.992    0.806   18.6          0.940
-``dark_fraction=0.5``  0     0.866    0.928   -6.2          0.986
-``dark_fraction=0.5``  1     0.962    0.922   4.0           0.969
-=====================  ====  =======  ======  ============  =================
-
-Glasses are rare but not a handicap: faces with glasses were detected more often (0.95) than
-without (0.84-0.87), since the frames add contrast around the eyes. The harmful bias is in skin
-tone.
-
-Generation speed at 64x64, one core of an otherwise idle 2-core CPU: 5,271 images/s wall clock
-(5,175 of CPU time), ``python experiments/bench_batcher.py``; about 2,700 of CPU time while the
-machine was shared.
+How strong the planted bias is for each model (detection rates per group, the gap between
+lighter and darker faces) and how fast the faces are generated are measured in
+``experiments/results/README.md`` (``python experiments/bias_check.py``,
+``python experiments/bench_batcher.py``).
 """
 
 from __future__ import annotations
@@ -164,15 +147,6 @@ def make_planted_bias(n_faces: int = 6000, n_non_faces: int | None = None, *,
           "accessory": np.concatenate([glasses, np.full(n_non_faces, -1, np.int8)]),
           "kind": np.concatenate([np.full(n_faces, "face"), kind_names]).astype(str),
       })
-
-
-def tile_images(images: np.ndarray, cols: int = 16) -> np.ndarray:
-  """Lays images (N, H, W, 3) out in a grid, (rows * H, cols * W, 3), same dtype."""
-  n, h, w, c = images.shape
-  rows = -(-n // cols)
-  grid = np.zeros((rows * cols, h, w, c), images.dtype)
-  grid[:n] = images
-  return grid.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
 # ----------------------------------------------------------------------------- helpers
