@@ -21,7 +21,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 

@@ -55,7 +55,7 @@ LAB_BASELINE = {
 class RunSpec:
   """One configuration of the study (all seeds share it)."""
   name: str
-  kind: str  # 'cnn' or 'dbvae'
+  kind: str  # 'cnn', 'ssvae' or 'dbvae'
   alpha: float = 0.0
   combine: str = "max"
   signal: str = ""  # config.resampling.signal; '' = 'none' for the CNN, 'latent' for the DB-VAE
@@ -66,12 +66,12 @@ class RunSpec:
 def parse_row(words: Sequence[str]) -> RunSpec:
   """``['dbvae-pca', 'dbvae', 'resampling.signal=latent_pca', ...]`` -> a RunSpec.
 
-  The kind is 'cnn' or 'dbvae'; a DB-VAE row with ``resampling.signal=none`` is the same VAE
-  trained without resampling (the ablation of the resampling itself).
+  The kind is 'cnn', 'ssvae' (the DB-VAE's VAE trained without resampling: the ablation of the
+  resampling itself) or 'dbvae'.
   """
-  if len(words) < 2 or words[1] not in ("cnn", "dbvae"):
-    raise SystemExit(f"--row wants NAME KIND [FIELD=VALUE ...] with KIND cnn or dbvae, got "
-                     f"{' '.join(words)}")
+  if len(words) < 2 or words[1] not in ("cnn", "ssvae", "dbvae"):
+    raise SystemExit("--row wants NAME KIND [FIELD=VALUE ...] with KIND cnn, ssvae or dbvae, "
+                     f"got {' '.join(words)}")
   pairs = []
   for word in words[2:]:
     if "=" not in word:
@@ -128,6 +128,8 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
     config.model.latent_dim = 0
     config.resampling.signal = spec.signal or "none"
     config.resampling.group_power = spec.group_power
+  elif spec.kind == "ssvae":
+    config.resampling.signal = "none"
   else:
     config.resampling.signal = spec.signal or "latent"
     config.resampling.alpha = spec.alpha
@@ -343,7 +345,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                       help="config overrides for every row (before each row's own)")
   parser.add_argument("--ablation", action="store_true",
-                      help="also the DB-VAE's VAE trained without resampling (vae-no-resampling)")
+                      help="also the DB-VAE's VAE trained without resampling "
+                           "(vae-no-resampling, model.kind ssvae)")
   parser.add_argument("--planted", action="store_true",
                       help="the embedded planted-bias data instead of --manifest (its "
                            "validation split: 20%% of the training data)")
@@ -408,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   specs = study_specs(args.alphas, args.combines,
                       args.group_powers if args.group_balanced else ())
   if args.ablation:
-    specs.append(RunSpec("vae-no-resampling", "dbvae", signal="none"))
+    specs.append(RunSpec("vae-no-resampling", "ssvae", signal="none"))
   specs += [parse_row(words) for words in args.row]
   common = parse_row(["set", "cnn", *args.set]).overrides
   specs = [dataclasses.replace(s, overrides=common + s.overrides) for s in specs]

@@ -107,7 +107,7 @@ def test_study_rows_ablation_and_planted_data(tmp_path):
   assert list(result["summary"]) == ["cnn", "vae-no-resampling", "dbvae-pca"]
   runs = tmp_path / "runs"
   ablation = json.loads((runs / "vae-no-resampling" / "seed0" / "config.json").read_text())
-  assert ablation["resampling"]["signal"] == "none" and ablation["model"]["kind"] == "dbvae"
+  assert ablation["resampling"]["signal"] == "none" and ablation["model"]["kind"] == "ssvae"
   pca = json.loads((runs / "dbvae-pca" / "seed0" / "config.json").read_text())
   assert pca["resampling"]["signal"] == "latent_pca" and pca["model"]["latent_dim"] == 8
   assert pca["data"]["source"] == "planted" and pca["data"]["val_fraction"] == 0.2
