@@ -163,11 +163,15 @@ def _row_keys(key: Array, batch: int) -> Array:
   return key
 
 
-def _interp_matrix(src: Array, size: int, reflect: bool) -> Array:
-  """(n_out, size) bilinear weights that sample a 1-D signal at the positions ``src``.
+def _neighbours(src: Array, size: int, reflect: bool) -> tuple[Array, Array, Array, Array]:
+  """The two bilinear neighbours of each 1-D sample position ``src`` (n,) and their weights.
 
-  Out-of-range neighbours are mirrored with ``reflect`` and get weight 0 otherwise, so a row
-  sums to the fraction of the sample that lies inside the signal.
+  Out-of-range neighbours are mirrored (edge pixel repeated) with ``reflect``; otherwise they
+  are clamped to the edge and get weight 0, so the two weights sum to the fraction of the
+  sample that lies inside the signal.
+
+  Returns:
+    ``(lo, hi, weight_lo, weight_hi)``, each (n,).
   """
   lo = jnp.floor(src)
   frac = src - lo
@@ -177,14 +181,16 @@ def _interp_matrix(src: Array, size: int, reflect: bool) -> Array:
     def mirror(i):
       i = jnp.mod(i, 2 * size)
       return jnp.where(i >= size, 2 * size - 1 - i, i)
-    lo, hi = mirror(lo), mirror(hi)
-  # one_hot of an index outside [0, size) is all zeros: no weight outside the chip.
-  return (jax.nn.one_hot(lo, size) * (1.0 - frac)[:, None]
-          + jax.nn.one_hot(hi, size) * frac[:, None])
+    return mirror(lo), mirror(hi), 1.0 - frac, frac
+  inside = lambda i: ((i >= 0) & (i < size)).astype(src.dtype)
+  return (jnp.clip(lo, 0, size - 1), jnp.clip(hi, 0, size - 1), (1.0 - frac) * inside(lo),
+          frac * inside(hi))
 
 
 def _grey(image: Array) -> Array:
-  return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype), axes=([-1], [0]))[..., None]
+  """(..., 1) luma of (..., 3) RGB."""
+  return (_LUMA[0] * image[..., 0:1] + _LUMA[1] * image[..., 1:2]
+          + _LUMA[2] * image[..., 2:3])
 
 
 def _augment_one(key: Array, image: Array, background: Array | None,
@@ -207,12 +213,14 @@ def _augment_one(key: Array, image: Array, background: Array | None,
   src_y = (h - 1) / 2 + scale * (rows - (h - 1) / 2) + shift_y
   src_x = (w - 1) / 2 + scale * (cols - (w - 1) / 2) + shift_x
   reflect = config.fill == "reflect"
-  weight_y = _interp_matrix(src_y, h, reflect)
-  weight_x = _interp_matrix(src_x, w, reflect)
-  out = jnp.einsum("ih,hwc,jw->ijc", weight_y, image, weight_x,
-                   precision=jax.lax.Precision.HIGHEST)
+  y_lo, y_hi, wy_lo, wy_hi = _neighbours(src_y, h, reflect)
+  x_lo, x_hi, wx_lo, wx_hi = _neighbours(src_x, w, reflect)
+  # Separable bilinear resampling: two row gathers, then two column gathers.
+  rows_sampled = image[y_lo] * wy_lo[:, None, None] + image[y_hi] * wy_hi[:, None, None]
+  out = (rows_sampled[:, x_lo] * wx_lo[None, :, None]
+         + rows_sampled[:, x_hi] * wx_hi[None, :, None])
   if not reflect:
-    inside = weight_y.sum(axis=1)[:, None, None] * weight_x.sum(axis=1)[None, :, None]
+    inside = (wy_lo + wy_hi)[:, None, None] * (wx_lo + wx_hi)[None, :, None]
     out = out + (1.0 - inside) * background
 
   b, c, s = config.brightness, config.contrast, config.saturation
