@@ -15,7 +15,7 @@ fill) before the step. It then evaluates the UTKFace test set and the PPB ``tigh
 worst group, Var[A], non-face accuracy) and at the threshold giving 1% false positives on the
 non-faces (``jaxface.evaluation.operating_point``), plus the detection rate by Fitzpatrick
 type, and prints one table row per condition and set (mean and standard deviation over
-seeds).
+seeds). ``table FILE.json`` prints the table of a saved ``--out`` file again.
 
 ``bench`` times ``augment_for_step`` (``augment_batch`` with its keys and, for the
 background fill, ``background_from_batch``; both fills) at each batch size against the
@@ -165,12 +165,14 @@ def probe(args) -> None:
 
 
 def _ms(values) -> str:
+  """Mean ± sample standard deviation."""
   values = np.asarray(values, np.float64)
-  return f"{values.mean():6.1f} ± {values.std():4.1f}"
+  std = values.std(ddof=1) if values.size > 1 else 0.0
+  return f"{values.mean():6.1f} ± {std:4.1f}"
 
 
 def print_table(results: list[dict]) -> None:
-  """One row per condition and set: mean ± std over seeds."""
+  """One row per condition and set: mean ± sample std over seeds."""
   cols = ("E_A", "worst", "Var_A", "non_face_acc", "E_A_1fpr", "worst_1fpr")
   head = f"{'condition':<11}{'set':<11}" + "".join(f"{c:>16}" for c in cols) + f"{'auc':>8}"
   print(head)
@@ -239,7 +241,8 @@ def bench(args) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("mode", choices=("probe", "bench"))
+  parser.add_argument("mode", choices=("probe", "bench", "table"))
+  parser.add_argument("results", nargs="?", default="", help="table: the --out JSON file")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--conditions", nargs="+", default=["none", "reflect", "background"],
@@ -253,7 +256,10 @@ def main() -> None:
   parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 256])
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args()
-  probe(args) if args.mode == "probe" else bench(args)
+  if args.mode == "table":
+    print_table(json.loads(pathlib.Path(args.results).read_text()))
+  else:
+    probe(args) if args.mode == "probe" else bench(args)
 
 
 if __name__ == "__main__":

@@ -189,8 +189,7 @@ def _neighbours(src: Array, size: int, reflect: bool) -> tuple[Array, Array, Arr
 
 def _grey(image: Array) -> Array:
   """(..., 1) luma of (..., 3) RGB."""
-  return (_LUMA[0] * image[..., 0:1] + _LUMA[1] * image[..., 1:2]
-          + _LUMA[2] * image[..., 2:3])
+  return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype), axes=([-1], [0]))[..., None]
 
 
 def _augment_one(key: Array, image: Array, background: Array | None,
