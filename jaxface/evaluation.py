@@ -528,3 +528,131 @@ def latent_traversal(variables: PyTree, z_mean: np.ndarray, dims: Sequence[int] 
   images = decode_latents(variables, codes.reshape(len(dims) * steps, -1), dtype=dtype)
   return Traversal(dims, values.astype(np.float32),
                    images.reshape((len(dims), steps) + images.shape[1:]))
+
+
+# --------------------------------------------------------------------------- operating points
+
+
+def _scores(x, what: str) -> np.ndarray:
+  x = np.asarray(x, np.float64).reshape(-1)
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{what} must be finite")
+  return x
+
+
+def roc_auc(face_prob: np.ndarray, non_face_prob: np.ndarray) -> float:
+  """Rank-based ROC AUC of faces against non-faces (Mann-Whitney U over all pairs).
+
+  The probability that a random face scores above a random non-face, a tie counting 1/2.
+
+  Args:
+    face_prob: (N,) scores of the faces.
+    non_face_prob: (M,) scores of the non-faces.
+
+  Returns:
+    The AUC in [0, 1].
+  """
+  pos = _scores(face_prob, "face_prob")
+  neg = _scores(non_face_prob, "non_face_prob")
+  if not pos.size or not neg.size:
+    raise ValueError(f"roc_auc needs faces and non-faces, got {pos.size} and {neg.size}")
+  values, inverse, counts = np.unique(np.concatenate([pos, neg]), return_inverse=True,
+                                      return_counts=True)
+  # Average 1-based rank of each distinct value: the ranks its ties span, averaged.
+  average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+  rank_sum = average_rank[inverse[:pos.size]].sum()
+  return float((rank_sum - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+
+
+def roc_curve(face_prob: np.ndarray,
+              non_face_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """ROC points of the rule ``p > threshold``, one per distinct score, from (0, 0) to (1, 1).
+
+  The thresholds are the distinct scores, highest first, then -inf; the trapezoidal area under
+  the points equals :func:`roc_auc`.
+
+  Args:
+    face_prob: (N,) scores of the faces.
+    non_face_prob: (M,) scores of the non-faces.
+
+  Returns:
+    ``(false_positive_rate, detection_rate, thresholds)``, each (K,), K = distinct scores + 1.
+  """
+  pos = _scores(face_prob, "face_prob")
+  neg = _scores(non_face_prob, "non_face_prob")
+  if not pos.size or not neg.size:
+    raise ValueError(f"roc_curve needs faces and non-faces, got {pos.size} and {neg.size}")
+  thresholds = np.concatenate([np.unique(np.concatenate([pos, neg]))[::-1], [-np.inf]])
+  # Number of scores strictly above each threshold (thresholds are descending).
+  above = lambda s: s.size - np.searchsorted(np.sort(s), thresholds, side="right")
+  return above(neg) / neg.size, above(pos) / pos.size, thresholds
+
+
+def threshold_at_fpr(non_face_prob: np.ndarray, fpr: float = 0.01) -> tuple[float, float]:
+  """The lowest threshold whose rule ``p > threshold`` detects at most ``fpr`` of the non-faces.
+
+  That is the ``(floor(fpr * M) + 1)``-th highest non-face score: any lower threshold would
+  detect more than ``floor(fpr * M)`` non-faces.
+
+  Args:
+    non_face_prob: (M,) scores of the non-faces.
+    fpr: the largest allowed false positive rate, in [0, 1).
+
+  Returns:
+    ``(threshold, achieved false positive rate)``; the rate is below ``fpr`` where scores tie.
+  """
+  neg = _scores(non_face_prob, "non_face_prob")
+  if not neg.size:
+    raise ValueError("threshold_at_fpr needs at least one non-face score")
+  if not 0.0 <= fpr < 1.0:
+    raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+  allowed = int(np.floor(fpr * neg.size + 1e-9))
+  threshold = float(np.sort(neg)[neg.size - 1 - allowed])
+  return threshold, float(np.mean(neg > threshold))
+
+
+def operating_point(face_prob: np.ndarray, groups: np.ndarray, non_face_prob: np.ndarray,
+                    fpr: float = 0.01, group_order: Sequence[str] | None = None) -> dict:
+  """Per-group detection rates at the threshold giving ``fpr`` false positives, and ROC AUCs.
+
+  The threshold comes from the non-faces alone (:func:`threshold_at_fpr`), so every group is
+  compared at the same operating point; each group's AUC (:func:`roc_auc`) ranks its faces
+  against all non-faces, free of any threshold.
+
+  Args:
+    face_prob: (N,) face probabilities of the faces.
+    groups: (N,) their groups (``''`` for none: counted in the overall rate only).
+    non_face_prob: (M,) face probabilities of the non-faces.
+    fpr: the false positive rate, in [0, 1).
+    group_order: groups listed first, in this order (e.g. ``('LF', 'LM', 'DF', 'DM')``); the
+      other groups follow sorted.
+
+  Returns:
+    ``{'fpr_target', 'threshold', 'fpr', 'detection_rate', 'auc', 'groups': {g: {'n',
+    'detection_rate', 'auc'}}, 'E_A', 'Var_A', 'worst_group', 'worst_rate'}``: rates in [0, 1]
+    except ``E_A``, ``Var_A`` (%²) and ``worst_rate`` in percent, as in :func:`group_metrics`.
+  """
+  pos = _scores(face_prob, "face_prob")
+  groups = np.asarray(groups, dtype=str).reshape(-1)
+  if groups.shape != pos.shape:
+    raise ValueError(f"face_prob {pos.shape} and groups {groups.shape} differ in length")
+  if not pos.size:
+    raise ValueError("operating_point needs at least one face score")
+  threshold, achieved = threshold_at_fpr(non_face_prob, fpr)
+  order = [g for g in (group_order or []) if g in set(groups.tolist())]
+  order += sorted({g for g in groups.tolist() if g} - set(order))
+  per_group = {}
+  for g in order:
+    mask = groups == g
+    per_group[g] = {"n": int(mask.sum()), "detection_rate": float(np.mean(pos[mask] > threshold)),
+                    "auc": roc_auc(pos[mask], non_face_prob)}
+  result = {"fpr_target": float(fpr), "threshold": threshold, "fpr": achieved,
+            "detection_rate": float(np.mean(pos > threshold)),
+            "auc": roc_auc(pos, non_face_prob), "groups": per_group,
+            "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None}
+  if per_group:
+    pct = np.array([v["detection_rate"] for v in per_group.values()]) * 100.0
+    worst = int(np.argmin(pct))
+    result.update(E_A=float(pct.mean()), Var_A=float(np.var(pct)), worst_group=order[worst],
+                  worst_rate=float(pct[worst]))
+  return result
