@@ -4,7 +4,7 @@
         [--conditions none reflect background] [--out FILE.json]
     python experiments/probe_augment.py bench [--batch_sizes 32 256]
 
-The data come from ``$JAXFACE_DATA`` (default: ``../shared/data`` beside the repository).
+The data come from ``$JAXFACE_SHARED_DATA`` (default: ``../shared/data`` beside the repository).
 ``probe`` trains ``configs/cnn.py`` on the UTKFace bias set (``--manifest``) once per condition
 and seed with a minimal loop built from ``jaxface.train``'s public pieces
 (``create_train_state``, ``make_optimizer``, ``train_step``, ``recalibrate_batch_norm``); the
@@ -45,7 +45,7 @@ from jaxface import augment, evaluation, models, train  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
 from jaxface.data import test_sets  # noqa: E402
 
-DATA = pathlib.Path(os.environ.get("JAXFACE_DATA", REPO.parent / "shared" / "data"))
+DATA = pathlib.Path(os.environ.get("JAXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 GROUPS = ("LF", "LM", "DF", "DM")
 
 

@@ -9,16 +9,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import shared_data_dir, tiny_config
 from PIL import Image
 
 from jaxface import detect, models
 from jaxface.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/data beside the checkout (or beside the folder of a worktree).
-DATA = next((p for p in (REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data")
-             if p.exists()), REPO.parent / "shared" / "data")
+DATA = shared_data_dir()
 PPB = DATA / "ppb-faces"
 NON_FACE = DATA / "nonface-photos" / "images"
 

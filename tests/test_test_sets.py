@@ -1,8 +1,6 @@
 """Tests of jaxface.data.test_sets: named extra test sets and their per-face attributes."""
 
 import csv
-import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -11,9 +9,9 @@ from PIL import Image
 from jaxface.data import DataError
 from jaxface.data import test_sets
 
-DATA = pathlib.Path(os.environ.get(
-    "JAXFACE_DATA", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-PPB = DATA / "ppb-faces"
+from helpers import shared_data_dir
+
+PPB = shared_data_dir() / "ppb-faces"
 
 
 def _save(path, seed=0, size=16):
