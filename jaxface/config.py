@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 MODEL_KINDS = ("cnn", "ssvae", "dbvae")
+MODEL_IMPLS = ("auto", "flax", "cpu_fast")  # jaxface.models.IMPLS
 SIGNALS = ("none", "latent", "latent+epistemic", "groups")
 DTYPES = ("float32", "bfloat16")
 
@@ -26,6 +27,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.kind = "dbvae"  # 'cnn' (standard classifier), 'ssvae' or 'dbvae'
   config.model.latent_dim = 100  # 0 for the CNN
   config.model.n_filters = 12
+  # 'auto' (cpu_fast on the CPU backend, else flax), 'flax' or 'cpu_fast' (jaxface.models)
+  config.model.impl = "auto"
 
   config.data = data.default_data_config()
 
@@ -100,6 +103,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("model.latent_dim", "must be >= 1 for a VAE")
   if config.model.n_filters < 1:
     fail("model.n_filters", "must be >= 1")
+  if config.model.impl not in MODEL_IMPLS:
+    fail("model.impl", f"must be one of {MODEL_IMPLS}")
   if config.resampling.signal not in SIGNALS:
     fail("resampling.signal", f"must be one of {SIGNALS}")
   if config.resampling.bins < 1:
