@@ -424,10 +424,9 @@ def test_accelerator_path_traces_the_flax_networks(monkeypatch):
   assert programs["cpu", "auto"] != programs["cpu", "flax"]
 
 
-@pytest.mark.parametrize("latent_dim", [0, 3])
-def test_impls_make_the_same_variables(latent_dim):
+def test_impls_make_the_same_variables():
   """Same names, shapes and (from the same key) values: checkpoints are interchangeable."""
-  trees = {impl: models.init_variables(jax.random.key(3), latent_dim=latent_dim, n_filters=2,
+  trees = {impl: models.init_variables(jax.random.key(3), latent_dim=3, n_filters=2,
                                        image_size=16, impl=impl) for impl in models.IMPLS}
   reference = trees["flax"]
   for impl, tree in trees.items():
@@ -538,9 +537,10 @@ def test_hessian_through_flax_encode_and_decode_matches_reverse_over_reverse():
 
   t = jnp.asarray([0.1, -0.2])
   for fn, primal in ((encoded, t), (decoded, z)):
-    hessian = jax.hessian(fn("flax"))(primal)
+    hessian = jax.jit(jax.hessian(fn("flax")), compiler_options=FAST_COMPILE)(primal)
     assert hessian.shape == primal.shape * 2
-    _rel_close(jax.jacrev(jax.jacrev(fn("cpu_fast")))(primal), hessian, tol=1e-3)
+    reverse = jax.jit(jax.jacrev(jax.jacrev(fn("cpu_fast"))), compiler_options=FAST_COMPILE)
+    _rel_close(reverse(primal), hessian, tol=1e-3)
     assert float(jnp.max(jnp.abs(hessian))) > 0
 
 
