@@ -11,12 +11,14 @@ average taken just before it, since absolute numbers on a shared machine drift:
   ``block_until_ready``); the variants of a batch size are timed in interleaved rounds and the
   best round is reported, with the median beside it.
 * ``xla``: the DB-VAE step under XLA:CPU options (passed as per-compile debug options, the same
-  fields ``XLA_FLAGS`` sets), bfloat16 compute, uint8 input batches converted in the step, and
-  the plain Flax ``Conv`` / ``ConvTranspose`` layers instead of the sub-pixel stride-2 layers of
-  ``jaxface.ops`` (``flax_layers``, the step before that rewrite), and the decoder run on every
-  image of the batch (``decode_every_row``, what the PyTorch reference does; by default it runs
-  on the batch's faces only, whose VAE loss is the only one that counts); each as a ratio to
-  the default step timed in the same rounds.
+  fields ``XLA_FLAGS`` sets), bfloat16 compute, uint8 input batches converted in the step, each
+  network implementation (``config.model.impl``; ``impl_flax``: stock Linen layers, what
+  accelerators run; ``impl_cpu_fast``: ``jaxface.cpu_fast``; the default step is ``'auto'``),
+  and the decoder run on every image of the batch (``decode_every_row``, what the PyTorch
+  reference does; by default it runs on the batch's faces only, whose VAE loss is the only one
+  that counts); each as a ratio to the default step timed in the same rounds. A variant whose
+  implementation the train step ignores (the same program as the default's although
+  ``impl`` resolves differently) is reported as an error row, not timed.
 * ``data_path``: the train loop fed by ``jaxface.data.Batcher`` (float32 batches, prefetched,
   as in ``train_and_evaluate``) against a batch already on the device.
 * ``epoch``: one DB-VAE epoch on ``--epoch_images`` random images (half faces), including the
@@ -29,7 +31,7 @@ average taken just before it, since absolute numbers on a shared machine drift:
   subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
 * ``reference``: ``peer_torch_dbvae.py`` (PyTorch) at batch 32 and 256 in the same run, and the
   ratios ours / reference (of the default step and of the ``xla`` variants
-  ``decode_every_row``, the same work as the reference, and ``flax_layers``).
+  ``decode_every_row``, the same work as the reference, and ``impl_flax``).
 * ``memory``: peak resident memory of this process (``ru_maxrss`` and VmHWM); each
   ``devices`` worker reports its own.
 """
@@ -37,7 +39,6 @@ average taken just before it, since absolute numbers on a shared machine drift:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -45,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,34 +69,38 @@ SECTIONS = ("train", "xla", "data_path", "epoch", "resampling", "batcher", "devi
 REFERENCE_SCRIPT = HERE.parent.parent / "shared" / "bench" / "peer_torch_dbvae.py"
 DEFAULT_REFERENCE_PYTHON = "/tmp/torch-ref/bin/python"
 
-# name -> (per-compile XLA options, config.dtype, input kind, model); input kind 'float32'
-# feeds [0, 1] floats, 'uint8' feeds bytes that the step converts; model 'ops' is the default
-# step (jaxface's sub-pixel stride-2 layers, the decoder on the batch's faces only), 'flax' the
-# plain nn.Conv / nn.ConvTranspose layers, 'decode_every_row' the decoder on every image (as
-# the PyTorch reference does; the non-faces' VAE loss is masked to zero either way).
-XLA_VARIANTS: dict[str, tuple[dict[str, Any], str, str, str]] = {
-    "default": ({}, "float32", "float32", "ops"),
-    "fast_math": ({"xla_cpu_enable_fast_math": True}, "float32", "float32", "ops"),
-    "no_fusion_emitters": ({"xla_cpu_use_fusion_emitters": False}, "float32", "float32", "ops"),
+# name -> (per-compile XLA options, config.dtype, input kind, config.model.impl, decoded rows);
+# input kind 'float32' feeds [0, 1] floats, 'uint8' feeds bytes that the step converts; impl is
+# one of jaxface.models.IMPLS ('auto' is the default step); decoded rows 'faces' decodes the
+# batch's faces only (the default), 'every_row' every image (as the PyTorch reference does; the
+# non-faces' VAE loss is masked to zero either way).
+XLA_VARIANTS: dict[str, tuple[dict[str, Any], str, str, str, str]] = {
+    "default": ({}, "float32", "float32", "auto", "faces"),
+    "fast_math": ({"xla_cpu_enable_fast_math": True}, "float32", "float32", "auto", "faces"),
+    "no_fusion_emitters": ({"xla_cpu_use_fusion_emitters": False}, "float32", "float32", "auto",
+                           "faces"),
     "xnn_graph_fusion_greedy": (
         {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
-        "float32", "float32", "ops"),
-    "onednn": ({"xla_cpu_use_onednn": True}, "float32", "float32", "ops"),
+        "float32", "float32", "auto", "faces"),
+    "onednn": ({"xla_cpu_use_onednn": True}, "float32", "float32", "auto", "faces"),
     # XLA:CPU hands convolutions to YNNPACK by default; '' keeps them on its Eigen path.
     "ynn_convolutions_off": ({"xla_cpu_experimental_ynn_fusion_type": ""}, "float32", "float32",
-                             "ops"),
+                             "auto", "faces"),
     "ynn_conv_eltwise_reduce": (
         {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
                                                  "LIBRARY_FUSION_TYPE_ELTWISE,"
                                                  "LIBRARY_FUSION_TYPE_REDUCE"},
-        "float32", "float32", "ops"),
-    "single_thread_eigen": ({"xla_cpu_multi_thread_eigen": False}, "float32", "float32", "ops"),
-    "bfloat16": ({}, "bfloat16", "float32", "ops"),
-    "uint8_batch": ({}, "float32", "uint8", "ops"),
-    "flax_layers": ({}, "float32", "float32", "flax"),
-    "decode_every_row": ({}, "float32", "float32", "decode_every_row"),
+        "float32", "float32", "auto", "faces"),
+    "single_thread_eigen": ({"xla_cpu_multi_thread_eigen": False}, "float32", "float32", "auto",
+                            "faces"),
+    "bfloat16": ({}, "bfloat16", "float32", "auto", "faces"),
+    "uint8_batch": ({}, "float32", "uint8", "auto", "faces"),
+    "impl_flax": ({}, "float32", "float32", "flax", "faces"),
+    "impl_cpu_fast": ({}, "float32", "float32", "cpu_fast", "faces"),
+    "decode_every_row": ({}, "float32", "float32", "auto", "every_row"),
 }
-QUICK_XLA_VARIANTS = ("default", "fast_math", "bfloat16", "flax_layers", "decode_every_row")
+QUICK_XLA_VARIANTS = ("default", "fast_math", "bfloat16", "impl_flax", "impl_cpu_fast",
+                      "decode_every_row")
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,22 +134,12 @@ def emit(row: dict[str, Any], out: list[dict[str, Any]]) -> None:
   print(json.dumps(row), flush=True)
 
 
-@contextlib.contextmanager
-def flax_layers() -> Iterator[None]:
-  """Inside the block, models trace with plain ``nn.Conv`` / ``nn.ConvTranspose`` layers."""
-  original = models._stride2  # noqa: SLF001 -- the one switch between the two layer kinds
-  models._stride2 = lambda *args, **kwargs: original(*args, **{**kwargs, "plain": True})
-  try:
-    yield
-  finally:
-    models._stride2 = original
-
-
-def model_config(kind: str, batch_size: int, dtype: str = "float32"):
+def model_config(kind: str, batch_size: int, dtype: str = "float32", impl: str = "auto"):
   """The default config of the CNN ('cnn') or the DB-VAE ('dbvae') at a batch size."""
   config = config_lib.get_base_config()
   config.batch_size = batch_size
   config.dtype = dtype
+  config.model.impl = impl
   if kind == "cnn":
     config.model.kind, config.model.latent_dim, config.resampling.signal = "cnn", 0, "none"
   return config
@@ -159,12 +154,11 @@ class Step:
   """A compiled train step with its own state and a resident random batch."""
 
   def __init__(self, config, mesh, options: dict[str, Any] | None = None,
-               input_kind: str = "float32", layers: str = "ops", seed: int = 0):
+               input_kind: str = "float32", decode_every_row: bool = False, seed: int = 0):
     optimizer = train.make_optimizer(config)
     state = train.create_train_state(jax.random.key(seed), config, optimizer)
     self.state = sharding.replicate(mesh, state)
-    step_fn = train.make_train_step(config, optimizer, mesh,
-                                    decode_every_row=layers == "decode_every_row")
+    step_fn = train.make_train_step(config, optimizer, mesh, decode_every_row=decode_every_row)
     rng = np.random.default_rng(seed)
     shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
     if input_kind == "uint8":
@@ -179,9 +173,10 @@ class Step:
     batch = data_lib.Batch(faces=images[:half], non_faces=images[half:])
     self.args = (shard(mesh, batch), sharding.replicate(mesh, jax.random.key(seed + 1)))
     self.batch_size = config.batch_size
+    self.impl = models.resolve_impl(config.model.impl)
     start = time.perf_counter()
-    with flax_layers() if layers == "flax" else contextlib.nullcontext():
-      lowered = step_fn.lower(self.state, *self.args)
+    lowered = step_fn.lower(self.state, *self.args)
+    self.program = lowered.as_text()
     self.compiled = lowered.compile(options or None)
     self.compile_s = time.perf_counter() - start
     self.run(2)  # warm-up, excluded from timings
@@ -240,13 +235,20 @@ def bench_xla(mesh, batch_sizes: Sequence[int], variants: Sequence[str], rounds:
   for batch_size in batch_sizes:
     steps = {}
     for name in variants:
-      options, dtype, input_kind, layers = XLA_VARIANTS[name]
+      options, dtype, input_kind, impl, rows = XLA_VARIANTS[name]
       try:
-        steps[name] = Step(model_config("dbvae", batch_size, dtype), mesh, options, input_kind,
-                           layers)
+        steps[name] = Step(model_config("dbvae", batch_size, dtype, impl), mesh, options,
+                           input_kind, decode_every_row=rows == "every_row")
       except Exception as err:  # noqa: BLE001 -- an option this XLA build rejects
         emit({"section": "xla", "variant": name, "batch": batch_size,
               "error": f"{type(err).__name__}: {str(err)[:200]}"}, out)
+    for name in list(steps):
+      default = steps["default"]
+      if steps[name].impl != default.impl and steps[name].program == default.program:
+        del steps[name]
+        emit({"section": "xla", "variant": name, "batch": batch_size,
+              "error": "the train step ignores config.model.impl (same program as the "
+                       "default's)"}, out)
     n = steps_for(batch_size, quick)
     load = load_average()
     rates = interleaved_rates({k: (lambda s=s: s.run(n)) for k, s in steps.items()},
@@ -257,7 +259,8 @@ def bench_xla(mesh, batch_sizes: Sequence[int], variants: Sequence[str], rounds:
             "ratio_vs_default": round(rate["images_per_s"] / base["images_per_s"], 3),
             "median_ratio_vs_default": round(rate["median_images_per_s"]
                                              / base["median_images_per_s"], 3),
-            "options": XLA_VARIANTS[name][0], "compile_s": round(steps[name].compile_s, 1),
+            "options": XLA_VARIANTS[name][0], "impl": steps[name].impl,
+            "compile_s": round(steps[name].compile_s, 1),
             "load": load}, out)
 
 
@@ -454,7 +457,7 @@ def bench_reference(python: str, batch_steps: Sequence[tuple[int, int]], n: int,
       mine = ours[("dbvae", batch_size)]["images_per_s"]
       row["ours_dbvae_images_per_s"] = mine
       row["ratio_ours_vs_torch"] = round(mine / row["torch_train_images_per_s"], 3)
-    for variant in ("decode_every_row", "flax_layers"):
+    for variant in ("decode_every_row", "impl_flax"):
       if (variant, batch_size) in variants:
         mine = variants[(variant, batch_size)]["images_per_s"]
         row[f"ours_{variant}_images_per_s"] = mine

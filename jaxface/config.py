@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 MODEL_KINDS = ("cnn", "ssvae", "dbvae")
+MODEL_IMPLS = ("auto", "flax", "cpu_fast")  # jaxface.models.IMPLS
 # Resampling signals. 'none' and 'groups' stand alone; the others can be blended, e.g.
 # 'latent_pca+errors' (weights in resampling.blend_weights, equal by default).
 BLEND_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters", "errors")
@@ -32,6 +33,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.kind = "dbvae"
   config.model.latent_dim = 100  # 0 for the CNN
   config.model.n_filters = 12
+  # 'auto' (cpu_fast on the CPU backend, else flax), 'flax' or 'cpu_fast' (jaxface.models)
+  config.model.impl = "auto"
 
   config.data = data.default_data_config()
 
@@ -146,6 +149,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
            f"of {SIGNALS[1:]}, or config.model.kind = 'ssvae' for none")
   if config.model.n_filters < 1:
     fail("model.n_filters", "must be >= 1")
+  if config.model.impl not in MODEL_IMPLS:
+    fail("model.impl", f"must be one of {MODEL_IMPLS}")
   if config.resampling.blend_weights:
     try:
       weights = blend_weights(config.resampling)

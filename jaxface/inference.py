@@ -34,24 +34,26 @@ def unit_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("outputs", "dtype", "recon"))
+@functools.partial(jax.jit, static_argnames=("outputs", "dtype", "recon", "impl"))
 def _infer_batch(variables: PyTree, images: jax.Array, outputs: tuple[str, ...], dtype: Any,
-                 recon: str) -> dict[str, jax.Array]:
+                 recon: str, impl: str = "auto") -> dict[str, jax.Array]:
   """The requested outputs of one batch; the decoder runs only when one of them needs it."""
   x = unit_float(images)
-  enc = models.encode(variables, x, train=False, dtype=dtype)
+  enc = models.encode(variables, x, train=False, dtype=dtype, impl=impl)
   out = {"face_prob": jax.nn.sigmoid(enc.y_logit), "y_logit": enc.y_logit,
          "z_mean": enc.z_mean, "z_logvar": enc.z_logvar}
   if _DECODER_OUTPUTS & set(outputs):
-    x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype).astype(jnp.float32)
+    x_recon = models.decode(variables["params"], enc.z_mean, dtype=dtype,
+                            impl=impl).astype(jnp.float32)
     out["recon_error"] = losses.reconstruction_loss(x, x_recon, recon)
     out["x_recon"] = jnp.clip(x_recon, 0.0, 1.0)
   return {name: out[name].astype(jnp.float32) for name in outputs}
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _decode_batch(params: PyTree, z: jax.Array, dtype: Any) -> dict[str, jax.Array]:
-  x = models.decode(params, z.astype(jnp.float32), dtype=dtype).astype(jnp.float32)
+@functools.partial(jax.jit, static_argnames=("dtype", "impl"))
+def _decode_batch(params: PyTree, z: jax.Array, dtype: Any,
+                  impl: str = "auto") -> dict[str, jax.Array]:
+  x = models.decode(params, z.astype(jnp.float32), dtype=dtype, impl=impl).astype(jnp.float32)
   return {"x_decoded": jnp.clip(x, 0.0, 1.0)}
 
 
@@ -94,7 +96,7 @@ def _map_batches(fn: Callable[[np.ndarray], dict[str, jax.Array]], inputs: np.nd
 def infer(variables: PyTree, images: np.ndarray, outputs: Sequence[str] = ("face_prob",
                                                                            "z_mean"), *,
           mesh: Mesh | None = None, batch_size: int = 256, dtype: Any = jnp.float32,
-          recon: str = "l1") -> dict[str, np.ndarray]:
+          recon: str = "l1", impl: str = "auto") -> dict[str, np.ndarray]:
   """Eval-mode pass of a model over a whole image array, batched and sharded over a mesh.
 
   Args:
@@ -108,6 +110,7 @@ def infer(variables: PyTree, images: np.ndarray, outputs: Sequence[str] = ("face
     batch_size: the largest number of images per pass.
     dtype: compute dtype; outputs are float32.
     recon: 'l1' or 'l2', the kind of ``recon_error``.
+    impl: the model implementation (:data:`jaxface.models.IMPLS`).
 
   Returns:
     ``{name: NumPy array}`` for every name in ``outputs``.
@@ -129,12 +132,12 @@ def infer(variables: PyTree, images: np.ndarray, outputs: Sequence[str] = ("face
     return {name: np.zeros(shapes[name], np.float32) for name in outputs}
   mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
   fn = functools.partial(_infer_batch, variables, outputs=outputs, dtype=jnp.dtype(dtype),
-                         recon=recon)
+                         recon=recon, impl=models.resolve_impl(impl))
   return _map_batches(fn, images, mesh, batch_size)
 
 
 def decode(variables: PyTree, z: np.ndarray, *, mesh: Mesh | None = None,
-           batch_size: int = 256, dtype: Any = jnp.float32) -> np.ndarray:
+           batch_size: int = 256, dtype: Any = jnp.float32, impl: str = "auto") -> np.ndarray:
   """Decodes latent codes in eval mode, batched and sharded over a mesh (VAE only).
 
   Args:
@@ -143,6 +146,7 @@ def decode(variables: PyTree, z: np.ndarray, *, mesh: Mesh | None = None,
     mesh: the device mesh (default: this process's devices).
     batch_size: the largest number of codes per pass.
     dtype: compute dtype.
+    impl: the model implementation (:data:`jaxface.models.IMPLS`).
 
   Returns:
     (M, H, W, 3) float32 images clipped to [0, 1].
@@ -156,5 +160,6 @@ def decode(variables: PyTree, z: np.ndarray, *, mesh: Mesh | None = None,
     size = models.image_size_of_decoder(variables["params"])
     return np.zeros((0, size, size, 3), np.float32)
   mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
-  fn = functools.partial(_decode_batch, variables["params"], dtype=jnp.dtype(dtype))
+  fn = functools.partial(_decode_batch, variables["params"], dtype=jnp.dtype(dtype),
+                         impl=models.resolve_impl(impl))
   return _map_batches(fn, z, mesh, batch_size)["x_decoded"]

@@ -20,16 +20,11 @@ checkpoints are those of ``flax.linen.Conv`` / ``flax.linen.ConvTranspose``.
 * :func:`conv_s2`: ``Conv(strides=2, padding='SAME')``; the forward pass is XLA's own stride-2
   convolution, the input gradient a sub-pixel transposed convolution (``jax.custom_vjp``).
 
-On the CPU backend both also run a large batch as consecutive chunks of at most
-:data:`CPU_BATCH_CHUNK` images (unrolled at trace time, results concatenated): XLA:CPU's
-convolutions lose cache locality on large activations (the DB-VAE step at batch 256 spent
-a third more time per image than at batch 32). Other backends get the whole batch.
-:func:`split_batch` / :func:`join_batch` make the same split for whole networks: the encoder
-keeps its activations as a list of chunks from the input to the dense layers (batch norm
-combines the chunks' sums) and the decoder from its first layer to its last, so each chunk
-stays in cache from layer to layer and no activation is sliced or concatenated in between.
+:func:`conv_s2` also takes an odd height or width (giving SAME's ``ceil(H / 2)`` rows).
+:mod:`jaxface.cpu_fast` builds the networks' stride-2 layers on these functions.
 
-Speed-ups are measured by ``experiments/benchmark.py`` (section ``xla``).
+Speed-ups are measured by ``experiments/benchmark.py`` (section ``xla``, see
+experiments/results/).
 """
 
 from __future__ import annotations
@@ -43,33 +38,6 @@ from jax import lax
 
 Array = jax.Array
 _DIMS = ("NHWC", "HWIO", "NHWC")
-CPU_BATCH_CHUNK = 32  # images per convolution call on the CPU backend
-
-
-def _chunks(batch: int) -> list[tuple[int, int]]:
-  """``(start, stop)`` of the batch chunks: one chunk off the CPU backend."""
-  size = CPU_BATCH_CHUNK if jax.default_backend() == "cpu" else batch
-  return [(i, min(i + size, batch)) for i in range(0, batch, max(size, 1))]
-
-
-def split_batch(x: Array) -> list[Array]:
-  """``x`` as consecutive batch chunks: :data:`CPU_BATCH_CHUNK` rows each on the CPU backend
-  (the last may be shorter), ``[x]`` elsewhere."""
-  bounds = _chunks(x.shape[0])
-  return [x] if len(bounds) == 1 else [x[start:stop] for start, stop in bounds]
-
-
-def join_batch(chunks: list[Array]) -> Array:
-  """The inverse of :func:`split_batch`: the chunks concatenated along the batch."""
-  return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
-
-
-def per_chunk(fn: Callable[[Array], Array], x: Array) -> Array:
-  """``fn`` applied to the chunks of :func:`split_batch`, concatenated along the batch.
-
-  ``fn`` must treat every row on its own.
-  """
-  return join_batch([fn(part) for part in split_batch(x)])
 
 
 def _phase_taps(k: int, tap_of: Callable[[int, int], int]) -> tuple[np.ndarray, int, int]:
@@ -102,12 +70,12 @@ def _subpixel(chunks: list[Array], kernel: Array,
   The phase kernel is gathered once for all chunks (and its gradient scattered back once).
 
   Args:
-    chunks: (b_i, n, n, C_in) each.
+    chunks: (b_i, h, w, C_in) each.
     kernel: (k, k, C_in, C_out).
     tap_of: see :func:`_phase_taps`.
 
   Returns:
-    (b_i, 2n, 2n, C_out) each.
+    (b_i, 2h, 2w, C_out) each.
   """
   k, _, c_in, c_out = kernel.shape
   taps, d_min, d_max = _phase_taps(k, tap_of)
@@ -119,9 +87,9 @@ def _subpixel(chunks: list[Array], kernel: Array,
   out = []
   for x in chunks:
     y = lax.conv_general_dilated(x, phase, (1, 1), pad, dimension_numbers=_DIMS)
-    b, n = y.shape[0], y.shape[1]
-    out.append(y.reshape(b, n, n, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(
-        b, 2 * n, 2 * n, c_out))
+    b, h, w = y.shape[:3]
+    out.append(y.reshape(b, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(
+        b, 2 * h, 2 * w, c_out))
   return out
 
 
@@ -140,17 +108,17 @@ def conv_transpose_s2(x: Array, kernel: Array) -> Array:
   """``flax.linen.ConvTranspose(strides=(2, 2), padding='SAME')`` without the bias.
 
   Args:
-    x: (B, n, n, C_in) NHWC input.
+    x: (B, h, w, C_in) NHWC input.
     kernel: (k, k, C_in, C_out), the ConvTranspose kernel (not flipped).
 
   Returns:
-    (B, 2n, 2n, C_out).
+    (B, 2h, 2w, C_out).
   """
-  return join_batch(conv_transpose_s2_chunks(split_batch(x), kernel))
+  return conv_transpose_s2_chunks([x], kernel)[0]
 
 
 def conv_transpose_s2_chunks(chunks: list[Array], kernel: Array) -> list[Array]:
-  """:func:`conv_transpose_s2` of every batch chunk (a list, as :func:`split_batch` makes)."""
+  """:func:`conv_transpose_s2` of every array of a list (one phase kernel for all of them)."""
   pad_lo = _same_pad_transpose(kernel.shape[0])
   # y[2m + r] sums x[m + d] @ kernel[t] over the taps with t = 2d + pad_lo - r.
   return _subpixel(chunks, kernel, lambda r, t: r + t - pad_lo)
@@ -162,32 +130,48 @@ def _conv_s2_plain(x: Array, kernel: Array) -> Array:
                                   dimension_numbers=_DIMS)
 
 
-@jax.custom_vjp
+def _even_size_pad(size: int, k: int) -> tuple[int, int]:
+  """(before, after) zero rows that make ``size`` even and keep the stride-2 SAME output.
+
+  SAME pads an odd size with ``k - 1`` rows in all, ``(k - 1) // 2`` before, an even one with
+  ``k - 2``, ``(k - 2) // 2`` before; one zero row before (odd ``k``) or after (even ``k``)
+  makes up the difference, so the convolution of the even input reads the same pixels.
+  """
+  if size % 2 == 0:
+    return 0, 0
+  return (1, 0) if max(k - 1, 0) // 2 > max(k - 2, 0) // 2 else (0, 1)
+
+
 def conv_s2(x: Array, kernel: Array) -> Array:
-  """``flax.linen.Conv(strides=2, padding='SAME')`` without the bias, for even H and W.
+  """``flax.linen.Conv(strides=2, padding='SAME')`` without the bias.
 
   The forward pass is XLA's stride-2 convolution; the input gradient is computed as a
-  sub-pixel transposed convolution (stride 1) and the kernel gradient by XLA's own rule.
+  sub-pixel transposed convolution (stride 1) and the kernel gradient by XLA's own rule. An odd
+  height or width is first padded to an even one with a zero row (the same output as SAME).
 
   Args:
-    x: (B, H, W, C_in) NHWC input, H and W even.
+    x: (B, H, W, C_in) NHWC input.
     kernel: (k, k, C_in, C_out).
 
   Returns:
-    (B, H / 2, W / 2, C_out).
+    (B, ceil(H / 2), ceil(W / 2), C_out).
   """
-  return _conv_s2_chunked(x, kernel)
+  k = kernel.shape[0]
+  pad_h, pad_w = _even_size_pad(x.shape[1], k), _even_size_pad(x.shape[2], k)
+  if pad_h != (0, 0) or pad_w != (0, 0):
+    x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  return _conv_s2_even(x, kernel)
 
 
-def _conv_s2_chunked(x: Array, kernel: Array) -> Array:
-  return per_chunk(lambda part: _conv_s2_plain(part, kernel), x)
+@jax.custom_vjp
+def _conv_s2_even(x: Array, kernel: Array) -> Array:
+  """:func:`conv_s2` of an input of even height and width."""
+  return _conv_s2_plain(x, kernel)
 
 
 def _conv_s2_fwd(x, kernel):
-  if x.shape[1] % 2 or x.shape[2] % 2:
-    raise ValueError(f"conv_s2 needs an even height and width, got {x.shape}")
   # The kernel gradient reads the input batch-minor; transposed here, while x is in cache.
-  return _conv_s2_chunked(x, kernel), (jnp.transpose(x, (3, 1, 2, 0)), kernel)
+  return _conv_s2_plain(x, kernel), (jnp.transpose(x, (3, 1, 2, 0)), kernel)
 
 
 def _kernel_grad(x_t: Array, y_grad: Array, k: int) -> Array:
@@ -207,9 +191,9 @@ def _conv_s2_bwd(residuals, y_grad):
   lo, _ = _same_pad_conv(kernel.shape[0])
   kernel_t = jnp.swapaxes(kernel, 2, 3)
   # y[o] = sum_t x[2o + t - lo] k[t], so x[2m + r] receives y[m + d] through t = r + lo - 2d.
-  x_grad = join_batch(_subpixel(split_batch(y_grad), kernel_t, lambda r, t: r + lo - t))
+  x_grad = _subpixel([y_grad], kernel_t, lambda r, t: r + lo - t)[0]
   kernel_grad = _kernel_grad(x_t, y_grad, kernel.shape[0]).astype(kernel.dtype)
   return x_grad.astype(x_t.dtype), kernel_grad
 
 
-conv_s2.defvjp(_conv_s2_fwd, _conv_s2_bwd)
+_conv_s2_even.defvjp(_conv_s2_fwd, _conv_s2_bwd)

@@ -138,7 +138,7 @@ def split_halves(x: jax.Array, num_shards: int = 1) -> tuple[jax.Array, jax.Arra
 def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
                optimizer: optax.GradientTransformation, kl_weight: float, recon: str,
                dtype: Any, num_shards: int = 1, decode_every_row: bool = False,
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               impl: str = "auto") -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the CNN (latent_dim 0) or the SS-/DB-VAE.
 
   The encoder (and its batch norms) sees the whole batch, faces and non-faces joined by
@@ -159,6 +159,7 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
     num_shards: the devices each half of the batch is split over (:func:`join_halves`); it
       changes the rows' order inside the step, not the step.
     decode_every_row: decode the non-faces too (a VAE; for benchmarking).
+    impl: the model implementation (:data:`jaxface.models.IMPLS`).
 
   Returns:
     The new state and scalar metrics (loss, classification, vae, accuracy).
@@ -173,7 +174,7 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    enc = models.encode(variables, images, train=True, dtype=dtype)
+    enc = models.encode(variables, images, train=True, dtype=dtype, impl=impl)
     cls = losses.classification_loss(enc.y_logit, labels)
     if not is_vae:
       return jnp.mean(cls), (enc.batch_stats, enc.y_logit, cls, jnp.zeros((n_faces,)))
@@ -181,13 +182,13 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
     z = models.reparameterize(step_key, z_mean, z_logvar)
     if decode_every_row:
       z_non = models.reparameterize(jax.random.fold_in(step_key, 1), z_mean_non, z_logvar_non)
-      x_recon_all = models.decode(params, join(z, z_non), dtype=dtype)
+      x_recon_all = models.decode(params, join(z, z_non), dtype=dtype, impl=impl)
       vae_all = losses.vae_loss(images, x_recon_all, join(z_mean, z_mean_non),
                                 join(z_logvar, z_logvar_non), kl_weight, recon)
       vae_sum = jnp.sum(labels * vae_all)  # the non-faces' terms are computed, then zeroed
       vae = split(vae_all)[0]
     else:
-      x_recon = models.decode(params, z, dtype=dtype)
+      x_recon = models.decode(params, z, dtype=dtype, impl=impl)
       vae = losses.vae_loss(batch.faces, x_recon, z_mean, z_logvar, kl_weight, recon)
       vae_sum = jnp.sum(vae)
     total = (jnp.sum(cls) + vae_sum) / labels.shape[0]
@@ -220,7 +221,7 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
   step_fn = functools.partial(
       train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
       recon=config.loss.recon, dtype=compute_dtype(config), num_shards=mesh.devices.size,
-      decode_every_row=decode_every_row)
+      decode_every_row=decode_every_row, impl=config.model.impl)
   repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
   return jax.jit(step_fn, in_shardings=(repl, batch, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
@@ -231,9 +232,10 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _batch_norm_statistics(variables, images, dtype):
-  return models.batch_norm_statistics(variables, inference.unit_float(images), dtype=dtype)
+@functools.partial(jax.jit, static_argnames=("dtype", "impl"))
+def _batch_norm_statistics(variables, images, dtype, impl):
+  return models.batch_norm_statistics(variables, inference.unit_float(images), dtype=dtype,
+                                      impl=impl)
 
 
 def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mesh: Mesh,
@@ -266,7 +268,7 @@ def recalibrate_batch_norm(state: TrainState, train_data: data_lib.FaceData, mes
   for batch in batcher.epoch_batches(epoch):
     images = np.concatenate([batch.faces, batch.non_faces])
     stats = _batch_norm_statistics(state.variables, shard_batch(mesh, images),
-                                   compute_dtype(config))
+                                   compute_dtype(config), config.model.impl)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   n = config.bn_recalibration_batches
   return state.replace(batch_stats=jax.tree.map(lambda s: s / n, total))
@@ -300,7 +302,7 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     outputs = ("face_prob", "z_mean") + (("recon_error",) if "epistemic" in parts else ())
     out = inference.infer(variables, train_faces.images, outputs, mesh=mesh,
                           batch_size=config.eval_batch_size, dtype=compute_dtype(config),
-                          recon=config.loss.recon)
+                          recon=config.loss.recon, impl=config.model.impl)
     z_mean = out["z_mean"]
     if not np.isfinite(z_mean).all():
       raise FloatingPointError("the encoder produced non-finite latent means for the training "
@@ -308,7 +310,8 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     signals = []
     for part in parts:
       if part == "latent":
-        signals.append(resampling.sampling_probabilities(z_mean, rs.bins, rs.alpha, rs.combine))
+        signals.append(resampling.sampling_probabilities(
+            z_mean, rs.bins, rs.alpha, rs.combine, histogram_impl=rs.histogram_impl))
       elif part == "epistemic":
         signals.append(resampling.epistemic_probabilities(out["recon_error"]))
       elif part == "latent_pca":
@@ -465,7 +468,8 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
   """
   result: dict[str, Any] = {}
   face_prob = functools.partial(inference.infer, variables, outputs=("face_prob",), mesh=mesh,
-                                batch_size=config.eval_batch_size, dtype=compute_dtype(config))
+                                batch_size=config.eval_batch_size, dtype=compute_dtype(config),
+                                impl=config.model.impl)
   val = datasets.get("val")
   if val is not None and len(val):
     prob = face_prob(val.images)["face_prob"]

@@ -14,15 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface import models
+from jaxface import config as config_lib
+from jaxface import cpu_fast, models
 
 # One jitted forward for the whole module (one compilation per input shape / mode). XLA's
 # backend optimisations are turned down for these test-only jits: compilation, not execution,
 # dominates on CPU, and this halves it.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-_forward = jax.jit(models.forward, static_argnames=("train", "dtype"),
+_forward = jax.jit(models.forward, static_argnames=("train", "dtype", "impl"),
                    compiler_options=FAST_COMPILE)
-_decode = jax.jit(models.decode, compiler_options=FAST_COMPILE)
+_decode = jax.jit(models.decode, static_argnames=("impl",), compiler_options=FAST_COMPILE)
 
 
 def _abstract_variables(latent_dim, n_filters=12, image_size=64):
@@ -91,10 +92,11 @@ def test_encoder_parameter_shapes(latent_dim, image_size):
       "Dense_0", "Dense_1"}
 
 
+@pytest.mark.parametrize("impl", ["flax", "cpu_fast"])
 @pytest.mark.parametrize("image_size", [64, 128])
-def test_encoder_strides_are_two(image_size):
+def test_encoder_strides_are_two(image_size, impl):
   abstract = _abstract_variables(3, image_size=image_size)
-  encoder = models.Encoder(n_outputs=7)
+  encoder = models.networks(impl)[0](n_outputs=7)
   enc_vars = {"params": abstract["params"]["encoder"],
               "batch_stats": abstract["batch_stats"]["encoder"]}
   _, inter = jax.eval_shape(
@@ -104,7 +106,8 @@ def test_encoder_strides_are_two(image_size):
   inter = inter["intermediates"]
   for i, c in enumerate((12, 24, 48, 72)):
     side = image_size // 2 ** (i + 1)
-    out = inter[f"Conv_{i}"]["__call__"][0]  # a list of batch chunks
+    out = inter[f"Conv_{i}"]["__call__"][0]
+    out = out if impl == "cpu_fast" else [out]  # cpu_fast: a list of batch chunks
     assert isinstance(out, list) and sum(chunk.shape[0] for chunk in out) == 2
     assert all(chunk.shape[1:] == (side, side, c) for chunk in out)
 
@@ -205,7 +208,7 @@ def test_vae_encoder_output_split():
   variables = _variables(k)
   x = _images(3, 64)
   out = _forward(variables, x)
-  encoder = models.Encoder(n_outputs=2 * k + 1)
+  encoder = models.networks("auto")[0](n_outputs=2 * k + 1)
   raw = jax.jit(lambda v, x: encoder.apply(v, x, train=False), compiler_options=FAST_COMPILE)(
       {"params": variables["params"]["encoder"],
        "batch_stats": variables["batch_stats"]["encoder"]}, x)
@@ -360,3 +363,204 @@ def test_batch_norm_statistics_make_eval_mode_equal_train_mode():
   np.testing.assert_allclose(eval_out.z_mean, train_out.z_mean, rtol=1e-4, atol=1e-4)
   # The running averages were not used: they differ from this batch's statistics.
   assert not np.allclose(jax.tree.leaves(stats)[0], jax.tree.leaves(variables["batch_stats"])[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Implementations: 'flax' (stock Linen, what accelerators run) and 'cpu_fast' (jaxface.cpu_fast).
+# ----------------------------------------------------------------------------------------------
+
+
+def _rel_close(a, b, tol=1e-4, err_msg=""):
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape, err_msg
+  assert np.max(np.abs(a - b)) <= tol * (np.max(np.abs(a)) + 1e-6), err_msg
+
+
+def test_impls_are_checked_and_match_the_config_field():
+  assert models.IMPLS == config_lib.MODEL_IMPLS == ("auto", "flax", "cpu_fast")
+  variables = _abstract_variables(2, n_filters=2, image_size=16)
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  calls = [
+      lambda: models.init_variables(jax.random.key(0), latent_dim=2, impl="torch"),
+      lambda: jax.eval_shape(functools.partial(models.encode, impl="torch"), variables, x),
+      lambda: jax.eval_shape(functools.partial(models.forward, impl="torch"), variables, x),
+      lambda: jax.eval_shape(functools.partial(models.batch_norm_statistics, impl="torch"),
+                             variables, x),
+      lambda: models.decode(variables["params"], jnp.zeros((1, 2)), impl="torch"),
+  ]
+  for call in calls:
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'flax', 'cpu_fast'\)"):
+      call()
+  config = config_lib.get_base_config()
+  assert config.model.impl == "auto"
+  config.model.impl = "torch"
+  with pytest.raises(ValueError, match="config.model.impl"):
+    config_lib.validate_config(config, num_devices=1)
+
+
+def test_auto_is_cpu_fast_on_cpu_and_flax_elsewhere(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert models.resolve_impl("auto") == "cpu_fast"
+  assert models.networks("auto") == (cpu_fast.Encoder, cpu_fast.Decoder)
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    assert models.resolve_impl("auto") == "flax"
+    assert models.networks("auto") == (models.Encoder, models.Decoder)
+  assert models.resolve_impl("cpu_fast") == "cpu_fast"  # explicit choices are kept
+
+
+def test_accelerator_path_traces_the_flax_networks(monkeypatch):
+  """On an accelerator backend, 'auto' traces exactly the programs of impl='flax'."""
+  variables = _variables(2, n_filters=2, image_size=16)
+  x = _images(3, 16)
+  programs = {}
+  for backend in ("gpu", "cpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    for impl in ("auto", "flax"):
+      programs[backend, impl] = str(jax.make_jaxpr(
+          functools.partial(models.forward, train=True, impl=impl))(
+              variables, x, jax.random.key(0)))
+  assert programs["gpu", "auto"] == programs["gpu", "flax"]
+  assert programs["cpu", "auto"] != programs["cpu", "flax"]
+
+
+def test_impls_make_the_same_variables():
+  """Same names, shapes and (from the same key) values: checkpoints are interchangeable."""
+  trees = {impl: models.init_variables(jax.random.key(3), latent_dim=3, n_filters=2,
+                                       image_size=16, impl=impl) for impl in models.IMPLS}
+  reference = trees["flax"]
+  for impl, tree in trees.items():
+    assert jax.tree.structure(tree) == jax.tree.structure(reference), impl
+    assert _shapes(tree) == _shapes(reference), impl
+    assert _allclose_tree(tree, reference), impl
+
+
+@functools.lru_cache(maxsize=None)
+def _impl_outputs(impl, batch):
+  """Everything the networks compute, for one implementation, on one batch (one compile)."""
+  variables = _variables(4, n_filters=4, image_size=32)
+  x = _images(batch, 32, seed=batch)
+  z = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, 4)), jnp.float32)
+
+  def loss(params):
+    out = models.forward({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                         jax.random.key(1), train=True, impl=impl)
+    return (jnp.mean(jnp.square(out.y_logit)) + jnp.mean(jnp.square(out.z_mean))
+            + jnp.mean(jnp.abs(out.x_recon - x)))
+
+  def everything(variables):
+    train = models.encode(variables, x, train=True, impl=impl)
+    return {"train": train, "eval": models.encode(variables, x, impl=impl),
+            "decode": models.decode(variables["params"], z, impl=impl),
+            "stats": models.batch_norm_statistics(variables, x, impl=impl),
+            "grads": jax.grad(loss)(variables["params"])}
+
+  return jax.jit(everything, compiler_options=FAST_COMPILE)(variables)
+
+
+@pytest.mark.parametrize("batch", [37])
+def test_flax_impl_on_cpu_equals_cpu_fast(batch):
+  """The accelerator path (impl='flax', here on CPU) against the CPU fast path: encoder in train
+  and eval mode, decoder, batch statistics and parameter gradients, on an odd batch of more
+  than one chunk."""
+  assert len(cpu_fast.split_batch(jnp.zeros((batch, 1)))) == 2
+  flax_out, fast_out = _impl_outputs("flax", batch), _impl_outputs("cpu_fast", batch)
+  assert jax.tree.structure(flax_out) == jax.tree.structure(fast_out)
+  assert _shapes(flax_out["grads"]) == _shapes(_variables(4, 4, 32)["params"])
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(flax_out),
+                          jax.tree.leaves(fast_out)):
+    _rel_close(a, b, err_msg=jax.tree_util.keystr(path))
+  # Not vacuous: training moved the statistics and the gradients are not zero.
+  assert not _allclose_tree(flax_out["train"].batch_stats, _variables(4, 4, 32)["batch_stats"])
+  assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(flax_out["grads"]))
+
+
+def _tiny():
+  variables = _variables(2, n_filters=2, image_size=16)
+  x = _images(3, 16, seed=2)
+  z = jnp.asarray(np.random.default_rng(3).normal(size=(3, 2)), jnp.float32)
+  return variables, x, z
+
+
+def _z_mean(impl, variables):
+  return lambda x: models.encode(variables, x, train=True, impl=impl).z_mean
+
+
+def test_jvp_through_flax_encode_and_decode_matches_reverse_mode():
+  # <u, J v> from forward mode equals <J^T u, v> from the cpu_fast reverse mode.
+  variables, x, z = _tiny()
+  rng = np.random.default_rng(4)
+  cases = [(_z_mean("flax", variables), _z_mean("cpu_fast", variables), x),
+           (lambda z: models.decode(variables["params"], z, impl="flax"),
+            lambda z: models.decode(variables["params"], z, impl="cpu_fast"), z)]
+  for flax_fn, fast_fn, primal in cases:
+    tangent = jnp.asarray(rng.normal(size=primal.shape), jnp.float32)
+    y, y_dot = jax.jvp(flax_fn, (primal,), (tangent,))
+    u = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    (pullback,) = jax.vjp(fast_fn, primal)[1](u)
+    np.testing.assert_allclose(float(jnp.vdot(u, y_dot)), float(jnp.vdot(pullback, tangent)),
+                               rtol=1e-4)
+  with pytest.raises(TypeError):  # the custom_vjp layers are reverse-mode only
+    jax.jvp(_z_mean("cpu_fast", variables), (x,), (x,))
+
+
+def test_jacfwd_through_flax_encode_and_decode_matches_jacrev():
+  variables, x, z = _tiny()
+  y_logit = lambda impl: lambda x: models.encode(variables, x, impl=impl).y_logit  # noqa: E731
+  _rel_close(jax.jacrev(y_logit("cpu_fast"))(x), jax.jacfwd(y_logit("flax"))(x))
+  decode = lambda impl: functools.partial(models.decode, variables["params"],  # noqa: E731
+                                          impl=impl)
+  _rel_close(jax.jacrev(decode("cpu_fast"))(z), jax.jacfwd(decode("flax"))(z))
+
+
+def test_vmap_through_flax_encode_and_decode_equals_a_loop():
+  variables, x, z = _tiny()
+  xs, zs = jnp.stack([x, x[::-1] * 0.5]), jnp.stack([z, -z])
+  mapped = jax.vmap(_z_mean("flax", variables))(xs)
+  decoded = jax.vmap(functools.partial(models.decode, variables["params"], impl="flax"))(zs)
+  for i in range(2):
+    _rel_close(_z_mean("cpu_fast", variables)(xs[i]), mapped[i])
+    _rel_close(models.decode(variables["params"], zs[i], impl="cpu_fast"), decoded[i])
+  assert not np.allclose(mapped[0], mapped[1])
+
+
+def test_hessian_through_flax_encode_and_decode_matches_reverse_over_reverse():
+  variables, x, z = _tiny()
+  directions = _images(2, 16, seed=6) - 0.5
+
+  def encoded(impl):  # a smooth scalar of the train-mode encoder along two image directions
+    return lambda t: jnp.sum(jnp.tanh(_z_mean(impl, variables)(
+        x + t[0] * directions[0] + t[1] * directions[1])))
+
+  def decoded(impl):
+    return lambda z: jnp.sum(jnp.tanh(models.decode(variables["params"], z, impl=impl)))
+
+  t = jnp.asarray([0.1, -0.2])
+  for fn, primal in ((encoded, t), (decoded, z)):
+    hessian = jax.jit(jax.hessian(fn("flax")), compiler_options=FAST_COMPILE)(primal)
+    assert hessian.shape == primal.shape * 2
+    reverse = jax.jit(jax.jacrev(jax.jacrev(fn("cpu_fast"))), compiler_options=FAST_COMPILE)
+    _rel_close(reverse(primal), hessian, tol=1e-3)
+    assert float(jnp.max(jnp.abs(hessian))) > 0
+
+
+def test_axis_name_pools_batch_norm_statistics_over_the_mapped_axis():
+  """Encoder(axis_name=...) under a mapped axis normalises with the statistics of all shards."""
+  variables = _variables(2, n_filters=2, image_size=16)
+  enc_vars = {"params": variables["params"]["encoder"],
+              "batch_stats": variables["batch_stats"]["encoder"]}
+  x = _images(8, 16, seed=7)
+
+  def run(encoder, images):
+    return encoder.apply(enc_vars, images, train=True, mutable=["batch_stats"])
+
+  whole, whole_stats = run(models.Encoder(n_outputs=5, n_filters=2), x)
+  shards = x.reshape((2, 4) + x.shape[1:])
+  pooled, pooled_stats = jax.vmap(
+      lambda s: run(models.Encoder(n_outputs=5, n_filters=2, axis_name="batch"), s),
+      axis_name="batch")(shards)
+  _rel_close(whole, pooled.reshape(whole.shape))
+  for a, b in zip(jax.tree.leaves(whole_stats), jax.tree.leaves(pooled_stats)):
+    _rel_close(np.broadcast_to(a, b.shape), b)
+  alone, _ = jax.vmap(lambda s: run(models.Encoder(n_outputs=5, n_filters=2), s))(shards)
+  assert not np.allclose(whole, alone.reshape(whole.shape), atol=1e-4)

@@ -1,12 +1,14 @@
-"""Sub-pixel stride-2 layers against the Flax layers they replace: values and gradients."""
+"""The XLA:CPU fast-path machinery against the stock layers it replaces: the sub-pixel stride-2
+convolutions of jaxface.ops and the batch chunks and chunked batch norm of jaxface.cpu_fast."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
-from jaxface import models, ops
+from jaxface import cpu_fast, models, ops
 
 
 def _rel(a, b):
@@ -20,13 +22,11 @@ def _flax_fn(layer, features, k):
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7])
 @pytest.mark.parametrize("transpose", [False, True])
-@pytest.mark.parametrize("chunk", [32, 2], ids=["one_chunk", "chunks_2_2_1"])
-def test_matches_flax_layer_and_its_gradients(k, transpose, chunk, monkeypatch):
-  monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", chunk)
+def test_matches_flax_layer_and_its_gradients(k, transpose):
   c_in, c_out, side, batch = 5, 7, 8, 5
   key_x, key_w, key_g = jax.random.split(jax.random.key(k), 3)
-  x = jax.random.normal(key_x, (batch, side // 2 if transpose else side, side // 2 if transpose
-                                else side, c_in))
+  n = side // 2 if transpose else side
+  x = jax.random.normal(key_x, (batch, n, n + 2, c_in))  # not square
   w = jax.random.normal(key_w, (k, k, c_in, c_out))
   reference = _flax_fn(nn.ConvTranspose if transpose else nn.Conv, c_out, k)
   ours = ops.conv_transpose_s2 if transpose else ops.conv_s2
@@ -40,50 +40,74 @@ def test_matches_flax_layer_and_its_gradients(k, transpose, chunk, monkeypatch):
     assert _rel(g_ref, g) < 1e-5
 
 
-def test_batch_chunks_cover_the_batch_on_cpu(monkeypatch):
-  monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", 32)
-  expected = [(0, 32), (32, 64), (64, 70)] if jax.default_backend() == "cpu" else [(0, 70)]
-  assert ops._chunks(70) == expected  # noqa: SLF001
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("height,width", [(7, 8), (8, 9), (5, 11)])
+def test_conv_s2_odd_sizes_match_lax_same_forward_and_gradient(k, height, width):
+  """An odd height or width gives SAME's ceil(H / 2) rows and its gradients (it gave
+  floor(H / 2) rows without a gradient, and refused a gradient)."""
+  key_x, key_w, key_g = jax.random.split(jax.random.key(10 * k + height), 3)
+  x = jax.random.normal(key_x, (3, height, width, 4))
+  w = jax.random.normal(key_w, (k, k, 4, 6))
+
+  def reference(x, w):
+    return lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  y_ref, vjp_ref = jax.vjp(reference, x, w)
+  assert y_ref.shape == (3, -(-height // 2), -(-width // 2), 6)
+  y = ops.conv_s2(x, w)  # forward alone, no gradient taken
+  assert y.shape == y_ref.shape
+  assert _rel(y_ref, y) < 1e-5
+  assert _rel(y_ref, jax.jit(ops.conv_s2)(x, w)) < 1e-5
+  y_vjp, vjp = jax.vjp(ops.conv_s2, x, w)
+  assert _rel(y_ref, y_vjp) < 1e-5
+  y_grad = jax.random.normal(key_g, y_ref.shape)
+  for g_ref, g in zip(vjp_ref(y_grad), vjp(y_grad)):
+    assert g.shape == g_ref.shape
+    assert _rel(g_ref, g) < 1e-5
 
 
-def test_conv_s2_gradient_rejects_odd_sizes():
-  x, w = jnp.ones((1, 7, 7, 2)), jnp.ones((3, 3, 2, 4))
-  with pytest.raises(ValueError, match="even height and width"):
-    jax.grad(lambda x: jnp.sum(ops.conv_s2(x, w)))(x)
+def test_conv_transpose_s2_chunks_equals_each_array_on_its_own():
+  key_x, key_w = jax.random.split(jax.random.key(3))
+  x = jax.random.normal(key_x, (5, 4, 4, 3))
+  w = jax.random.normal(key_w, (3, 3, 3, 2))
+  chunks = ops.conv_transpose_s2_chunks([x[:2], x[2:]], w)
+  assert [c.shape for c in chunks] == [(2, 8, 8, 2), (3, 8, 8, 2)]
+  np.testing.assert_allclose(jnp.concatenate(chunks), ops.conv_transpose_s2(x, w), rtol=1e-6,
+                             atol=1e-6)
 
 
-def test_model_with_sub_pixel_layers_equals_flax_layers():
-  """Same parameter tree and, to float rounding, the same outputs and gradients."""
-  variables = models.init_variables(jax.random.key(0), latent_dim=6, image_size=32)
-  params = variables["params"]
-  x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
-  enc_vars = {"params": params["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
-
-  def loss(params, plain):
-    encoder = models.Encoder(n_outputs=13, plain_layers=plain)
-    decoder = models.Decoder(image_size=32, plain_layers=plain)
-    out, _ = encoder.apply({**enc_vars, "params": params["encoder"]}, x, train=True,
-                           mutable=["batch_stats"])
-    recon = decoder.apply({"params": params["decoder"]}, out[:, 1:7])
-    return jnp.mean(out ** 2) + jnp.mean(recon ** 2), (out, recon)
-
-  (l_ops, (out_ops, rec_ops)), g_ops = jax.value_and_grad(loss, has_aux=True)(params, False)
-  (l_ref, (out_ref, rec_ref)), g_ref = jax.value_and_grad(loss, has_aux=True)(params, True)
-  assert _rel(out_ref, out_ops) < 1e-4 and _rel(rec_ref, rec_ops) < 1e-4
-  assert np.isclose(float(l_ref), float(l_ops), rtol=1e-5)
-  assert jax.tree.structure(g_ref) == jax.tree.structure(g_ops)
-  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_ops)):
-    assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * (float(jnp.max(jnp.abs(a))) + 1e-6)
-  # Flax's own initialisation of the plain layers gives the same parameter tree.
-  plain_enc = models.Encoder(n_outputs=13, plain_layers=True).init(
-      jax.random.key(0), x, train=False)["params"]
-  assert jax.tree.map(jnp.shape, plain_enc) == jax.tree.map(jnp.shape, params["encoder"])
+# ----------------------------------------------------------------------------------------------
+# jaxface.cpu_fast: batch chunks and the chunked batch norm.
+# ----------------------------------------------------------------------------------------------
 
 
-def test_decode_runs_batch_chunks_and_matches_the_plain_decoder(monkeypatch):
-  """The decoder runs the batch as chunks (2, 2, 1 codes here) and gives the plain decoder's
-  output and gradients."""
-  monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", 2)
+def test_batch_chunks_cover_the_batch(monkeypatch):
+  monkeypatch.setattr(cpu_fast, "CPU_BATCH_CHUNK", 32)
+  x = jnp.arange(70.0)[:, None]
+  chunks = cpu_fast.split_batch(x)
+  assert [c.shape[0] for c in chunks] == [32, 32, 6]
+  np.testing.assert_array_equal(cpu_fast.join_batch(chunks), x)
+  assert [c.shape[0] for c in cpu_fast.split_batch(x[:32])] == [32]
+
+
+def test_strided_conv_on_chunks_equals_flax_layers():
+  key_x, key_w = jax.random.split(jax.random.key(4))
+  x = jax.random.normal(key_x, (5, 8, 8, 3))
+  for transpose, layer in ((False, nn.Conv), (True, nn.ConvTranspose)):
+    ours = cpu_fast.StridedConv(4, 3, transpose=transpose)
+    variables = ours.init(key_w, [x])
+    variables = {"params": {**variables["params"], "bias": jnp.linspace(-1.0, 1.0, 4)}}
+    out = ours.apply(variables, [x[:2], x[2:]])
+    ref = layer(4, (3, 3), strides=(2, 2), padding="SAME").apply(variables, x)
+    assert [c.shape[0] for c in out] == [2, 3]
+    assert _rel(ref, jnp.concatenate(out)) < 1e-5
+
+
+def test_decoder_runs_batch_chunks(monkeypatch):
+  """The cpu_fast decoder hands every layer the batch as chunks (2, 2, 1 codes here), in one
+  call for all of them."""
+  monkeypatch.setattr(cpu_fast, "CPU_BATCH_CHUNK", 2)
   params = models.init_variables(jax.random.key(0), latent_dim=6, image_size=32)["params"]
   z = jax.random.normal(jax.random.key(1), (5, 6))
   seen = []
@@ -94,24 +118,18 @@ def test_decode_runs_batch_chunks_and_matches_the_plain_decoder(monkeypatch):
     return original(chunks, kernel)
 
   monkeypatch.setattr(ops, "conv_transpose_s2_chunks", spy)
-  chunked = models.decode(params, z)
-  if jax.default_backend() == "cpu":
-    assert seen == [[2, 2, 1]] * 4  # every layer, one call for all chunks
-  plain = models.Decoder(image_size=32, plain_layers=True)
-  reference = plain.apply({"params": params["decoder"]}, z)
+  chunked = models.decode(params, z, impl="cpu_fast")
+  assert seen == [[2, 2, 1]] * 4
+  reference = models.decode(params, z, impl="flax")
   assert chunked.shape == reference.shape == (5, 32, 32, 3)
   assert _rel(reference, chunked) < 1e-5
-  g_ours = jax.grad(lambda p: jnp.sum(models.decode(p, z) ** 2))(params)["decoder"]
-  g_ref = jax.grad(lambda p: jnp.sum(plain.apply({"params": p["decoder"]}, z) ** 2))(params)
-  for a, b in zip(jax.tree.leaves(g_ref["decoder"]), jax.tree.leaves(g_ours)):
-    assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * float(jnp.max(jnp.abs(a)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_chunked_batch_norm_equals_flax_batch_norm_on_the_whole_batch(dtype):
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (5, 4, 4, 6))
   chunks = [x[:2], x[2:4], x[4:]]
-  ours = models.ChunkedBatchNorm(use_running_average=False, dtype=dtype)
+  ours = cpu_fast.ChunkedBatchNorm(use_running_average=False, dtype=dtype)
   flax_bn = nn.BatchNorm(use_running_average=False, momentum=models.BN_MOMENTUM, dtype=dtype)
   variables = ours.init(jax.random.key(1), chunks)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
@@ -126,7 +144,7 @@ def test_chunked_batch_norm_equals_flax_batch_norm_on_the_whole_batch(dtype):
                              np.asarray(ref, np.float32), atol=tol, rtol=tol)
   for key in ("mean", "var"):
     np.testing.assert_allclose(new["batch_stats"][key], ref_new["batch_stats"][key], rtol=1e-5)
-  eval_ours = models.ChunkedBatchNorm(use_running_average=True, dtype=dtype)
+  eval_ours = cpu_fast.ChunkedBatchNorm(use_running_average=True, dtype=dtype)
   eval_ref = nn.BatchNorm(use_running_average=True, dtype=dtype)
   np.testing.assert_allclose(
       np.asarray(jnp.concatenate(eval_ours.apply(variables, chunks)), np.float32),
@@ -134,18 +152,18 @@ def test_chunked_batch_norm_equals_flax_batch_norm_on_the_whole_batch(dtype):
 
 
 def test_encoder_on_batch_chunks_equals_the_whole_batch(monkeypatch):
-  """Same outputs, batch statistics and gradients whether the batch is split or not."""
+  """Same outputs, batch statistics and gradients whether the cpu_fast batch is split or not."""
   variables = models.init_variables(jax.random.key(0), latent_dim=6, image_size=32)
   x = jax.random.uniform(jax.random.key(1), (5, 32, 32, 3))
 
   def loss(params):
-    out = models.encode({**variables, "params": params}, x, train=True)
+    out = models.encode({**variables, "params": params}, x, train=True, impl="cpu_fast")
     return jnp.mean(out.z_mean ** 2) + jnp.mean(out.y_logit), out
 
   results = {}
   for chunk in (2, 1000):
-    monkeypatch.setattr(ops, "CPU_BATCH_CHUNK", chunk)
-    assert len(ops.split_batch(x)) == (3 if chunk == 2 and jax.default_backend() == "cpu" else 1)
+    monkeypatch.setattr(cpu_fast, "CPU_BATCH_CHUNK", chunk)
+    assert len(cpu_fast.split_batch(x)) == (3 if chunk == 2 else 1)
     (value, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
     results[chunk] = (value, out, grads)
   (v_a, out_a, g_a), (v_b, out_b, g_b) = results[2], results[1000]
