@@ -351,14 +351,17 @@ def test_write_report_reads_the_run_directory_only(trained_run, tmp_path):
 
 def test_report_inference_runs_in_the_run_dtype(tmp_path, variables, monkeypatch):
   import jax.numpy as jnp
+  from jaxface import inference
   dtypes = []
-  batched = evaluation._batched
 
-  def spy(fn, first, inputs, batch_size, dtype):
-    dtypes.append(jnp.dtype(dtype))
-    return batched(fn, first, inputs, batch_size, dtype)
+  def spy(original):
+    def call(*args, dtype=jnp.float32, **kwargs):
+      dtypes.append(jnp.dtype(dtype))
+      return original(*args, dtype=dtype, **kwargs)
+    return call
 
-  monkeypatch.setattr(evaluation, "_batched", spy)
+  monkeypatch.setattr(inference, "infer", spy(inference.infer))
+  monkeypatch.setattr(inference, "decode", spy(inference.decode))
   images, labels, groups = _test_set(per_group=3, non_faces=2)
   run = report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,
                             dtype="bfloat16")
