@@ -311,10 +311,11 @@ def load_grouped_faces(root: PathLike, groups: Sequence[str] | None = None,
   return concatenate(parts)
 
 
-def _read_manifest(csv_path: pathlib.Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-  """Column names and (line number, row) pairs of a CSV manifest."""
+def read_csv_rows(csv_path: pathlib.Path,
+                  what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+  """Column names and (line number, row) pairs of a CSV file; DataError naming ``what``."""
   if not csv_path.is_file():
-    raise DataError(f"{csv_path}: manifest file not found")
+    raise DataError(f"{csv_path}: {what} not found")
   try:
     with open(csv_path, newline="", encoding="utf-8") as f:
       reader = csv.DictReader(f)
@@ -322,6 +323,12 @@ def _read_manifest(csv_path: pathlib.Path) -> tuple[list[str], list[tuple[int, d
       rows = [(reader.line_num, row) for row in reader]
   except (UnicodeDecodeError, csv.Error) as e:
     raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
+  return columns, rows
+
+
+def _read_manifest(csv_path: pathlib.Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+  """Column names and (line number, row) pairs of a CSV manifest."""
+  columns, rows = read_csv_rows(csv_path, "manifest file")
   missing = [c for c in ("split", "path", "label") if c not in columns]
   if missing:
     raise DataError(f"{csv_path}: missing column(s) {missing} (found {columns})")

@@ -20,7 +20,6 @@ the set's name and names the path.
 
 from __future__ import annotations
 
-import csv
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ import numpy as np
 
 from jaxface.data.container import DataError, FaceData, concatenate
 from jaxface.data.loaders import (IMAGE_EXTENSIONS, _parse_column, load_grouped_faces,
-                                  load_image_folder, load_manifest)
+                                  load_image_folder, load_manifest, read_csv_rows)
 
 LAYOUTS = ("grouped", "folders", "manifest")
 PathLike = str | os.PathLike
@@ -143,15 +142,8 @@ def read_attribute_table(csv_path: PathLike, key: str = "file") -> dict[str, dic
     DataError: the file is missing or unreadable, lacks ``key`` or repeats a file name.
   """
   csv_path = pathlib.Path(csv_path)
-  if not csv_path.is_file():
-    raise DataError(f"{csv_path}: attribute table not found")
-  try:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-      reader = csv.DictReader(f)
-      columns = list(reader.fieldnames or [])
-      rows = list(reader)
-  except (UnicodeDecodeError, csv.Error) as err:
-    raise DataError(f"{csv_path}: not a readable CSV file ({err})") from None
+  columns, numbered = read_csv_rows(csv_path, "attribute table")
+  rows = [row for _, row in numbered]
   if key not in columns:
     raise DataError(f"{csv_path}: missing column {key!r} (found {columns})")
   names = [pathlib.PurePath(row[key] or "").name for row in rows]
