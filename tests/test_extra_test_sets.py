@@ -39,10 +39,11 @@ def _grouped_set(root, groups=("A", "B"), n=3):
   return root, table
 
 
-def _mixed_set(root, n_faces=4, n_non=5):
-  """ROOT/faces/*.png and ROOT/not_faces/*.png."""
+def _mixed_set(root, n_faces=4, n_non=5, groups=()):
+  """ROOT/faces/[<group>/]*.png (groups taken in turn) and ROOT/not_faces/*.png."""
   for i in range(n_faces):
-    _save(root / "faces" / f"f{i}.png", seed=100 + i)
+    sub = groups[i % len(groups)] if groups else ""
+    _save(root / "faces" / sub / f"f{i}.png", seed=100 + i)
   for i in range(n_non):
     _save(root / "not_faces" / f"n{i}.png", seed=200 + i)
   return root
@@ -155,3 +156,127 @@ def test_attribute_table_errors_name_their_field(tmp_path):
                                       r".*nope.csv"):
     data_lib.load_extra_test_sets(_data_config(extra_test_sets=f"g={grouped}",
                                                extra_test_attributes=f"g={tmp_path}/nope.csv"))
+
+
+# -------------------------------------------------------------------------------- evaluation
+
+
+def _faces_only(groups, fitz=None):
+  n = len(groups)
+  attributes = {} if fitz is None else {"fitzpatrick": np.asarray(fitz, np.int64)}
+  return data_lib.FaceData(images=np.zeros((n, 16, 16, 3), np.uint8), labels=np.ones(n, np.int64),
+                           groups=np.asarray(groups), attributes=attributes)
+
+
+def test_test_set_metrics_scores_a_faces_only_set_against_the_fallback_non_faces():
+  rng = np.random.default_rng(0)
+  groups = ["A"] * 50 + ["B"] * 50
+  fitz = [1, 2] * 50
+  data = _faces_only(groups, fitz)
+  face_prob = np.concatenate([rng.uniform(0.3, 1, 50), rng.uniform(0, 0.8, 50)])
+  non_face_prob = rng.uniform(0, 0.6, 200)
+  m = train.test_set_metrics(face_prob, data, non_face_prob, ("fitzpatrick", "absent"))
+  assert m["non_faces_from"] == "test" and m["n_skipped"] == 0
+  assert m["E_A"] == evaluation.group_metrics(face_prob, data.labels, data.groups)["E_A"]
+  op = m["operating_point"]
+  expected = evaluation.operating_point(face_prob, data.groups, non_face_prob, 0.01)
+  assert op["threshold"] == expected["threshold"] and op["fpr"] <= 0.01
+  assert op["groups"]["A"]["auc"] == evaluation.roc_auc(face_prob[:50], non_face_prob)
+  assert op["groups"]["B"]["detection_rate"] == np.mean(face_prob[50:] > op["threshold"])
+  assert list(m["by_attribute"]) == ["fitzpatrick"]
+  by_fitz = m["by_attribute"]["fitzpatrick"]
+  assert by_fitz["groups"]["1"]["n"] == 50
+  assert by_fitz["groups"]["1"]["detection_rate"] == np.mean(face_prob[0::2] > 0.5)
+  assert by_fitz["operating_point"]["groups"]["2"]["auc"] == evaluation.roc_auc(
+      face_prob[1::2], non_face_prob)
+  # No non-faces anywhere: rates, but no operating point.
+  alone = train.test_set_metrics(face_prob, data, None)
+  assert alone["operating_point"] is None and alone["non_faces_from"] is None
+
+
+def test_test_set_metrics_prefers_the_sets_own_non_faces():
+  data = data_lib.FaceData(images=np.zeros((4, 16, 16, 3), np.uint8),
+                           labels=np.array([1, 1, 0, 0]), groups=np.array(["A", "A", "", ""]))
+  m = train.test_set_metrics(np.array([0.9, 0.2, 0.1, 0.3]), data, np.array([0.95]))
+  assert m["non_faces_from"] == "own"
+  assert m["operating_point"]["threshold"] == 0.3  # the highest own non-face, not 0.95
+  assert m["non_face_accuracy"] == 1.0
+
+
+def _tiny_run_config(tmp_path, kind="cnn"):
+  grouped, table = _grouped_set(tmp_path / "sets" / "grouped")
+  mixed = _mixed_set(tmp_path / "sets" / "mixed", groups=("X", "Y"))
+  config = tiny_config(kind, num_epochs=1, steps_per_epoch=3)
+  config.data.extra_test_sets = f"grp={grouped},mix={mixed}"
+  config.data.extra_test_attributes = f"grp={table}"
+  return config
+
+
+def test_tiny_run_reports_every_extra_set(tmp_path, capsys):
+  config = _tiny_run_config(tmp_path)
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  sets = final["eval"]["test_sets"]
+  assert list(sets) == ["grp", "mix"]
+  grp, mix = sets["grp"], sets["mix"]
+  assert grp["non_faces_from"] == "test" and mix["non_faces_from"] == "own"
+  assert set(grp["groups"]) == {"A", "B"} and grp["n_faces"] == 6
+  assert mix["n_faces"] == 4 and mix["n_non_faces"] == 5
+  for m in (grp, mix, grp["by_attribute"]["fitzpatrick"]):
+    assert m["operating_point"]["fpr"] <= 0.01
+    assert m["E_A"] is not None and m["Var_A"] is not None
+  assert set(grp["by_attribute"]["fitzpatrick"]["groups"]) == {"1", "2", "3", "4", "5", "6"}
+  assert set(grp["operating_point"]["groups"]) == {"A", "B"}
+  # Recomputed from the returned model: the same figures.
+  variables = result.variables
+  prob = evaluation.predict(variables, result.datasets["grp"].images).face_prob
+  again = evaluation.group_metrics(prob, result.datasets["grp"].labels,
+                                   result.datasets["grp"].groups)
+  assert again["groups"]["A"]["detection_rate"] == grp["groups"]["A"]["detection_rate"]
+  # every epoch's evaluation has them, and the log line has their E[A]
+  assert all("test_sets" in e for e in final["epochs"])
+  log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+         if line]
+  assert any("grp_E_A" in r and "mix_Var_A" in r for r in log if r["kind"] == "eval")
+  out = capsys.readouterr().out
+  assert "-- test set grp: 6 faces" in out and "-- test set mix: 4 faces, 5 non-faces" in out
+  assert "by fitzpatrick: 1 " in out and "@1%FP" in out
+  assert "by group: X " in out and "all faces detected" in out
+  assert out.count("-- test set grp") == 1
+
+
+def test_bad_extra_set_fails_before_anything_is_written(tmp_path):
+  config = _tiny_run_config(tmp_path)
+  train.train_and_evaluate(config, tmp_path / "run")
+  before = {p: p.read_bytes() for p in (tmp_path / "run").glob("*.json")}
+  config.data.extra_test_sets += f",gone={tmp_path / 'nowhere'}"
+  with pytest.raises(DataError, match=r"config.data.extra_test_sets: test set 'gone'"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert {p: p.read_bytes() for p in (tmp_path / "run").glob("*.json")} == before
+
+
+@pytest.mark.skipif(not (PPB / "tight").is_dir() or not (PPB / "faces.csv").is_file(),
+                    reason="PPB faces not in the shared data folder")
+def test_ppb_tight_through_load_and_evaluate_with_random_variables():
+  config = tiny_config("cnn")
+  config.data.extra_test_sets = f"ppb_tight={PPB / 'tight'}"
+  config.data.extra_test_attributes = f"ppb_tight={PPB / 'faces.csv'}"
+  sets = data_lib.load_extra_test_sets(config.data)
+  ppb = sets["ppb_tight"]
+  assert ppb.num_faces > 0 and ppb.num_non_faces == 0
+  assert set(ppb.groups.tolist()) == {"LF", "LM", "DF", "DM"}
+  import jax
+  from jaxface import models, sharding
+  variables = models.init_variables(jax.random.key(0), latent_dim=0, n_filters=4, image_size=32)
+  test = data_lib.make_planted_bias(n_per_group=4, n_non_faces=100, image_size=32, seed=0)
+  ev = train.evaluate(variables, {"test": test, **sets}, sharding.make_mesh(), config)
+  m = ev["test_sets"]["ppb_tight"]
+  assert m["non_faces_from"] == "test" and m["n_faces"] == ppb.num_faces
+  assert sum(g["n"] for g in m["groups"].values()) == ppb.num_faces
+  fitz = m["by_attribute"]["fitzpatrick"]
+  assert set(fitz["groups"]) == {str(k) for k in range(1, 7)}
+  assert sum(g["n"] for g in fitz["groups"].values()) == ppb.num_faces
+  op = fitz["operating_point"]
+  assert op["fpr"] <= 0.01 and all(0 <= g["auc"] <= 1 for g in op["groups"].values())
+  prob = evaluation.predict(variables, ppb.images).face_prob
+  assert m["face_detection_rate"] == pytest.approx(np.mean(prob > 0.5))
