@@ -280,3 +280,37 @@ def test_ppb_tight_through_load_and_evaluate_with_random_variables():
   assert op["fpr"] <= 0.01 and all(0 <= g["auc"] <= 1 for g in op["groups"].values())
   prob = evaluation.predict(variables, ppb.images).face_prob
   assert m["face_detection_rate"] == pytest.approx(np.mean(prob > 0.5))
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def test_report_has_a_section_per_set_with_runs_side_by_side(tmp_path):
+  from jaxface import report
+  config = _tiny_run_config(tmp_path)
+  config.name = "base"
+  result = train.train_and_evaluate(config, tmp_path / "cnn")
+  other = _tiny_run_config(tmp_path)
+  other.name, other.seed = "base-seed1", 1
+  train.train_and_evaluate(other, tmp_path / "cnn1")
+  index = report.write_report(tmp_path / "cnn", compare=[tmp_path / "cnn1"],
+                              datasets=result.datasets)
+  html = index.read_text()
+  assert "Test set grp" in html and "Test set mix" in html
+  assert "the main test set&#x27;s non-faces" in html or "main test set's non-faces" in html
+  assert "fitzpatrick 3: ROC AUC" in html and "X: detected at 1% false positives %" in html
+  found = json.loads((index.parent / "metrics.json").read_text())
+  assert list(found["test_sets"]) == ["grp", "mix"]
+  assert list(found["test_sets"]["grp"]) == ["base", "base-seed1"]
+  # The report's figures are those of the run's own evaluation of the same model.
+  run_figures = result.metrics["eval"]["test_sets"]
+  for name in ("grp", "mix"):
+    mine, theirs = found["test_sets"][name]["base"], run_figures[name]
+    assert mine["groups"] == theirs["groups"]
+    assert mine["operating_point"]["threshold"] == pytest.approx(
+        theirs["operating_point"]["threshold"], abs=1e-6)
+  figures = [f["file"] for f in found["figures"]]
+  for slug in ("base", "base-seed1"):
+    for name in ("grp", "mix"):
+      assert f"{slug}_{name}_roc.png" in figures
+      assert (index.parent / f"{slug}_{name}_roc.png").stat().st_size > 0
