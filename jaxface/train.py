@@ -13,7 +13,8 @@
 4. checkpoints (:mod:`jaxface.checkpoints`, under ``WORKDIR/checkpoints``) that resume exactly
    where a run stopped, after checking the run's identity against the checkpoint's;
 5. the loop, with a progress bar, metrics every ``log_every_steps`` steps to
-   ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end;
+   ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end (the test
+   split and each extra test set of ``config.data.extra_test_sets``, :func:`test_set_metrics`);
 6. the final summary and ``WORKDIR/metrics.json``. The report is written by the caller
    (``experiments/run.py``) from the returned :class:`TrainResult`.
 """

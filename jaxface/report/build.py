@@ -8,7 +8,10 @@ a resampling run the sampling mass per group over epochs), the detection rate pe
 across runs, side by side), then for each VAE what its latent space learned (faces it
 reconstructs best and worst, latent traversals), how detection varies with latent density,
 which faces the risk scores flag, how detection falls off with the scores, and the average face
-per score percentile.
+per score percentile. Each extra test set of the main run's ``config.data.extra_test_sets`` gets
+a section of its own after the comparison: every run side by side (rates per group and per
+attribute such as the Fitzpatrick type, at 0.5 and at 1% false positives, ROC AUCs) and a ROC
+figure per run with a curve per group.
 """
 
 from __future__ import annotations
