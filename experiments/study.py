@@ -18,6 +18,13 @@ budget, so a difference is the resampling's own), and each ``--row`` a named con
 ``--planted`` studies the embedded planted-bias data instead of a manifest. The table has the
 validation split's E[A] and worst group beside the test set's: settings are chosen on those.
 
+Extra test sets: every run is also evaluated on each ``--test_set NAME=PATH`` (repeatable; an
+attribute table per set with ``--test_attributes NAME=CSV``), by default the PPB crops
+``ppb_tight`` and ``ppb_loose`` (with ``faces.csv``, so also by Fitzpatrick type) when they are
+in the shared data folder (``--no_test_sets``: none). Each set gets its own table of the same
+runs: per-group rates, E[A], Var[A], worst group, and at the threshold giving 1% false
+positives the per-group rates and ROC AUCs.
+
 Writes ``WORKDIR/study.json`` (every run, and mean / std over seeds per config) and
 ``WORKDIR/study.md`` (the table), and prints the Markdown. With ``--reference_log`` (the JSON
 lines of ``peer_torch_study.py``) the lab pipeline's rows are added for comparison.
@@ -43,6 +50,7 @@ GROUPS = ("LF", "LM", "DF", "DM")
 DARK = ("DF", "DM")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO.parent / "shared" / "data" / "utkface-bias" / "manifest.csv"
+DEFAULT_PPB = REPO.parent / "shared" / "data" / "ppb-faces"
 
 # Lab pipeline on this data (peer_torch_study.py, 3 seeds), quoted in the issue.
 LAB_BASELINE = {
@@ -114,10 +122,38 @@ def study_specs(alphas: Sequence[float], combines: Sequence[str],
   return specs
 
 
+def default_test_sets(ppb: Path = DEFAULT_PPB) -> tuple[dict[str, str], dict[str, str]]:
+  """The PPB crops as extra test sets, with their attribute table, when present.
+
+  Returns:
+    ``({name: folder}, {name: faces.csv})``; empty when the PPB data is missing.
+  """
+  sets = {name: str(ppb / layout) for name, layout in (("ppb_tight", "tight"),
+                                                       ("ppb_loose", "loose"))
+          if (ppb / layout).is_dir()}
+  table = ppb / "faces.csv"
+  return sets, ({name: str(table) for name in sets} if table.is_file() else {})
+
+
+def parse_named(entries: Sequence[str], flag: str) -> dict[str, str]:
+  """``['a=/x', 'b=/y']`` -> ``{'a': '/x', 'b': '/y'}``; SystemExit naming the flag if bad."""
+  named: dict[str, str] = {}
+  for entry in entries:
+    name, sep, path = entry.partition("=")
+    if not sep or not name or not path or "," in entry:
+      raise SystemExit(f"{flag} wants NAME=PATH (no commas), got {entry!r}")
+    if name in named:
+      raise SystemExit(f"{flag}: {name!r} given twice")
+    named[name] = path
+  return named
+
+
 def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, batch_size: int,
                learning_rate: float, steps_per_epoch: int, val_fraction: float,
-               bn_recalibration_batches: int | None = None):
-  """The jaxface config of one run."""
+               bn_recalibration_batches: int | None = None,
+               test_sets: dict[str, str] | None = None,
+               test_attributes: dict[str, str] | None = None):
+  """The jaxface config of one run (``test_sets``: extra test sets, name -> path)."""
   from jaxface import config as config_lib
 
   config = config_lib.get_base_config()
@@ -145,6 +181,9 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
   config.steps_per_epoch = steps_per_epoch
   if bn_recalibration_batches is not None:
     config.bn_recalibration_batches = bn_recalibration_batches
+  config.data.extra_test_sets = ",".join(f"{k}={v}" for k, v in (test_sets or {}).items())
+  config.data.extra_test_attributes = ",".join(
+      f"{k}={v}" for k, v in (test_attributes or {}).items())
   config.write_report = False
   config.progress_bar = False
   config.log_every_steps = 100
@@ -212,6 +251,66 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
       out["mass_dark_epoch0"] = 100.0 * sum(first.get(g, 0.0) for g in DARK)
     out["ess_pct"] = 100.0 * last["ess_fraction"]
   return out
+
+
+def test_set_summary(figures: dict[str, Any]) -> dict[str, Any]:
+  """The study's figures of one run on one extra test set (rates in percent, flat).
+
+  Args:
+    figures: ``metrics['eval']['test_sets'][name]`` (:func:`jaxface.train.test_set_metrics`).
+
+  Returns:
+    ``rate_<g>``, ``op_rate_<g>`` (at the operating point), ``auc_<g>``, ``E_A``, ``Var_A``,
+    ``Var_A_noise``, ``worst_rate``, ``op_E_A``, ``op_worst_rate``, ``threshold``, ``auc``;
+    the same per attribute with a ``<column>_`` prefix (e.g. ``fitzpatrick_rate_3``); and
+    ``groups`` ``{prefix: [group, ...]}``, the table's columns.
+  """
+  out: dict[str, Any] = {"groups": {}}
+  for column, m in [("", figures), *figures.get("by_attribute", {}).items()]:
+    prefix = f"{column}_" if column else ""
+    op = m.get("operating_point") or {}
+    out["groups"][prefix] = list(m["groups"])
+    for g, v in m["groups"].items():
+      if v["detection_rate"] is not None:
+        out[f"{prefix}rate_{g}"] = 100.0 * v["detection_rate"]
+      if g in op.get("groups", {}):
+        out[f"{prefix}op_rate_{g}"] = 100.0 * op["groups"][g]["detection_rate"]
+        out[f"{prefix}auc_{g}"] = op["groups"][g]["auc"]
+    for key in ("E_A", "Var_A", "Var_A_noise", "worst_rate"):
+      if m.get(key) is not None:
+        out[f"{prefix}{key}"] = m[key]
+    if op.get("E_A") is not None:
+      out[f"{prefix}op_E_A"] = op["E_A"]
+      out[f"{prefix}op_worst_rate"] = op["worst_rate"]
+  op = figures.get("operating_point") or {}
+  if op:
+    out.update(threshold=op["threshold"], auc=op["auc"])
+  return out
+
+
+def test_set_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
+                   groups: dict[str, list[str]], fpr: float = 1.0) -> str:
+  """The Markdown table of one extra test set: one line per config (mean ± std over seeds)."""
+  header, keys = ["config", "seeds"], []
+  for prefix, names in groups.items():
+    label = prefix.replace("_", " ")
+    for kind, text, digits in (("rate_", "%", 1), ("op_rate_", f"% @{fpr:g}%FP", 1),
+                               ("auc_", "AUC", 3)):
+      header += [f"{label}{g} {text}" for g in names]
+      keys += [(f"{prefix}{kind}{g}", digits) for g in names]
+    header += [f"{label}E[A] %", f"{label}Var[A] %²", f"{label}Var[A] noise %²",
+               f"{label}worst %", f"{label}E[A] @{fpr:g}%FP", f"{label}worst @{fpr:g}%FP"]
+    keys += [(f"{prefix}E_A", 1), (f"{prefix}Var_A", 2), (f"{prefix}Var_A_noise", 2),
+             (f"{prefix}worst_rate", 1), (f"{prefix}op_E_A", 1), (f"{prefix}op_worst_rate", 1)]
+  header += ["threshold", "AUC"]
+  keys += [("threshold", 4), ("auc", 3)]
+  lines = [f"Test set `{name}`:", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for config, stats in rows.items():
+    seeds = max((s["n"] for s in stats.values()), default=0)
+    lines.append("| " + " | ".join([config, str(seeds),
+                                    *(_cell(stats, k, d) for k, d in keys)]) + " |")
+  return "\n".join(lines)
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -374,6 +473,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="a study.json whose lab-pipeline rows are reused (instead of a log)")
   parser.add_argument("--xla_cache", default="/tmp/jaxface-study-xla-cache",
                       help="persistent compilation cache ('' for none)")
+  parser.add_argument("--test_set", action="append", default=[], metavar="NAME=PATH",
+                      help="an extra test set evaluated by every run, its own table "
+                           "(repeatable; default: the PPB crops when present)")
+  parser.add_argument("--test_attributes", action="append", default=[], metavar="NAME=CSV",
+                      help="a faces.csv-style attribute table of a --test_set (its faces are "
+                           "also grouped by Fitzpatrick type)")
+  parser.add_argument("--no_test_sets", action="store_true",
+                      help="no extra test sets (not even the default PPB crops)")
   parser.add_argument("--aggregate_only", action="store_true",
                       help="train nothing: summarise the runs that have finished")
   parser.add_argument("--quick", action="store_true",
@@ -418,6 +525,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if len({s.name for s in specs}) != len(specs):
     raise SystemExit("two study rows have the same name")
   runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
+  test_sets = parse_named(args.test_set, "--test_set")
+  test_attributes = parse_named(args.test_attributes, "--test_attributes")
+  if not test_sets and not args.no_test_sets:
+    test_sets, default_tables = default_test_sets()
+    test_attributes = {**default_tables, **test_attributes}
+  unknown = sorted(set(test_attributes) - set(test_sets))
+  if unknown:
+    raise SystemExit(f"--test_attributes {unknown[0]}: no --test_set of that name")
   with contextlib.ExitStack() as stack:
     stack.enter_context(shared_datasets())
     for seed in range(args.seeds):  # seed-major: a partial study has every config
@@ -432,14 +547,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               steps_per_epoch=args.steps_per_epoch,
                               val_fraction=args.val_fraction,
-                              bn_recalibration_batches=args.bn_recalibration_batches)
+                              bn_recalibration_batches=args.bn_recalibration_batches,
+                              test_sets=test_sets, test_attributes=test_attributes)
           start = time.perf_counter()
           train.train_and_evaluate(config, workdir)
           print(json.dumps({"run": spec.name, "seed": seed,
                             "seconds": round(time.perf_counter() - start, 1),
                             "load": round(os.getloadavg()[0], 2)}), flush=True)
-        summary = run_summary(json.loads(done.read_text()))
+        final = json.loads(done.read_text())
+        summary = run_summary(final)
         summary["seed"] = seed
+        summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
+                                final["eval"].get("test_sets", {}).items()}
         runs[spec.name].append(summary)
 
   rows = {name: aggregate(r) for name, r in runs.items() if r}
@@ -456,10 +575,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                          "worst_rate")}
           for k, v in table_rows.items() if k.startswith("lab-")} or LAB_BASELINE)
   checks = target_checks(rows, lab)
+  set_rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+  set_groups: dict[str, dict[str, list[str]]] = {}
+  for config_name, rs in runs.items():
+    for name in dict.fromkeys(n for r in rs for n in r.get("test_sets", {})):
+      per_seed = [r["test_sets"][name] for r in rs if name in r.get("test_sets", {})]
+      set_rows.setdefault(name, {})[config_name] = aggregate(
+          [{k: v for k, v in p.items() if k != "groups"} for p in per_seed])
+      groups = set_groups.setdefault(name, {})
+      for prefix, names in per_seed[0]["groups"].items():
+        groups[prefix] = list(dict.fromkeys(groups.get(prefix, []) + names))
   data_name = "planted" if manifest is None else manifest.parent.name
   result = {"args": {k: v for k, v in vars(args).items()}, "manifest": str(manifest),
             "runs": runs, "summary": rows, "reference": reference, "lab_baseline": lab,
-            "checks": checks}
+            "checks": checks, "test_sets": {"paths": test_sets, "attributes": test_attributes,
+                                            "summary": set_rows}}
   natural = next((r["share_dark"] for rs in runs.values() for r in rs if "share_dark" in r), None)
   natural_text = "" if natural is None else f" (their share of the training faces: {natural:.1f}%)"
   md = "\n\n".join([
@@ -478,7 +608,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "(jaxface.evaluation.var_a_sampling_noise): a Var[A] near it cannot be told from equal "
       "group rates.",
       "Targets (each config vs our CNN and vs the lab pipeline):",
-      checks_markdown(checks)])
+      checks_markdown(checks),
+      *(test_set_table(name, set_rows[name], set_groups[name]) for name in set_rows)])
+  if set_rows:
+    md += ("\n\nExtra test sets: the same runs. '@1%FP' = at the threshold detecting 1% of "
+           "the non-faces (the set's own, or the test split's when it has none), the same for "
+           "every group; AUC = each group's ROC AUC against those non-faces.")
   root.mkdir(parents=True, exist_ok=True)
   (root / "study.json").write_text(json.dumps(result, indent=2))
   (root / "study.md").write_text(md + "\n")

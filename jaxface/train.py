@@ -13,7 +13,8 @@
 4. checkpoints (:mod:`jaxface.checkpoints`, under ``WORKDIR/checkpoints``) that resume exactly
    where a run stopped, after checking the run's identity against the checkpoint's;
 5. the loop, with a progress bar, metrics every ``log_every_steps`` steps to
-   ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end;
+   ``WORKDIR/metrics.jsonl`` and TensorBoard, and evaluation at every epoch end (the test
+   split and each extra test set of ``config.data.extra_test_sets``, :func:`test_set_metrics`);
 6. the final summary and ``WORKDIR/metrics.json``. The report is written by the caller
    (``experiments/run.py``) from the returned :class:`TrainResult`.
 """
@@ -458,13 +459,71 @@ def _json_default(value):
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Mesh,
-             config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Validation accuracy and per-group test detection rates.
+OPERATING_FPR = 0.01  # the false positive rate of the extra test sets' operating point
+
+
+def test_set_metrics(face_prob: np.ndarray, data: data_lib.FaceData,
+                     fallback_non_face_prob: np.ndarray | None = None,
+                     attribute_columns: tuple[str, ...] = ("fitzpatrick",),
+                     fpr: float = OPERATING_FPR) -> dict[str, Any]:
+  """The figures of one extra test set: those of the test split plus an operating point.
+
+  Args:
+    face_prob: (N,) face probabilities of ``data``'s images.
+    data: the test set (faces, and perhaps non-faces).
+    fallback_non_face_prob: (M,) face probabilities of the non-faces to score the faces
+      against when ``data`` has none (the main test split's); None for none.
+    attribute_columns: attributes of ``data`` (e.g. ``'fitzpatrick'``) to also group the faces
+      by; columns it lacks are left out.
+    fpr: the false positive rate of the operating point.
 
   Returns:
-    ``val_accuracy``, ``val_face_accuracy``, ``val_non_face_accuracy`` and, with a test set,
-    ``test`` (:func:`jaxface.evaluation.group_metrics`).
+    :func:`jaxface.evaluation.group_metrics` by the set's groups, plus ``n_skipped``
+    (unreadable images skipped), ``non_faces_from`` ('own', 'test' or None),
+    ``operating_point`` (:func:`jaxface.evaluation.operating_point` at ``fpr`` on those
+    non-faces: the per-group rates at one threshold and each group's ROC AUC; None without
+    non-faces) and ``by_attribute`` ``{column: the same figures grouped by that column}``.
+  """
+  face_prob = np.asarray(face_prob, np.float64).reshape(-1)
+  is_face = data.labels == 1
+  if (~is_face).any():
+    non_face_prob, source = face_prob[~is_face], "own"
+  elif fallback_non_face_prob is not None and np.size(fallback_non_face_prob):
+    non_face_prob, source = np.asarray(fallback_non_face_prob).reshape(-1), "test"
+  else:
+    non_face_prob, source = None, None
+
+  def figures(groups: np.ndarray) -> dict[str, Any]:
+    out = evaluation.group_metrics(face_prob, data.labels, groups)
+    out["operating_point"] = (None if non_face_prob is None else evaluation.operating_point(
+        face_prob[is_face], groups[is_face], non_face_prob, fpr, group_order=out["group_order"]))
+    return out
+
+  result = figures(data.groups)
+  result.update(n_skipped=data.num_skipped, non_faces_from=source, by_attribute={})
+  for column in attribute_columns:
+    if column in data.attributes:
+      regrouped = data_lib.groups_from_attribute(data, column)
+      result["by_attribute"][column] = figures(regrouped.groups)
+  return result
+
+
+def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Mesh,
+             config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Validation accuracy, per-group test detection rates and the extra test sets' figures.
+
+  Args:
+    variables: model variables.
+    datasets: ``'train'``, ``'val'``, ``'test'`` and each extra test set by name (as
+      :func:`jaxface.data.load_datasets` returns them).
+    mesh: device mesh of the inference passes.
+    config: the run config (``eval_batch_size``, ``dtype``,
+      ``data.extra_test_attribute_groups``).
+
+  Returns:
+    ``val_accuracy``, ``val_face_accuracy``, ``val_non_face_accuracy``; with a test set
+    ``test`` (:func:`jaxface.evaluation.group_metrics`); with extra test sets ``test_sets``
+    ``{name: test_set_metrics(...)}``, a set without non-faces scored against the test split's.
   """
   result: dict[str, Any] = {}
   face_prob = functools.partial(inference.infer, variables, outputs=("face_prob",), mesh=mesh,
@@ -483,9 +542,18 @@ def evaluate(variables: PyTree, datasets: dict[str, data_lib.FaceData], mesh: Me
     if any(val.groups[faces]):  # per-group validation rates: for choosing settings
       result["val"] = evaluation.group_metrics(prob, val.labels, val.groups)
   test = datasets.get("test")
+  test_non_face_prob = None
   if test is not None and len(test):
-    result["test"] = evaluation.group_metrics(face_prob(test.images)["face_prob"], test.labels,
-                                              test.groups)
+    test_prob = face_prob(test.images)["face_prob"]
+    result["test"] = evaluation.group_metrics(test_prob, test.labels, test.groups)
+    test_non_face_prob = np.asarray(test_prob).reshape(-1)[test.labels == 0]
+  columns = tuple(c.strip() for c in str(
+      config.data.get("extra_test_attribute_groups", "") or "").split(",") if c.strip())
+  extra = {name: d for name, d in datasets.items() if name not in data_lib.SPLITS}
+  if extra:
+    result["test_sets"] = {
+        name: test_set_metrics(face_prob(d.images)["face_prob"], d, test_non_face_prob, columns)
+        for name, d in extra.items()}
   return result
 
 
@@ -510,7 +578,49 @@ def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> 
                    + f"  worst group {test['worst_group']} {test['worst_rate']:.2f}%")
     if test.get("non_face_accuracy") is not None:
       lines.append(f"non-face accuracy {100 * test['non_face_accuracy']:.2f}%")
+  for name, figures in ev.get("test_sets", {}).items():
+    lines.extend(_test_set_lines(name, figures))
   return "\n".join(lines)
+
+
+def _rate(x: float | None) -> str:
+  return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _test_set_lines(name: str, figures: dict[str, Any]) -> list[str]:
+  """The summary lines of one extra test set (see :func:`test_set_metrics`)."""
+  source = {"own": "its own", "test": "the test split's"}.get(figures.get("non_faces_from"))
+  skipped = (f", {figures['n_skipped']} unreadable images skipped"
+             if figures.get("n_skipped") else "")
+  lines = [f"-- test set {name}: {figures['n_faces']} faces, {figures['n_non_faces']} non-faces"
+           f"{skipped}" + (f"; operating point on {source} non-faces" if source else "")]
+  op = figures.get("operating_point")
+  lines.append(f"  all faces detected {_rate(figures['face_detection_rate'])}"
+               + ("" if op is None else f" ({_rate(op['detection_rate'])} at "
+                  f"{100 * op['fpr_target']:g}% false positives, AUC {op['auc']:.3f})")
+               + ("" if figures.get("non_face_accuracy") is None else
+                  f"; non-face accuracy {_rate(figures['non_face_accuracy'])}"))
+  for label, m in [("group", figures)] + [(c, by) for c, by in
+                                          figures.get("by_attribute", {}).items()]:
+    op = m.get("operating_point")
+    rates = "  ".join(
+        f"{g} {_rate(v['detection_rate'])}"
+        + ("" if op is None or g not in op["groups"] else
+           f" ({_rate(op['groups'][g]['detection_rate'])} @{100 * op['fpr_target']:g}%FP, "
+           f"AUC {op['groups'][g]['auc']:.3f})")
+        for g, v in m["groups"].items())
+    if not rates:
+      continue
+    lines.append(f"  by {label}: {rates}")
+    if m.get("E_A") is not None:
+      noise = m.get("Var_A_noise")
+      lines.append(f"  E[A] {m['E_A']:.2f}%  Var[A] {m['Var_A']:.2f}%²"
+                   + ("" if noise is None else f" (sampling ~{noise:.2f}%²)")
+                   + f"  worst {m['worst_group']} {m['worst_rate']:.2f}%"
+                   + ("" if op is None else f"; at {100 * op['fpr_target']:g}% false positives "
+                      f"(threshold {op['threshold']:.4f}) E[A] {op['E_A']:.2f}%  worst "
+                      f"{op['worst_group']} {op['worst_rate']:.2f}%"))
+  return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -718,9 +828,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       writer.write(int(jax.device_get(state.step)), "eval",
                    {"epoch": epoch, **{k: v for k, v in ev.items() if k not in ("test", "val")},
                     **({"test_E_A": ev["test"]["E_A"], "test_Var_A": ev["test"]["Var_A"]}
-                       if ev.get("test") and ev["test"].get("E_A") is not None else {})})
+                       if ev.get("test") and ev["test"].get("E_A") is not None else {}),
+                    **{f"{name}_{key}": m[key] for name, m in ev.get("test_sets", {}).items()
+                       for key in ("E_A", "Var_A") if m.get(key) is not None}})
       logging.info("epoch %d: %s", epoch,
-                   {k: v for k, v in ev.items() if k not in ("test", "val")})
+                   {k: v for k, v in ev.items() if k not in ("test", "val", "test_sets")})
       epoch, step_in_epoch = epoch + 1, 0
       save(state, epoch, step_in_epoch)
   finally:

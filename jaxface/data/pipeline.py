@@ -22,6 +22,15 @@ Fields of ``config.data`` (defaults from :func:`default_data_config`):
   label and group (unused when a manifest has a ``'val'`` split).
 * ``seed`` (0): seed of the planted data and of the train / validation split.
 * ``skip_corrupt`` (False): skip unreadable image files instead of failing.
+* ``extra_test_sets`` (``''``): named extra test sets, ``'NAME=PATH,NAME=PATH'`` (e.g.
+  ``'ppb_tight=/data/ppb-faces/tight'``), each a folder or manifest that
+  :func:`jaxface.data.load_test_set` reads; loaded with the other sets (before any compile) and
+  evaluated like the test split. Names are letters, digits, '_' and '-', unique, and not
+  'train', 'val' or 'test'.
+* ``extra_test_attributes`` (``''``): ``'NAME=CSV,...'``, a ``faces.csv``-style attribute
+  table per extra set (:func:`jaxface.data.attach_attributes`); explicit, never guessed.
+* ``extra_test_attribute_groups`` (``'fitzpatrick'``): comma-separated columns of those tables
+  that the faces are also grouped by (e.g. the Fitzpatrick skin type 1-6).
 * Planted source only: ``n_train_faces`` (6000) and ``n_train_non_faces`` (6000), generated
   before the validation split; ``dark_fraction`` (0.05), ``accessory_fraction`` (0.1);
   ``n_test_per_group`` (250) faces in each of LF, LM, DF, DM and ``n_test_non_faces`` (1000)
@@ -31,6 +40,7 @@ Fields of ``config.data`` (defaults from :func:`default_data_config`):
 from __future__ import annotations
 
 import pathlib
+import re
 
 import ml_collections
 import numpy as np
@@ -40,8 +50,11 @@ from jaxface.data.container import DataError, FaceData, concatenate
 from jaxface.data.loaders import (download_train_face_h5, load_folders, load_grouped_faces,
                                   load_h5, load_image_folder, load_manifest, manifest_splits)
 from jaxface.data.planted import make_planted_bias
+from jaxface.data.test_sets import attach_attributes, load_test_set
 
 SOURCES = ("planted", "h5", "folders", "manifest")
+SPLITS = ("train", "val", "test")
+_SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -56,6 +69,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       "val_fraction": 0.2,
       "seed": 0,
       "skip_corrupt": False,
+      "extra_test_sets": "",
+      "extra_test_attributes": "",
+      "extra_test_attribute_groups": "fitzpatrick",
       "n_train_faces": 6000,
       "n_train_non_faces": 6000,
       "n_test_per_group": 250,
@@ -134,9 +150,97 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, FaceData]:
       fields it lacks take their :func:`default_data_config` values.
 
   Returns:
-    ``{'train', 'val', 'test'}`` FaceData; the test set has group labels.
+    ``{'train', 'val', 'test'}`` FaceData (the test set has group labels), then each extra
+    test set of ``config.extra_test_sets`` under its name (:func:`load_extra_test_sets`, loaded
+    first, so a bad one fails before the training data is read).
   """
   config = _with_defaults(config)
+  extra = load_extra_test_sets(config)
+  return {**_load_splits(config), **extra}
+
+
+def parse_named_paths(text: str, field: str) -> dict[str, str]:
+  """``'a=/x,b=/y'`` -> ``{'a': '/x', 'b': '/y'}``, checked.
+
+  Args:
+    text: comma-separated ``NAME=PATH`` entries ('' for none).
+    field: the config field it came from, named in errors (e.g. ``'extra_test_sets'``).
+
+  Returns:
+    The names and paths, in the given order.
+
+  Raises:
+    DataError: an entry without '=', an empty or badly formed name or path, a name given twice
+      or one of ``'train'``, ``'val'``, ``'test'``.
+  """
+  where = f"config.data.{field}"
+  named: dict[str, str] = {}
+  for entry in (e.strip() for e in str(text or "").split(",")):
+    if not entry:
+      continue
+    name, sep, path = (part.strip() for part in entry.partition("="))
+    if not sep or not path:
+      raise DataError(f"{where}: entry {entry!r} must be NAME=PATH")
+    if not _SET_NAME.match(name):
+      raise DataError(f"{where}: name {name!r} must be letters, digits, '_' or '-'")
+    if name in SPLITS:
+      raise DataError(f"{where}: name {name!r} clashes with the {name!r} split; choose another")
+    if name in named:
+      raise DataError(f"{where}: name {name!r} given twice")
+    named[name] = path
+  return named
+
+
+def load_extra_test_sets(config: ml_collections.ConfigDict) -> dict[str, FaceData]:
+  """The named extra test sets of ``config.extra_test_sets``, with their attributes.
+
+  Args:
+    config: the ``config.data`` ConfigDict (see the module docstring).
+
+  Returns:
+    ``{name: FaceData}`` in the configured order; a set with an attribute table in
+    ``config.extra_test_attributes`` carries its ``extra_test_attribute_groups`` columns as
+    attributes.
+
+  Raises:
+    DataError: ``"config.data.extra_test_sets: test set NAME: PATH: problem"`` for a bad
+      entry, a missing or empty set, a set without faces, a group folder without images or an
+      unreadable image (unless ``skip_corrupt``); ``config.data.extra_test_attributes`` for a
+      table naming no such set, or a table that is missing, lacks a column or a face.
+  """
+  config = _with_defaults(config)
+  paths = parse_named_paths(config.extra_test_sets, "extra_test_sets")
+  tables = parse_named_paths(config.extra_test_attributes, "extra_test_attributes")
+  unknown = [name for name in tables if name not in paths]
+  if unknown:
+    raise DataError(f"config.data.extra_test_attributes: {unknown[0]!r} is not a set of "
+                    f"config.data.extra_test_sets (sets: {list(paths)})")
+  columns = [c.strip() for c in str(config.extra_test_attribute_groups or "").split(",")
+             if c.strip()]
+  sets = {}
+  for name, path in paths.items():
+    try:
+      data = load_test_set(name, path, image_size=config.image_size,
+                           skip_corrupt=config.skip_corrupt, faces_dir=config.faces_dir,
+                           non_faces_dir=config.non_faces_dir)
+    except DataError as err:
+      raise DataError(f"config.data.extra_test_sets: {err}") from None
+    if not data.num_faces:
+      raise DataError(f"config.data.extra_test_sets: test set {name!r}: {path}: has no faces")
+    if data.num_skipped:
+      logging.warning("test set %r: skipped %d unreadable images (config.data.skip_corrupt), "
+                      "e.g. %s", name, data.num_skipped, data.skipped[0])
+    if name in tables:
+      try:
+        data = attach_attributes(data, tables[name], columns)
+      except DataError as err:
+        raise DataError(f"config.data.extra_test_attributes: test set {name!r}: {err}") from None
+    sets[name] = data
+  return sets
+
+
+def _load_splits(config: ml_collections.ConfigDict) -> dict[str, FaceData]:
+  """The train / validation / test splits of an already defaulted ``config.data``."""
   source = config.source
   if source not in SOURCES:
     raise DataError(f"config.data.source must be one of {SOURCES}, got {source!r}")

@@ -21,7 +21,8 @@ from jaxface.report.findings import (CANONICAL_GROUPS, KIND_LABELS, SCORE_TEXT, 
 
 _LAZY = {
     **{name: "figures" for name in (
-        "plot_face_panels", "plot_group_bars", "plot_group_comparison", "plot_latent_accuracy",
+        "plot_face_panels", "plot_group_bars", "plot_group_roc", "plot_group_comparison",
+        "plot_latent_accuracy",
         "plot_latent_traversal", "plot_percentile_faces", "plot_quantile_rates",
         "plot_sampling_mass", "plot_score_by_group", "plot_training_curves", "tile")},
     **{name: "build" for name in ("build_report", "read_jsonl", "write_report")},

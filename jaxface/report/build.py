@@ -8,7 +8,10 @@ a resampling run the sampling mass per group over epochs), the detection rate pe
 across runs, side by side), then for each VAE what its latent space learned (faces it
 reconstructs best and worst, latent traversals), how detection varies with latent density,
 which faces the risk scores flag, how detection falls off with the scores, and the average face
-per score percentile.
+per score percentile. Each extra test set of the main run's ``config.data.extra_test_sets`` gets
+a section of its own after the comparison: every run side by side (rates per group and per
+attribute such as the Fitzpatrick type, at 0.5 and at 1% false positives, ROC AUCs) and a ROC
+figure per run with a curve per group.
 """
 
 from __future__ import annotations
@@ -255,8 +258,123 @@ def _run_diagnostics(page: page_lib.Page, run: RunArtifacts, result: dict, slug:
   return found
 
 
+def test_set_rows(metrics_list: Sequence[dict]) -> list[tuple[str, list]]:
+  """The rows of an extra test set's table, one column per run.
+
+  Args:
+    metrics_list: :func:`jaxface.train.test_set_metrics` of each run on the set.
+
+  Returns:
+    ``[(label, cells)]``: per group (the set's, then each attribute's) the detection rate at
+    0.5, at the operating point and the ROC AUC; then E_A, Var_A, worst group and threshold.
+  """
+  def pct(x, scale=100.0, digits=2):
+    return "–" if x is None else f"{scale * x:.{digits}f}"
+
+  rows = []
+  groupings = [("", None)] + [(f"{c} ", c) for c in metrics_list[0].get("by_attribute", {})]
+  for prefix, column in groupings:
+    ms = [m if column is None else m["by_attribute"].get(column, {}) for m in metrics_list]
+    ops = [m.get("operating_point") or {} for m in ms]
+    order = list(dict.fromkeys(g for m in ms for g in m.get("group_order", [])))
+    fpr = 100 * next((op["fpr_target"] for op in ops if op), 0.01)
+    for g in order:
+      rows.append((f"{prefix}{g}: n", [str(m["groups"].get(g, {}).get("n", "–")) for m in ms]))
+      rows.append((f"{prefix}{g}: detected %", [pct(m["groups"].get(g, {}).get("detection_rate"))
+                                                 for m in ms]))
+      rows.append((f"{prefix}{g}: detected at {fpr:g}% false positives %",
+                   [pct(op.get("groups", {}).get(g, {}).get("detection_rate")) for op in ops]))
+      rows.append((f"{prefix}{g}: ROC AUC", [pct(op.get("groups", {}).get(g, {}).get("auc"),
+                                                  1.0, 3) for op in ops]))
+    label = column or "groups"
+    rows += [
+        (f"E_A % ({label})", [pct(m.get("E_A"), 1.0) for m in ms]),
+        (f"Var_A %² ({label})", [pct(m.get("Var_A"), 1.0) for m in ms]),
+        (f"Var_A noise %² ({label})", [pct(m.get("Var_A_noise"), 1.0) for m in ms]),
+        (f"worst group ({label})", [f"{m['worst_group']} {m['worst_rate']:.2f}%"
+                                    if m.get("worst_group") else "–" for m in ms]),
+        (f"E_A at {fpr:g}% false positives % ({label})", [pct(op.get("E_A"), 1.0) for op in ops]),
+        (f"worst group at {fpr:g}% false positives ({label})",
+         [f"{op['worst_group']} {op['worst_rate']:.2f}%" if op.get("worst_group") else "–"
+          for op in ops]),
+    ]
+  ops = [m.get("operating_point") or {} for m in metrics_list]
+  rows += [
+      ("all faces detected %", [pct(m.get("face_detection_rate")) for m in metrics_list]),
+      ("threshold at the operating point", [pct(op.get("threshold"), 1.0, 4) for op in ops]),
+      ("false positives achieved %", [pct(op.get("fpr")) for op in ops]),
+      ("ROC AUC, all faces", [pct(op.get("auc"), 1.0, 3) for op in ops]),
+  ]
+  return rows
+
+
+def _test_set_section(page: page_lib.Page, name: str, data, runs: Sequence[RunArtifacts],
+                      results: Sequence[dict], slugs: Sequence[str],
+                      columns: Sequence[str]) -> dict:
+  """Adds one extra test set's section (table side by side, ROC figures); returns figures."""
+  import jax.numpy as jnp
+
+  from jaxface import train
+  out = page.out_dir
+  labels = np.asarray(data.labels)
+  groups = np.asarray(data.groups)
+  order = fnd.order_groups(groups[labels == 1].tolist())
+  comp = ", ".join(f"{g} {int(np.sum((groups == g) & (labels == 1)))}" for g in order if g)
+  page.heading(f"Test set {name}")
+  own = bool(np.any(labels == 0))
+  page.para(f"{int(np.sum(labels == 1))} faces ({comp or 'no groups'}) and "
+            f"{int(np.sum(labels == 0))} non-faces"
+            + (f"; {data.num_skipped} unreadable images skipped" if data.num_skipped else "")
+            + ". The operating point is the threshold at which at most 1% of "
+            + ("the set's own non-faces" if own else "the main test set's non-faces (the set has "
+               "none)")
+            + " are detected, the same for every group; each group's ROC AUC ranks its faces "
+            "against those non-faces, free of any threshold.")
+  found, metrics_list, evaluated = {}, [], []
+  for run, res, slug in zip(runs, results, slugs):
+    if tuple(run.images.shape[1:]) != tuple(data.images.shape[1:]):
+      page.para(f"{run.name}: not evaluated on {name} (its images are {run.images.shape[1]}x"
+                f"{run.images.shape[2]}, the set's {data.images.shape[1]}x"
+                f"{data.images.shape[2]}).")
+      continue
+    prob = evaluation.predict(run.variables, data.images, run.batch_size,
+                              dtype=jnp.dtype(run.dtype), recon=run.recon).face_prob
+    fallback = np.asarray(res["pred"].face_prob).reshape(-1)[np.asarray(run.labels) == 0]
+    m = train.test_set_metrics(prob, data, fallback, tuple(columns))
+    found[run.name] = m
+    metrics_list.append(m)
+    evaluated.append(run)
+    op = m["operating_point"]
+    if op is None:
+      continue
+    non_face_prob = (np.asarray(prob).reshape(-1)[labels == 0] if own else fallback)
+    prob_faces = np.asarray(prob).reshape(-1)[labels == 1]
+    panels = []
+    for column in [None, *m["by_attribute"]]:
+      m_by = m if column is None else m["by_attribute"][column]
+      face_groups = (groups if column is None else
+                     np.asarray(data.attributes[column]).astype(str))[labels == 1]
+      curves = {g: evaluation.roc_curve(prob_faces[face_groups == g], non_face_prob)[:2]
+                for g in m_by["operating_point"]["groups"]}
+      panels.append((f"by {column or 'group'}", curves))
+    path = fig_lib.plot_group_roc(panels, out / f"{slug}_{name}_roc.png",
+                                  f"{run.name} on {name}: ROC per group",
+                                  op["fpr_target"])
+    aucs = ", ".join(f"{g} {v['auc']:.3f}" for g, v in op["groups"].items())
+    page.figure(path, f"{run.name} on {name}: share of each group's faces detected against "
+                f"the share of the non-faces detected, as the threshold falls (dotted: "
+                f"{100 * op['fpr_target']:g}% false positives, threshold "
+                f"{op['threshold']:.4f}). ROC AUC per group: {aucs or 'no groups'}.", run.name)
+  if metrics_list:
+    header = ["", *(fnd.display_name(r.name, r.kind) for r in evaluated)]
+    page.raw(page_lib.table(header, [[label, *cells]
+                                     for label, cells in test_set_rows(metrics_list)]))
+  return found
+
+
 def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
-                 title: str | None = None, n_grid: int = 16) -> Path:
+                 title: str | None = None, n_grid: int = 16, test_sets: dict | None = None,
+                 attribute_columns: Sequence[str] = ("fitzpatrick",)) -> Path:
   """Writes the figures, ``index.html`` and ``metrics.json`` of a report.
 
   The first run is the main one; every run gets a training and a per-group section and, for
@@ -267,6 +385,10 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
     runs: the runs to report.
     title: page title (default from the run names).
     n_grid: faces per lowest / highest grid.
+    test_sets: extra named test sets ``{name: FaceData}``, each given a section with every
+      run side by side (:func:`test_set_rows`) and ROC curves per group; a set without
+      non-faces is scored against each run's test non-faces.
+    attribute_columns: attributes of the extra sets to also group their faces by.
 
   Returns:
     Path of ``index.html``.
@@ -329,6 +451,10 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
                   "dots: validation set at each epoch end) of " + " and ".join(curves) + ".",
                   None)
 
+  set_findings = {name: _test_set_section(page, name, data, runs, results, slugs,
+                                         attribute_columns)
+                  for name, data in (test_sets or {}).items()}
+
   run_findings = []
   for run, res, slug in zip(runs, results, slugs):
     m = res["metrics"]
@@ -359,7 +485,8 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
 
   (out / "index.html").write_text(page.render(title), encoding="utf-8")
   (out / "metrics.json").write_text(json.dumps(fnd.json_safe(
-      {"title": title, "group_order": order, "runs": run_findings, "figures": page.figures}),
+      {"title": title, "group_order": order, "runs": run_findings, "test_sets": set_findings,
+       "figures": page.figures}),
       indent=2))
   return out / "index.html"
 
@@ -437,6 +564,9 @@ def write_report(workdir: str | os.PathLike, compare: Sequence[str | os.PathLike
   main_test = None
   for i, directory in enumerate([workdir, *map(Path, compare)]):
     config, variables = _load_run(directory)
+    if i == 0:  # the main run's data config names the extra test sets
+      main_key = config.data.to_json()
+      main_columns = config.data.get("extra_test_attribute_groups", "fitzpatrick")
     key = config.data.to_json()
     if i == 0 and datasets is not None:
       if "test" not in datasets:
@@ -473,4 +603,7 @@ def write_report(workdir: str | os.PathLike, compare: Sequence[str | os.PathLike
         dtype=str(config.get("dtype", "float32")),
         recon=str(config_dict.get("loss", {}).get("recon", "l1")), test_note=note, log=log,
         resampling=resampling_records, config=config_dict))
-  return build_report(out_dir or workdir / "report", runs)
+  extra = {name: d for name, d in cache[main_key].items() if name not in data_lib.SPLITS}
+  columns = [c.strip() for c in str(main_columns or "").split(",") if c.strip()]
+  return build_report(out_dir or workdir / "report", runs, test_sets=extra,
+                      attribute_columns=columns)

@@ -505,3 +505,39 @@ def plot_sampling_mass(mass: SamplingMass, path: str | os.PathLike) -> Path:
   ax.legend(title="group", fontsize=8, frameon=False, loc="center left",
             bbox_to_anchor=(1.0, 0.5))
   return _save(fig, Path(path))
+
+
+def plot_group_roc(panels: Sequence[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]],
+                   path: str | os.PathLike, title: str, fpr_mark: float = 0.01) -> Path:
+  """ROC curves of each group's faces against the same non-faces, one panel per grouping.
+
+  Args:
+    panels: ``[(panel title, {group: (false_positive_rate (K,), detection_rate (K,))})]``,
+      e.g. the set's folder groups and the Fitzpatrick types.
+    path: PNG path.
+    title: figure title.
+    fpr_mark: false positive rate marked by a dotted line (the operating point).
+
+  Returns:
+    The path written.
+  """
+  fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
+  axes = np.atleast_1d(fig.subplots(1, len(panels)))
+  for ax, (panel_title, curves) in zip(axes, panels):
+    colors = _group_colors(list(curves))
+    for group, (fpr, tpr) in curves.items():
+      ax.plot(100 * np.asarray(fpr), 100 * np.asarray(tpr), color=colors[group], lw=1.4,
+              label=group)
+    ax.axvline(100 * fpr_mark, color="black", ls=":", lw=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("non-faces detected (false positives, %; log above 1%)")
+    ax.set_ylabel("faces detected (%)")
+    ax.set_title(panel_title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if curves:
+      ax.legend(fontsize=8, frameon=False, loc="lower right")
+  fig.suptitle(title)
+  return _save(fig, Path(path))
