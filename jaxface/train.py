@@ -647,7 +647,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state, probs, meta = restored
     state = replicate(mesh, state)
     epoch, step_in_epoch, history = meta["epoch"], meta["step_in_epoch"], meta["history"]
-    batcher.set_face_probabilities(probs)
+    # Without resampling the batcher samples uniformly (None); the checkpoint's uniform
+    # probabilities would switch it to its weighted sampler and draw other batches.
+    batcher.set_face_probabilities(None if config.resampling.signal == "none" else probs)
     writer.rewind(int(jax.device_get(state.step)))
     logging.info("resuming from step %d (epoch %d, step %d of the epoch)",
                  int(jax.device_get(state.step)), epoch, step_in_epoch)

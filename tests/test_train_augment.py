@@ -180,11 +180,13 @@ def test_reflect_fill_ignores_the_label():
   np.testing.assert_array_equal(as_faces, swapped)
 
 
-def test_kill_and_resume_matches_uninterrupted_with_background_fill(tmp_path):
-  config = tiny_config("ssvae", **{"augment.fill": "background"})
+@pytest.mark.parametrize("kind,fill,stop", [("ssvae", "background", 7), ("cnn", "reflect", 11)])
+def test_kill_and_resume_matches_uninterrupted_with_augmentation(tmp_path, kind, fill, stop):
+  # Models without resampling: the resumed run must draw the uniform batches again.
+  config = tiny_config(kind, **{"augment.fill": fill})
   full = train.train_and_evaluate(config, tmp_path / "full").metrics
-  stopped = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=7).metrics
-  assert stopped == {"stopped_at_step": 7}
+  stopped = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=stop).metrics
+  assert stopped == {"stopped_at_step": stop}
   resumed = train.train_and_evaluate(config, tmp_path / "resumed").metrics
   assert resumed["steps"] == full["steps"] == 12
   _, v_full = checkpoints.load_run(tmp_path / "full")
