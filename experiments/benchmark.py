@@ -19,6 +19,10 @@ average taken just before it, since absolute numbers on a shared machine drift:
   that counts); each as a ratio to the default step timed in the same rounds. A variant whose
   implementation the train step ignores (the same program as the default's although
   ``impl`` resolves differently) is reported as an error row, not timed.
+* ``augment``: the train step with on-device augmentation (``config.augment``, the default)
+  against the same step without it, timed in the same interleaved rounds, with their ratio
+  (``ratio_augment_vs_plain``; the ``train`` and ``xla`` sections time the default step, which
+  augments).
 * ``data_path``: the train loop fed by ``jaxface.data.Batcher`` (float32 batches, prefetched,
   as in ``train_and_evaluate``) against a batch already on the device.
 * ``epoch``: one DB-VAE epoch on ``--epoch_images`` random images (half faces), including the
@@ -64,7 +68,7 @@ from jaxface import data as data_lib  # noqa: E402
 from jaxface import resampling, sharding, train  # noqa: E402
 from jaxface import models  # noqa: E402
 
-SECTIONS = ("train", "xla", "data_path", "epoch", "resampling", "batcher", "devices",
+SECTIONS = ("train", "xla", "augment", "data_path", "epoch", "resampling", "batcher", "devices",
             "reference", "memory")
 REFERENCE_SCRIPT = HERE.parent.parent / "shared" / "bench" / "peer_torch_dbvae.py"
 DEFAULT_REFERENCE_PYTHON = "/tmp/torch-ref/bin/python"
@@ -134,12 +138,14 @@ def emit(row: dict[str, Any], out: list[dict[str, Any]]) -> None:
   print(json.dumps(row), flush=True)
 
 
-def model_config(kind: str, batch_size: int, dtype: str = "float32", impl: str = "auto"):
+def model_config(kind: str, batch_size: int, dtype: str = "float32", impl: str = "auto",
+                 augment: bool = True):
   """The default config of the CNN ('cnn') or the DB-VAE ('dbvae') at a batch size."""
   config = config_lib.get_base_config()
   config.batch_size = batch_size
   config.dtype = dtype
   config.model.impl = impl
+  config.augment.enabled = augment
   if kind == "cnn":
     config.model.kind, config.model.latent_dim, config.resampling.signal = "cnn", 0, "none"
   return config
@@ -262,6 +268,29 @@ def bench_xla(mesh, batch_sizes: Sequence[int], variants: Sequence[str], rounds:
             "options": XLA_VARIANTS[name][0], "impl": steps[name].impl,
             "compile_s": round(steps[name].compile_s, 1),
             "load": load}, out)
+
+
+def bench_augment(mesh, batch_sizes: Sequence[int], kinds: Sequence[str], rounds: int,
+                  quick: bool, out: list) -> None:
+  """The step with and without augmentation, interleaved; the ratio of their images/s."""
+  for batch_size in batch_sizes:
+    for kind in kinds:
+      steps = {name: Step(model_config(kind, batch_size, augment=name == "augment"), mesh)
+               for name in ("plain", "augment")}
+      n = steps_for(batch_size, quick)
+      load = load_average()
+      rates = interleaved_rates({k: (lambda s=s: s.run(n)) for k, s in steps.items()},
+                                {k: n * batch_size for k in steps}, rounds)
+      plain, augmented = rates["plain"], rates["augment"]
+      emit({"section": "augment", "model": kind, "batch": batch_size,
+            "plain_images_per_s": plain["images_per_s"],
+            "augment_images_per_s": augmented["images_per_s"],
+            "ratio_augment_vs_plain": round(augmented["images_per_s"] / plain["images_per_s"],
+                                            3),
+            "median_ratio_augment_vs_plain": round(augmented["median_images_per_s"]
+                                                   / plain["median_images_per_s"], 3),
+            "compile_s": {k: round(s.compile_s, 1) for k, s in steps.items()}, "load": load},
+           out)
 
 
 def random_face_data(n: int, image_size: int = 64, seed: int = 0) -> data_lib.FaceData:
@@ -527,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     bench_train(mesh, args.batch_sizes, args.kinds, args.rounds, args.quick, out)
   if "xla" in sections:
     bench_xla(mesh, args.batch_sizes, args.xla_variants, args.rounds, args.quick, out)
+  if "augment" in sections:
+    bench_augment(mesh, args.batch_sizes, args.kinds, args.rounds, args.quick, out)
   if "data_path" in sections:
     bench_data_path(mesh, args.batch_sizes, args.kinds, args.rounds, args.quick, out)
   if "epoch" in sections:

@@ -20,8 +20,8 @@ DTYPES = ("float32", "bfloat16")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """All fields of a run, with the DB-VAE lab's defaults."""
-  from jaxface import data  # the data config belongs to the data package
+  """All fields of a run, with the DB-VAE lab's defaults (and training-time augmentation)."""
+  from jaxface import augment, data  # these groups belong to their modules
 
   config = ml_collections.ConfigDict()
   config.name = "dbvae"  # shown in reports and comparisons
@@ -37,6 +37,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.impl = "auto"
 
   config.data = data.default_data_config()
+
+  # Training-time augmentation, computed on the device inside the train step for faces and
+  # non-faces alike (the VAE reconstructs the augmented face); fields and defaults in
+  # jaxface.augment.default_augment_config: enabled, scale_min / scale_max (zoom, > 1 zooms
+  # out), max_translate, flip, brightness, contrast, saturation, fill ('reflect' or
+  # 'background'). enabled=False trains on the chips as they are (the lab's recipe,
+  # configs/*_lab.py).
+  config.augment = augment.default_augment_config()
 
   config.loss = ml_collections.ConfigDict()
   config.loss.kl_weight = 5e-4
@@ -216,6 +224,27 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   size = config.data.image_size
   if not isinstance(size, int) or size < 16 or size % 16:
     fail("data.image_size", "must be a positive multiple of 16")
+  _validate_augment(config, fail)
+
+
+def _validate_augment(config: ml_collections.ConfigDict, fail) -> None:
+  """Checks ``config.augment`` (also when disabled); errors name ``config.augment.<field>``."""
+  from jaxface.augment import check_augment_config  # imports jax
+  aug = config.augment
+  for field in ("enabled", "flip"):
+    if not isinstance(aug[field], bool):
+      fail(f"augment.{field}", "must be True or False")
+  for field in ("scale_min", "scale_max", "max_translate", "brightness", "contrast",
+                "saturation"):
+    value = aug[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      fail(f"augment.{field}", "must be a number")
+  if not isinstance(aug.fill, str):
+    fail("augment.fill", "must be a string")
+  try:
+    check_augment_config(aug)
+  except ValueError as err:
+    raise ValueError(f"config.{err}") from None
 
 
 def signal_parts(signal: str) -> list[str]:

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxface import config as config_lib
 from jaxface import data as data_lib
+from jaxface import augment as augment_lib
 from jaxface import checkpoints, evaluation, inference, losses, models, resampling
 from jaxface.sharding import DATA_AXIS, make_mesh, replicate, shard_batch
 
@@ -139,8 +140,17 @@ def split_halves(x: jax.Array, num_shards: int = 1) -> tuple[jax.Array, jax.Arra
 def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
                optimizer: optax.GradientTransformation, kl_weight: float, recon: str,
                dtype: Any, num_shards: int = 1, decode_every_row: bool = False,
+               augment: ml_collections.ConfigDict | None = None,
                impl: str = "auto") -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the CNN (latent_dim 0) or the SS-/DB-VAE.
+
+  With ``augment`` enabled, every image of the joined batch, face or non-face, is first
+  augmented by :func:`jaxface.augment.augment_for_step` (key ``fold_in(fold_in(key,
+  state.step), AUG_STREAM)``, per-row keys in one-shard order), so the augmentation does not
+  depend on ``num_shards``; the classifier sees and the VAE reconstructs the augmented images.
+  With ``fill='reflect'`` each row is augmented on its own device; ``fill='background'`` draws
+  every row's background from the non-faces of the whole batch, so XLA gathers rows across
+  devices for it.
 
   The encoder (and its batch norms) sees the whole batch, faces and non-faces joined by
   :func:`join_halves`. The VAE loss counts for faces only, so the decoder runs on
@@ -160,6 +170,8 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
     num_shards: the devices each half of the batch is split over (:func:`join_halves`); it
       changes the rows' order inside the step, not the step.
     decode_every_row: decode the non-faces too (a VAE; for benchmarking).
+    augment: fields of :func:`jaxface.augment.default_augment_config` (read at trace time);
+      None or ``enabled=False`` trains on the batch as it is.
     impl: the model implementation (:data:`jaxface.models.IMPLS`).
 
   Returns:
@@ -172,6 +184,10 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
   images = join(batch.faces, batch.non_faces)
   n_faces = batch.faces.shape[0]
   labels = join(jnp.ones((n_faces,), jnp.float32), jnp.zeros((n_faces,), jnp.float32))
+  faces = batch.faces
+  if augment is not None and augment.enabled:
+    images = augment_lib.augment_for_step(key, state.step, images, labels, augment, num_shards)
+    faces = split(images)[0]
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -190,7 +206,7 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
       vae = split(vae_all)[0]
     else:
       x_recon = models.decode(params, z, dtype=dtype, impl=impl)
-      vae = losses.vae_loss(batch.faces, x_recon, z_mean, z_logvar, kl_weight, recon)
+      vae = losses.vae_loss(faces, x_recon, z_mean, z_logvar, kl_weight, recon)
       vae_sum = jnp.sum(vae)
     total = (jnp.sum(cls) + vae_sum) / labels.shape[0]
     return total, (enc.batch_stats, enc.y_logit, cls, vae)
@@ -217,12 +233,13 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
   State and key are replicated, both halves of the :class:`jaxface.data.Batch` are sharded on
   the ``data`` axis (``num_shards`` is the mesh's device count, so no row leaves its device),
   and the state is donated. A VAE decodes the faces only; ``decode_every_row`` decodes every
-  row instead.
+  row instead. ``config.augment`` (a frozen copy) augments every batch inside the step.
   """
   step_fn = functools.partial(
       train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,
       recon=config.loss.recon, dtype=compute_dtype(config), num_shards=mesh.devices.size,
-      decode_every_row=decode_every_row, impl=config.model.impl)
+      decode_every_row=decode_every_row, impl=config.model.impl,
+      augment=ml_collections.FrozenConfigDict(config.augment))
   repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
   return jax.jit(step_fn, in_shardings=(repl, batch, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
@@ -744,7 +761,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state, probs, meta = restored
     state = replicate(mesh, state)
     epoch, step_in_epoch, history = meta["epoch"], meta["step_in_epoch"], meta["history"]
-    batcher.set_face_probabilities(probs)
+    # Without resampling the batcher samples uniformly (None); the checkpoint's uniform
+    # probabilities would switch it to its weighted sampler and draw other batches.
+    batcher.set_face_probabilities(None if config.resampling.signal == "none" else probs)
     writer.rewind(int(jax.device_get(state.step)))
     logging.info("resuming from step %d (epoch %d, step %d of the epoch)",
                  int(jax.device_get(state.step)), epoch, step_in_epoch)
