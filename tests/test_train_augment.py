@@ -244,3 +244,26 @@ def test_one_and_four_devices_agree_with_background_fill(tmp_path):
   # 'reflect' augments every row on its device; 'background' gathers the batch's non-faces.
   assert result["reflect"] == ["all-reduce"]
   assert result["background"] == ["all-gather", "all-reduce"]
+
+
+def test_fill_cue_check_scores_plain_and_zoomed_sets(tmp_path):
+  spec = importlib.util.spec_from_file_location("fill_cue_check",
+                                                REPO / "experiments" / "fill_cue_check.py")
+  check = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(check)
+  # zoom_out with 'background': the border of a zoomed-out face is a non-face's pixels.
+  images = np.concatenate([np.ones((4, 32, 32, 3)), np.zeros((4, 32, 32, 3))]).astype(np.float32)
+  labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+  zoomed = check.zoom_out(images, labels, 2.0, "background")
+  np.testing.assert_allclose(zoomed[:, 0, 0], 0.0, atol=1e-6)
+  np.testing.assert_allclose(zoomed[:4, 16, 16], 1.0, atol=1e-6)
+  np.testing.assert_allclose(check.zoom_out(images, labels, 1.0, "reflect"), images, atol=1e-6)
+  run = train.train_and_evaluate(tiny_config("cnn", num_epochs=1), tmp_path)
+  test = run.datasets["test"]
+  result = check.fill_cue(run.variables, test.images, test.labels, 1.6, "reflect")
+  plain, zoomed = result["plain"], result["zoomed"]
+  assert plain["non_face"]["n"] == int(np.sum(test.labels == 0))
+  assert plain["face"]["n"] == int(np.sum(test.labels == 1))
+  np.testing.assert_allclose(result["fill_cue"], zoomed["non_face"]["mean_face_prob"]
+                             - plain["non_face"]["mean_face_prob"])
+  assert zoomed["non_face"]["mean_face_prob"] != plain["non_face"]["mean_face_prob"]
