@@ -265,7 +265,7 @@ def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
     config.resampling.signal = signal
     p, _ = train.resampling_probabilities(config, variables, faces, mesh)
     assert p.shape == (len(faces),) and np.isfinite(p).all()
-  assert seen == [{"z_mean"}, {"z_mean", "recon_error"}]
+  assert seen == [{"face_prob", "z_mean"}, {"face_prob", "z_mean", "recon_error"}]
 
 
 def test_groups_signal_balances_the_labelled_groups_without_a_model(monkeypatch):
@@ -427,7 +427,7 @@ def test_unknown_field_and_indivisible_batch():
     config_lib.validate_config(tiny_config("dbvae", batch_size=18), 4)
   with pytest.raises(ValueError, match="half faces, half non-faces each"):
     config_lib.validate_config(tiny_config("dbvae", batch_size=20), 4)
-  with pytest.raises(ValueError, match="no latent space: use 'none' or 'groups'"):
+  with pytest.raises(ValueError, match="no latent space: use 'none', 'groups' or 'errors'"):
     config_lib.validate_config(tiny_config("cnn", **{"resampling.signal": "latent"}), 1)
   with pytest.raises(ValueError, match="resampling.signal"):
     config_lib.validate_config(tiny_config("dbvae", **{"resampling.signal": "group"}), 1)
