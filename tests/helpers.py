@@ -1,6 +1,9 @@
 """Helpers shared by the test modules (pytest puts this folder on ``sys.path``)."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from jaxface import config as config_lib
@@ -44,3 +47,13 @@ def tiny_config(kind: str = "dbvae", **overrides):
       target = target[p]
     target[leaf] = value
   return config
+
+
+def run_on_four_devices(script: str, timeout: int = 600) -> dict:
+  """Runs a Python script on 4 forced CPU devices; returns the JSON it prints after 'RESULT'."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.split("RESULT", 1)[1])

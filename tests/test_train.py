@@ -5,10 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from jaxface import config as config_lib
 from jaxface import data as data_lib
 from jaxface import checkpoints, inference, losses, models, sharding, train
 
-from helpers import tiny_config
+from helpers import run_on_four_devices, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -475,12 +472,7 @@ EQUIVALENCE_SCRIPT = textwrap.dedent("""
 
 def test_one_and_four_devices_agree(tmp_path):
   script = EQUIVALENCE_SCRIPT.format(tests=str(REPO / "tests"), tmp=str(tmp_path))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  result = run_on_four_devices(script)
   one, four = result["1"], result["4"]
   assert len(one["losses"]) == len(four["losses"]) > 0
   np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4, atol=1e-5)
@@ -522,12 +514,7 @@ COLLECTIVES_SCRIPT = textwrap.dedent("""
 
 def test_four_device_step_moves_no_rows_between_devices():
   script = COLLECTIVES_SCRIPT.format(tests=str(REPO / "tests"))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  result = run_on_four_devices(script)
   # Only the all-reduces of the gradients, losses and batch-norm statistics.
   for variant in ("faces_only", "every_row"):
     assert set(result[variant]) == {"all-reduce"}, (variant, result[variant])

@@ -5,10 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from jaxface import augment, checkpoints, train
 from jaxface import config as config_lib
 from jaxface import data as data_lib
 
-from helpers import tiny_config
+from helpers import run_on_four_devices, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,12 +228,7 @@ DEVICES_SCRIPT = textwrap.dedent("""
 
 def test_one_and_four_devices_agree_with_background_fill(tmp_path):
   script = DEVICES_SCRIPT.format(tests=str(REPO / "tests"), tmp=str(tmp_path))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  result = run_on_four_devices(script)
   one, four = result["1"], result["4"]
   assert len(one["losses"]) == len(four["losses"]) > 0
   np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4, atol=1e-5)
