@@ -16,6 +16,8 @@ import json
 import logging as py_logging
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,27 @@ def move_aside(directory: Path, step: int) -> Path:
   return target
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+  """Holds back Ctrl-C (SIGINT) until the block ends, then raises KeyboardInterrupt.
+
+  A KeyboardInterrupt raised inside an Orbax save or wait can leave Orbax's writer threads
+  waiting on each other, so the process never exits; checkpoint I/O runs in this block.
+  Off the main thread (where no handler can be set) the block runs as it is.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if received:
+    raise KeyboardInterrupt
+
+
 class Checkpoints:
   """The trainer's Orbax checkpoints (every process of a run creates one).
 
@@ -151,10 +174,11 @@ class Checkpoints:
     # A host copy: the device buffers are donated to the next step while Orbax writes.
     host_state = jax.device_get(state)
     step = int(host_state.step)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state),
-        probs=ocp.args.StandardSave({"face_probs": np.asarray(probs, np.float64)}),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    with sigint_deferred():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(host_state),
+          probs=ocp.args.StandardSave({"face_probs": np.asarray(probs, np.float64)}),
+          meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore_latest(self, abstract_state: PyTree, n_faces: int,
                      check_meta: Callable[[dict[str, Any]], Any] | None = None,
@@ -206,11 +230,13 @@ class Checkpoints:
 
   def wait(self) -> None:
     """Blocks until the pending asynchronous save is written."""
-    self.manager.wait_until_finished()
+    with sigint_deferred():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
-    self.manager.close()
+    with sigint_deferred():
+      self.manager.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -162,3 +162,17 @@ def test_metrics_log_has_one_line_per_step_and_kind_after_kills(tmp_path, uninte
     assert set(a) == set(b)
     for field in set(a) - {"kind", "images_per_s"}:
       assert a[field] == pytest.approx(b[field], rel=1e-5), (field, a, b)
+
+
+def test_ctrl_c_during_checkpoint_io_is_held_until_it_ends():
+  import os
+  import signal
+
+  from jaxface.checkpoints import sigint_deferred
+  finished = []
+  with pytest.raises(KeyboardInterrupt):
+    with sigint_deferred():
+      os.kill(os.getpid(), signal.SIGINT)
+      finished.append(True)  # reached: the interrupt waited for the block
+  assert finished == [True]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
