@@ -159,12 +159,16 @@ class Checkpoints:
 
   def __init__(self, directory: str | os.PathLike, keep: int):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
     self.directory = Path(directory).absolute()
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def save(self, state: PyTree, probs: np.ndarray, meta: dict[str, Any]) -> None:
-    """Saves (asynchronously) the state, the face probabilities and the meta at the state's step.
+    """Saves the state, the face probabilities and the meta at the state's step.
+
+    Saves are synchronous and hold Ctrl-C back until they end (:func:`sigint_deferred`): an
+    interrupt during Orbax's asynchronous writes could leave its threads waiting on each other.
 
     Args:
       state: the TrainState (its ``step`` names the checkpoint).
@@ -229,7 +233,7 @@ class Checkpoints:
                     _first_line(err), target)
 
   def wait(self) -> None:
-    """Blocks until the pending asynchronous save is written."""
+    """Blocks until a pending save is written (saves are synchronous; kept for callers)."""
     with sigint_deferred():
       self.manager.wait_until_finished()
 
