@@ -173,7 +173,7 @@ def exit_on_error(workdir: str | os.PathLike | None = None,
 
 
 def finish_background_work(timeout_s: float = 120.0) -> None:
-  """Joins the other non-daemon threads (e.g. an asynchronous checkpoint save) for a while.
+  """Joins the other non-daemon threads (e.g. a library's writer thread) for a while.
 
   Exiting while such a thread runs breaks it at interpreter shutdown, with a traceback; a
   second Ctrl-C stops the wait. Thread-pool workers (named ``PREFIX_N``) idle until shutdown
