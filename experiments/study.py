@@ -51,6 +51,7 @@ DARK = ("DF", "DM")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO.parent / "shared" / "data" / "utkface-bias" / "manifest.csv"
 DEFAULT_PPB = REPO.parent / "shared" / "data" / "ppb-faces"
+DEFAULT_NONFACE_PHOTOS = REPO.parent / "shared" / "data" / "nonface-photos" / "images"
 
 # Lab pipeline on this data (peer_torch_study.py, 3 seeds), quoted in the issue.
 LAB_BASELINE = {
@@ -135,6 +136,15 @@ def default_test_sets(ppb: Path = DEFAULT_PPB) -> tuple[dict[str, str], dict[str
   return sets, ({name: str(table) for name in sets} if table.is_file() else {})
 
 
+def default_whole_images(ppb: Path = DEFAULT_PPB,
+                         photos: Path = DEFAULT_NONFACE_PHOTOS) -> dict[str, str]:
+  """``config.whole_images`` fields for the PPB portraits (SystemExit when the data is absent)."""
+  if not (ppb / "portraits").is_dir() or not photos.is_dir():
+    raise SystemExit(f"--whole_images needs {ppb / 'portraits'} and {photos}")
+  return {"sets": f"ppb_portraits={ppb / 'portraits'}",
+          "boxes": f"ppb_portraits={ppb / 'faces.csv'}", "non_face_photos": str(photos)}
+
+
 def parse_named(entries: Sequence[str], flag: str) -> dict[str, str]:
   """``['a=/x', 'b=/y']`` -> ``{'a': '/x', 'b': '/y'}``; SystemExit naming the flag if bad."""
   named: dict[str, str] = {}
@@ -152,8 +162,10 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
                learning_rate: float, steps_per_epoch: int, val_fraction: float,
                bn_recalibration_batches: int | None = None,
                test_sets: dict[str, str] | None = None,
-               test_attributes: dict[str, str] | None = None):
-  """The jaxface config of one run (``test_sets``: extra test sets, name -> path)."""
+               test_attributes: dict[str, str] | None = None,
+               whole_images: dict[str, str] | None = None):
+  """The jaxface config of one run (``test_sets``: extra test sets, name -> path;
+  ``whole_images``: ``config.whole_images`` fields)."""
   from jaxface import config as config_lib
 
   config = config_lib.get_base_config()
@@ -184,6 +196,8 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
   config.data.extra_test_sets = ",".join(f"{k}={v}" for k, v in (test_sets or {}).items())
   config.data.extra_test_attributes = ",".join(
       f"{k}={v}" for k, v in (test_attributes or {}).items())
+  for key, value in (whole_images or {}).items():
+    config.whole_images[key] = value
   config.write_report = False
   config.progress_bar = False
   config.log_every_steps = 100
@@ -286,6 +300,53 @@ def test_set_summary(figures: dict[str, Any]) -> dict[str, Any]:
   if op:
     out.update(threshold=op["threshold"], auc=op["auc"])
   return out
+
+
+def whole_image_summary(figures: dict[str, Any]) -> dict[str, Any]:
+  """The study's figures of one run on one whole-image set (rates in percent, flat).
+
+  Args:
+    figures: ``metrics["eval"]["whole_images"][name]``
+      (:func:`jaxface.whole_images.evaluate_sets`).
+
+  Returns:
+    ``found_<g>`` (at the threshold set on the non-face photos) and ``found05_<g>`` (at 0.5),
+    ``E_A``, ``Var_A``, ``worst_rate``, ``false_photos`` and ``false_photos05`` (% of the
+    non-face photos with a detection), ``threshold``; ``groups``: the table's columns.
+  """
+  out: dict[str, Any] = {}
+  groups = []
+  for key, section in (("found_", "faces_found"), ("found05_", "faces_found_at_default")):
+    for g, v in figures[section]["all"].items():
+      if g != "overall" and v.get("rate") is not None:
+        out[f"{key}{g}"] = 100.0 * v["rate"]
+        groups.append(g)
+  for key in ("E_A", "Var_A", "worst_rate"):
+    if figures["summary"].get(key) is not None:
+      out[key] = figures["summary"][key]
+  out["false_photos"] = 100.0 * figures["false_detections"]["rate"]
+  out["false_photos05"] = 100.0 * figures["false_detections_at_default"]["rate"]
+  out["threshold"] = figures["threshold"]
+  out["groups"] = list(dict.fromkeys(groups))
+  return out
+
+
+def whole_image_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
+                      groups: list[str]) -> str:
+  """The Markdown table of one whole-image set: one line per config (mean ± std over seeds)."""
+  header = (["config", "seeds"] + [f"{g} found %" for g in groups]
+            + ["E[A] %", "Var[A] %²", "worst %", "false photos %", "threshold"]
+            + [f"{g} found @0.5 %" for g in groups] + ["false photos @0.5 %"])
+  keys = ([(f"found_{g}", 1) for g in groups]
+          + [("E_A", 1), ("Var_A", 1), ("worst_rate", 1), ("false_photos", 1), ("threshold", 5)]
+          + [(f"found05_{g}", 1) for g in groups] + [("false_photos05", 1)])
+  lines = [f"Whole images `{name}`:", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for config, stats in rows.items():
+    seeds = max((s["n"] for s in stats.values()), default=0)
+    lines.append("| " + " | ".join([config, str(seeds),
+                                    *(_cell(stats, k, d) for k, d in keys)]) + " |")
+  return "\n".join(lines)
 
 
 def test_set_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
@@ -479,6 +540,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--test_attributes", action="append", default=[], metavar="NAME=CSV",
                       help="a faces.csv-style attribute table of a --test_set (its faces are "
                            "also grouped by Fitzpatrick type)")
+  parser.add_argument("--whole_images", action="store_true",
+                      help="also scan the whole PPB portraits and the non-face photos at the end "
+                           "of every run (config.whole_images; minutes per run on a CPU)")
   parser.add_argument("--no_test_sets", action="store_true",
                       help="no extra test sets (not even the default PPB crops)")
   parser.add_argument("--aggregate_only", action="store_true",
@@ -533,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   unknown = sorted(set(test_attributes) - set(test_sets))
   if unknown:
     raise SystemExit(f"--test_attributes {unknown[0]}: no --test_set of that name")
+  whole_images = default_whole_images() if args.whole_images else None
   with contextlib.ExitStack() as stack:
     stack.enter_context(shared_datasets())
     for seed in range(args.seeds):  # seed-major: a partial study has every config
@@ -548,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               steps_per_epoch=args.steps_per_epoch,
                               val_fraction=args.val_fraction,
                               bn_recalibration_batches=args.bn_recalibration_batches,
-                              test_sets=test_sets, test_attributes=test_attributes)
+                              test_sets=test_sets, test_attributes=test_attributes,
+                              whole_images=whole_images)
           start = time.perf_counter()
           train.train_and_evaluate(config, workdir)
           print(json.dumps({"run": spec.name, "seed": seed,
@@ -559,6 +625,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         summary["seed"] = seed
         summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
                                 final["eval"].get("test_sets", {}).items()}
+        summary["whole_images"] = {name: whole_image_summary(figures) for name, figures in
+                                   final["eval"].get("whole_images", {}).items()}
         runs[spec.name].append(summary)
 
   rows = {name: aggregate(r) for name, r in runs.items() if r}
@@ -585,11 +653,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       groups = set_groups.setdefault(name, {})
       for prefix, names in per_seed[0]["groups"].items():
         groups[prefix] = list(dict.fromkeys(groups.get(prefix, []) + names))
+  whole_rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+  whole_groups: dict[str, list[str]] = {}
+  for config_name, rs in runs.items():
+    for name in dict.fromkeys(n for r in rs for n in r.get("whole_images", {})):
+      per_seed = [r["whole_images"][name] for r in rs if name in r.get("whole_images", {})]
+      whole_rows.setdefault(name, {})[config_name] = aggregate(
+          [{k: v for k, v in p.items() if k != "groups"} for p in per_seed])
+      whole_groups[name] = list(dict.fromkeys(
+          whole_groups.get(name, []) + [g for p in per_seed for g in p["groups"]]))
   data_name = "planted" if manifest is None else manifest.parent.name
   result = {"args": {k: v for k, v in vars(args).items()}, "manifest": str(manifest),
             "runs": runs, "summary": rows, "reference": reference, "lab_baseline": lab,
             "checks": checks, "test_sets": {"paths": test_sets, "attributes": test_attributes,
-                                            "summary": set_rows}}
+                                            "summary": set_rows},
+            "whole_images": {"config": whole_images, "summary": whole_rows}}
   natural = next((r["share_dark"] for rs in runs.values() for r in rs if "share_dark" in r), None)
   natural_text = "" if natural is None else f" (their share of the training faces: {natural:.1f}%)"
   md = "\n\n".join([
@@ -609,11 +687,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "group rates.",
       "Targets (each config vs our CNN and vs the lab pipeline):",
       checks_markdown(checks),
-      *(test_set_table(name, set_rows[name], set_groups[name]) for name in set_rows)])
+      *(test_set_table(name, set_rows[name], set_groups[name]) for name in set_rows),
+      *(whole_image_table(name, whole_rows[name], whole_groups[name]) for name in whole_rows)])
   if set_rows:
     md += ("\n\nExtra test sets: the same runs. '@1%FP' = at the threshold detecting 1% of "
            "the non-faces (the set's own, or the test split's when it has none), the same for "
            "every group; AUC = each group's ROC AUC against those non-faces.")
+  if whole_rows:
+    md += ("\n\nWhole images: every run scans the whole photos at the end; 'found' = a window "
+           "at or above the threshold overlaps the face box with IoU >= 0.3 (any window for a "
+           "portrait without a box), at the threshold that leaves at most 5% of the non-face "
+           "photos with a detection (and at 0.5).")
   root.mkdir(parents=True, exist_ok=True)
   (root / "study.json").write_text(json.dumps(result, indent=2))
   (root / "study.md").write_text(md + "\n")

@@ -17,11 +17,12 @@ BLEND_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters", "errors")
 SIGNALS = ("none", "groups") + BLEND_SIGNALS
 LATENT_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters")  # need a VAE
 DTYPES = ("float32", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def get_base_config() -> ml_collections.ConfigDict:
   """All fields of a run, with the DB-VAE lab's defaults (and training-time augmentation)."""
-  from jaxface import augment, data  # these groups belong to their modules
+  from jaxface import augment, data, whole_images  # these groups belong to their modules
 
   config = ml_collections.ConfigDict()
   config.name = "dbvae"  # shown in reports and comparisons
@@ -45,6 +46,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'background'). enabled=False trains on the chips as they are (the lab's recipe,
   # configs/*_lab.py).
   config.augment = augment.default_augment_config()
+
+  # Whole-photo test sets, scanned with sliding windows once after the last epoch: faces found
+  # per group at the threshold giving at most max_false_rate non-face photos with a detection;
+  # fields and defaults in jaxface.whole_images (sets, boxes, non_face_photos, ...).
+  config.whole_images = whole_images.default_whole_images_config()
 
   config.loss = ml_collections.ConfigDict()
   config.loss.kl_weight = 5e-4
@@ -87,6 +93,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 2
   config.steps_per_epoch = -1  # -1: 2 * n_faces // batch_size (every face about once)
   config.learning_rate = 5e-4
+  # 'constant' (the labs) or 'cosine' (decays to 0 over the run's steps; a run on it cannot be
+  # resumed with another num_epochs)
+  config.lr_schedule = "constant"
   config.dtype = "float32"  # compute dtype; parameters and losses stay float32
   config.eval_batch_size = 256
   # Before every evaluation, replace the batch norms' running averages by the mean statistics
@@ -213,6 +222,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("steps_per_epoch", "must be >= 1, or -1 for one pass over the data")
   if not config.learning_rate > 0:
     fail("learning_rate", "must be > 0")
+  if config.lr_schedule not in LR_SCHEDULES:
+    fail("lr_schedule", f"must be one of {LR_SCHEDULES}")
   if config.dtype not in DTYPES:
     fail("dtype", f"must be one of {DTYPES}")
   if config.log_every_steps < 1:

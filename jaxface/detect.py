@@ -674,6 +674,51 @@ def faces_found(scans: Mapping[str, ScanResult], faces: Mapping[str, Mapping[str
           "all": section(combined), "missed": sorted(missed)}
 
 
+def whole_image_figures(scans: Mapping[str, ScanResult], faces: Mapping[str, Mapping[str, Any]],
+                        non_face_max_probs: Mapping[str, float], default_threshold: float = 0.5,
+                        max_false_rate: float = 0.05, min_iou: float = 0.3) -> dict[str, Any]:
+  """The figures of a whole-image evaluation from finished scans (no device work).
+
+  Args:
+    scans: the portraits' scan results, keyed by path or file name.
+    faces: :func:`load_face_boxes` of their faces.csv (``{}``: groups from the file names).
+    non_face_max_probs: file name -> highest window probability of each non-face photo.
+    default_threshold: the scan's own threshold, reported beside the calibrated one.
+    max_false_rate: largest allowed share of non-face photos with a detection.
+    min_iou: overlap needed with a face box.
+
+  Returns:
+    ``threshold`` (:func:`threshold_for_false_rate`), ``max_false_rate``,
+    ``false_detections``, ``faces_found`` (at that threshold), ``faces_found_at_default``,
+    ``false_detections_at_default``, ``n_windows_per_portrait`` and ``portraits``: per file
+    name ``{'file', 'group', 'best_box', 'best_prob', 'found'}`` (found at the calibrated
+    threshold).
+  """
+  if not non_face_max_probs:
+    raise DataError("no readable non-face photo to calibrate the threshold")
+  threshold = threshold_for_false_rate(non_face_max_probs.values(), max_false_rate)
+  found = faces_found(scans, faces, threshold, min_iou)
+  missed = set(found["missed"])
+  portraits = {}
+  for key, scan in scans.items():
+    name = Path(key).name
+    entry = faces.get(name)
+    group = entry["group"] if entry is not None else (portrait_group(name) or "unknown")
+    portraits[name] = {"file": str(key), "group": group,
+                       "best_box": [int(v) for v in scan.best_box],
+                       "best_prob": float(scan.best_prob), "found": name not in missed}
+  return {
+      "threshold": threshold, "max_false_rate": max_false_rate,
+      "false_detections": false_detections(non_face_max_probs, threshold),
+      "faces_found": found,
+      "false_detections_at_default": false_detections(non_face_max_probs, default_threshold),
+      "faces_found_at_default": faces_found(scans, faces, default_threshold, min_iou),
+      "n_windows_per_portrait": (float(np.mean([len(r.boxes) for r in scans.values()]))
+                                 if scans else None),
+      "portraits": portraits,
+  }
+
+
 def evaluate_whole_images(variables: PyTree, portraits: Sequence[str | os.PathLike],
                           faces: Mapping[str, Mapping[str, Any]],
                           non_face_photos: Sequence[str | os.PathLike],
@@ -697,24 +742,15 @@ def evaluate_whole_images(variables: PyTree, portraits: Sequence[str | os.PathLi
     progress: show progress bars.
 
   Returns:
-    A JSON-serialisable dict: ``threshold``, ``false_detections``, ``faces_found`` (at the
-    calibrated threshold), ``faces_found_at_default``, ``false_detections_at_default``,
-    ``options`` and ``errors`` (unreadable files).
+    :func:`whole_image_figures`, plus ``options`` and ``errors`` (unreadable files, by path).
   """
   non_face, errors = scan_files(variables, non_face_photos, options, mesh, progress=progress)
   if not non_face:
     raise DataError("no readable non-face photo to calibrate the threshold")
-  max_probs = {Path(k).name: r.best_prob for k, r in non_face.items()}
-  threshold = threshold_for_false_rate(max_probs.values(), max_false_rate)
   scans, portrait_errors = scan_files(variables, portraits, options, mesh, progress=progress)
   errors.update(portrait_errors)
-  return {
-      "threshold": threshold, "max_false_rate": max_false_rate,
-      "false_detections": false_detections(max_probs, threshold),
-      "faces_found": faces_found(scans, faces, threshold, min_iou),
-      "false_detections_at_default": false_detections(max_probs, options.threshold),
-      "faces_found_at_default": faces_found(scans, faces, options.threshold, min_iou),
-      "n_windows_per_portrait": (float(np.mean([len(r.boxes) for r in scans.values()]))
-                                 if scans else None),
-      "options": options._asdict(), "errors": errors,
-  }
+  max_probs = {Path(k).name: r.best_prob for k, r in non_face.items()}
+  result = whole_image_figures(scans, faces, max_probs, options.threshold, max_false_rate,
+                               min_iou)
+  result.update(options=options._asdict(), errors=errors)
+  return result

@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 from jaxface import config as config_lib
 from jaxface import data as data_lib
 from jaxface import augment as augment_lib
-from jaxface import checkpoints, evaluation, inference, losses, models, resampling
+from jaxface import checkpoints, evaluation, inference, losses, models, resampling, whole_images
 from jaxface.sharding import DATA_AXIS, make_mesh, replicate, shard_batch
 
 PyTree = Any
@@ -76,8 +76,26 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adam(config.learning_rate)
+def make_optimizer(config: ml_collections.ConfigDict,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+  """Adam at ``config.learning_rate``, constant or on ``config.lr_schedule``.
+
+  Args:
+    config: the run config (``learning_rate``, ``lr_schedule``).
+    total_steps: the run's number of steps; needed by ``lr_schedule='cosine'``, which decays
+      the rate to 0 along a half cosine over them.
+
+  Returns:
+    The optax transformation.
+  """
+  schedule = config.get("lr_schedule", "constant")
+  if schedule == "constant":
+    return optax.adam(config.learning_rate)
+  if schedule == "cosine":
+    if not total_steps:
+      raise ValueError("config.lr_schedule = 'cosine' needs the run's total number of steps")
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, int(total_steps)))
+  raise ValueError(f"config.lr_schedule = {schedule!r}: must be one of {config_lib.LR_SCHEDULES}")
 
 
 def create_train_state(key: jax.Array, config: ml_collections.ConfigDict,
@@ -597,6 +615,8 @@ def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> 
       lines.append(f"non-face accuracy {100 * test['non_face_accuracy']:.2f}%")
   for name, figures in ev.get("test_sets", {}).items():
     lines.extend(_test_set_lines(name, figures))
+  for name, figures in ev.get("whole_images", {}).items():
+    lines.extend(whole_images.summary_lines(name, figures))
   return "\n".join(lines)
 
 
@@ -696,6 +716,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                dict(mesh.shape))
 
   datasets = data_lib.load_datasets(config.data)
+  whole_image_sets = whole_images.load_whole_image_sets(
+      config.whole_images, config.data.image_size, taken=datasets)
   train_data = datasets["train"]
   face_idx = train_data.face_indices()
   train_faces = train_data.subset(face_idx)
@@ -715,7 +737,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total_steps = steps_per_epoch * config.num_epochs
 
   # ---- State and step ----------------------------------------------------------------------
-  optimizer = make_optimizer(config)
+  optimizer = make_optimizer(config, total_steps)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
   identity = checkpoints.run_identity(config, steps_per_epoch, int(face_idx.size), step_key)
@@ -860,13 +882,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     ckpts.close()  # waits for the last save; every process reaches it
     writer.close()
 
-  # ---- Summary -----------------------------------------------------------------------------
+  # ---- Whole images and summary -------------------------------------------------------------
+  final_eval = dict(history["epochs"][-1]) if history["epochs"] else {}
+  if whole_image_sets is not None:
+    logging.info("scanning the whole-image test sets %s", list(whole_image_sets.photos))
+    final_eval["whole_images"] = whole_images.evaluate_sets(
+        state.variables, whole_image_sets, config.whole_images, mesh,
+        progress=is_main and config.progress_bar)
   wall = time.perf_counter() - start_time
   final = {
       "name": config.name, "kind": config.model.kind, "steps": int(jax.device_get(state.step)),
       "wall_time_s": wall,
       "images_per_s": trained_images / train_time if train_time else 0.0,
-      "eval": history["epochs"][-1] if history["epochs"] else {},
+      "eval": final_eval,
       "epochs": history["epochs"], "resampling": history["resampling"],
       "devices": int(mesh.devices.size),
   }

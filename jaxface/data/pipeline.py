@@ -164,7 +164,8 @@ def parse_named_paths(text: str, field: str) -> dict[str, str]:
 
   Args:
     text: comma-separated ``NAME=PATH`` entries ('' for none).
-    field: the config field it came from, named in errors (e.g. ``'extra_test_sets'``).
+    field: the config field it came from, named in errors: a ``config.data`` field (e.g.
+      ``'extra_test_sets'``) or a dotted one (``'whole_images.sets'``).
 
   Returns:
     The names and paths, in the given order.
@@ -173,7 +174,7 @@ def parse_named_paths(text: str, field: str) -> dict[str, str]:
     DataError: an entry without '=', an empty or badly formed name or path, a name given twice
       or one of ``'train'``, ``'val'``, ``'test'``.
   """
-  where = f"config.data.{field}"
+  where = f"config.{field}" if "." in field else f"config.data.{field}"
   named: dict[str, str] = {}
   for entry in (e.strip() for e in str(text or "").split(",")):
     if not entry:

@@ -372,6 +372,101 @@ def _test_set_section(page: page_lib.Page, name: str, data, runs: Sequence[RunAr
   return found
 
 
+def _pct(x: float | None, scale: float = 100.0, digits: int = 2) -> str:
+  return "–" if x is None else f"{scale * x:.{digits}f}"
+
+
+def whole_image_rows(figures_list: Sequence[dict]) -> list[tuple[str, list]]:
+  """Rows of a whole-image set's side-by-side table, one cell per run (``None``: not run)."""
+  groups = fnd.order_groups([g for f in figures_list if f
+                             for g in f["faces_found"]["all"] if g != "overall"])
+
+  def cells(fn):
+    return [("–" if f is None else fn(f)) for f in figures_list]
+
+  def found(section, g):
+    return lambda f: _pct(f[section]["all"].get(g, {}).get("rate"))
+
+  rows = [(f"{g}: found %", cells(found("faces_found", g))) for g in groups]
+  rows += [
+      ("E_A %", cells(lambda f: _pct(f["summary"]["E_A"], 1.0))),
+      ("Var_A %²", cells(lambda f: _pct(f["summary"]["Var_A"], 1.0, 2))),
+      ("worst group", cells(lambda f: f"{f['summary']['worst_group']} "
+                            f"{_pct(f['summary']['worst_rate'], 1.0)}")),
+      ("threshold", cells(lambda f: f"{f['threshold']:.5f}")),
+      ("non-face photos with a detection", cells(
+          lambda f: f"{f['false_detections']['n_with_detection']}/"
+                    f"{f['false_detections']['n_photos']}")),
+  ]
+  rows += [(f"{g}: found at p >= 0.5 %", cells(found("faces_found_at_default", g)))
+           for g in groups]
+  rows += [("non-face photos with a detection at p >= 0.5", cells(
+      lambda f: f"{f['false_detections_at_default']['n_with_detection']}/"
+                f"{f['false_detections_at_default']['n_photos']}"))]
+  return rows
+
+
+def _example_portraits(figures: dict, per_group: int) -> list[tuple[str, list[dict]]]:
+  """Up to ``per_group`` portraits of each group, spread over the range of best scores."""
+  from jaxface import detect
+  by_group: dict[str, list[dict]] = {}
+  for entry in figures["portraits"].values():
+    by_group.setdefault(entry["group"], []).append(entry)
+  rows = []
+  for group in fnd.order_groups(list(by_group)):
+    entries = sorted(by_group[group], key=lambda e: e["best_prob"])
+    picks = sorted(set(np.linspace(0, len(entries) - 1, per_group).round().astype(int)))
+    photos = []
+    for i in picks:
+      try:
+        photo = detect.read_photo(entries[i]["file"])
+      except ValueError:  # moved or deleted since the run: shown without it
+        continue
+      photos.append({"photo": photo, "box": entries[i]["best_box"],
+                     "prob": entries[i]["best_prob"], "found": entries[i]["found"]})
+    if photos:
+      rows.append((group, photos))
+  return rows
+
+
+def _whole_image_section(page: page_lib.Page, name: str, runs: Sequence[RunArtifacts],
+                         slugs: Sequence[str], per_group: int = 5) -> dict:
+  """One whole-image set's section from the runs' own figures (``metrics.json``)."""
+  figures_list = [((r.train_metrics or {}).get("eval", {}).get("whole_images") or {}).get(name)
+                  for r in runs]
+  first = next(f for f in figures_list if f)
+  page.heading(f"Whole images {name}")
+  page.para(f"{first['n_photos']} photos scanned with square windows ({first['options']['n_scales']} "
+            f"sides from {first['options']['min_frac']:g} to {first['options']['max_frac']:g} "
+            f"of the shorter side, stride {first['options']['stride_frac']:g} of the side, about "
+            f"{first['n_windows_per_portrait']:.0f} windows per photo). The threshold is set "
+            f"so that at most {100 * first['max_false_rate']:g}% of the "
+            f"{first['false_detections']['n_photos']} non-face photos have a window at or above "
+            "it; a portrait counts as found when such a window overlaps its face box with IoU "
+            f">= {first['faces_found']['min_iou']:g} (any window where it has no box).")
+  header = ["", *(fnd.display_name(r.name, r.kind) for r in runs)]
+  page.raw(page_lib.table(header, [[label, *cells]
+                                   for label, cells in whole_image_rows(figures_list)]))
+  for run, figures, slug in zip(runs, figures_list, slugs):
+    if not figures:
+      page.para(f"{run.name}: not evaluated on {name}.")
+      continue
+    if figures.get("errors"):
+      page.para(f"{run.name}: {len(figures['errors'])} unreadable photos skipped, e.g. "
+                f"{next(iter(figures['errors'].values()))}")
+    rows = _example_portraits(figures, per_group)
+    if not rows:
+      page.para(f"{run.name}: the photos of {name} are no longer where the run read them.")
+      continue
+    path = fig_lib.plot_whole_image_examples(rows, page.out_dir / f"{slug}_{name}_examples.png",
+                                             f"{run.name} on {name}: best window per photo")
+    page.figure(path, f"{run.name} on {name}: photos of each group, from its lowest to its "
+                "highest best-window score, with the best window (green: the face is found at "
+                f"the threshold {figures['threshold']:.5f}; red: missed) and its face "
+                "probability.", run.name)
+  return {r.name: f for r, f in zip(runs, figures_list) if f}
+
+
 def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
                  title: str | None = None, n_grid: int = 16, test_sets: dict | None = None,
                  attribute_columns: Sequence[str] = ("fitzpatrick",)) -> Path:
@@ -455,6 +550,11 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
                                          attribute_columns)
                   for name, data in (test_sets or {}).items()}
 
+  whole_names = list(dict.fromkeys(
+      name for r in runs
+      for name in ((r.train_metrics or {}).get("eval", {}).get("whole_images") or {})))
+  whole_findings = {name: _whole_image_section(page, name, runs, slugs) for name in whole_names}
+
   run_findings = []
   for run, res, slug in zip(runs, results, slugs):
     m = res["metrics"]
@@ -486,6 +586,9 @@ def build_report(out_dir: str | os.PathLike, runs: Sequence[RunArtifacts], *,
   (out / "index.html").write_text(page.render(title), encoding="utf-8")
   (out / "metrics.json").write_text(json.dumps(fnd.json_safe(
       {"title": title, "group_order": order, "runs": run_findings, "test_sets": set_findings,
+       "whole_images": {name: {run: {k: v for k, v in f.items() if k != "portraits"}
+                               for run, f in per_run.items()}
+                        for name, per_run in whole_findings.items()},
        "figures": page.figures}),
       indent=2))
   return out / "index.html"

@@ -541,3 +541,40 @@ def plot_group_roc(panels: Sequence[tuple[str, dict[str, tuple[np.ndarray, np.nd
       ax.legend(fontsize=8, frameon=False, loc="lower right")
   fig.suptitle(title)
   return _save(fig, Path(path))
+
+
+def plot_whole_image_examples(rows: Sequence[tuple[str, Sequence[dict]]],
+                              path: str | os.PathLike, title: str) -> Path:
+  """Whole photos of each group with their best window drawn on them.
+
+  Args:
+    rows: ``[(group, [{'photo': (H, W, 3) uint8, 'box': (x0, y0, side), 'prob': float,
+      'found': bool}, ...])]``, one row of photos per group.
+    path: PNG path.
+    title: figure title.
+
+  Returns:
+    The path written. The box is green where the face was found, red where it was missed.
+  """
+  from matplotlib.patches import Rectangle
+  cols = max(1, max((len(photos) for _, photos in rows), default=1))
+  fig = Figure(figsize=(2.0 * cols + 0.6, 2.3 * max(1, len(rows))), layout="constrained")
+  axes = np.array(fig.subplots(max(1, len(rows)), cols, squeeze=False))
+  for r, (group, photos) in enumerate(rows):
+    for c in range(cols):
+      ax = axes[r, c]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_ylabel(group, fontsize=11)
+      if c >= len(photos):
+        ax.axis("off")
+        continue
+      entry = photos[c]
+      ax.imshow(entry["photo"])
+      x0, y0, side = entry["box"]
+      color = "limegreen" if entry["found"] else "red"
+      ax.add_patch(Rectangle((x0, y0), side, side, fill=False, edgecolor=color, lw=2))
+      ax.set_title(f"p {entry['prob']:.3f}", fontsize=8, color=color)
+  fig.suptitle(title)
+  return _save(fig, Path(path))

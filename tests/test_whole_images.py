@@ -1,0 +1,176 @@
+"""Whole-image test sets in a run: checks before training, figures in metrics.json, summary."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxface import detect, train, whole_images
+from jaxface.data import DataError
+
+from helpers import tiny_config
+
+PORTRAITS = ("0001_1_f_AA.jpg", "0002_2_m_AA.jpg", "0003_5_f_BB.jpg", "0004_6_m_BB.jpg",
+             "0005_6_m_CC.jpg")
+
+
+def _write_photo(path, height, width, seed):
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def _sets(root):
+  """Five PPB-named portraits (one unreadable), a box table for three, four non-face photos."""
+  portraits, non_faces = root / "portraits", root / "nonface"
+  portraits.mkdir(parents=True)
+  non_faces.mkdir()
+  for i, name in enumerate(PORTRAITS[:-1]):
+    _write_photo(portraits / name, 72, 64 + 8 * i, seed=i)
+  (portraits / PORTRAITS[-1]).write_bytes(b"not a jpeg")
+  for i in range(4):
+    _write_photo(non_faces / f"photo{i}.png", 64, 80, seed=10 + i)
+  table = root / "faces.csv"
+  table.write_text("file,portrait,group,box_cx,box_cy,box_side\n"
+                   "a.png,0001_1_f_AA.jpg,LF,32,36,40\n"
+                   "b.png,0002_2_m_AA.jpg,LM,36,36,48\n"
+                   "c.png,0003_5_f_BB.jpg,DF,40,30,30\n")
+  return portraits, table, non_faces
+
+
+def _config(root, **fields):
+  portraits, table, non_faces = _sets(root)
+  config = tiny_config("cnn", num_epochs=1, steps_per_epoch=3)
+  config.whole_images.sets = f"portraits={portraits}"
+  config.whole_images.boxes = f"portraits={table}"
+  config.whole_images.non_face_photos = str(non_faces)
+  config.whole_images.batch_size = 64
+  for key, value in fields.items():
+    config.whole_images[key] = value
+  return config
+
+
+def test_group_figures_over_the_groups_only():
+  found = {"DF": {"n": 4, "found": 2, "rate": 0.5}, "LF": {"n": 2, "found": 2, "rate": 1.0},
+           "unknown": {"n": 1, "found": 0, "rate": 0.0},
+           "overall": {"n": 7, "found": 4, "rate": 4 / 7}}
+  g = whole_images.group_figures(found)
+  assert g["group_order"] == ["LF", "DF"]
+  assert g["E_A"] == pytest.approx(75.0) and g["Var_A"] == pytest.approx(625.0)
+  assert g["worst_group"] == "DF" and g["worst_rate"] == pytest.approx(50.0)
+  assert whole_images.group_figures({})["E_A"] is None
+
+
+def test_run_scans_the_sets_once_at_the_end(tmp_path, capsys):
+  config = _config(tmp_path)
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  figures = final["eval"]["whole_images"]["portraits"]
+  assert "whole_images" not in final["epochs"][-1]  # the per-epoch evaluations stay as they were
+  # the unreadable portrait is named and skipped; the four others are scanned
+  assert list(figures["errors"]) == [str(tmp_path / "portraits" / PORTRAITS[-1])]
+  assert sorted(figures["portraits"]) == sorted(PORTRAITS[:-1])
+  assert figures["n_photos"] == 5
+  fd = figures["false_detections"]
+  assert fd["n_photos"] == 4 and fd["n_with_detection"] <= 0.05 * 4
+  # the boxed portraits are in 'with_box', the box-less one takes its group from its name
+  assert {g for g in figures["faces_found"]["with_box"] if g != "overall"} == {"LF", "LM", "DF"}
+  assert figures["faces_found"]["without_box"]["DM"]["n"] == 1
+  # Recomputed from the returned model with the library function: the same figures.
+  again = detect.evaluate_whole_images(
+      result.variables, detect.photo_files(tmp_path / "portraits"),
+      detect.load_face_boxes(tmp_path / "faces.csv"), detect.photo_files(tmp_path / "nonface"),
+      whole_images.scan_options(config.whole_images, config.data.image_size))
+  assert again["threshold"] == pytest.approx(figures["threshold"], rel=1e-6)
+  assert again["faces_found"]["all"] == figures["faces_found"]["all"]
+  for name, entry in figures["portraits"].items():
+    assert entry["best_prob"] == pytest.approx(again["portraits"][name]["best_prob"], abs=1e-6)
+    assert entry["found"] == (name not in figures["faces_found"]["missed"])
+  summary = figures["summary"]
+  rates = [100 * v["rate"] for g, v in figures["faces_found"]["all"].items() if g != "overall"]
+  assert summary["E_A"] == pytest.approx(np.mean(rates))
+  out = capsys.readouterr().out
+  assert "-- whole images portraits: 4 photos scanned, 2 unreadable skipped" not in out
+  assert "-- whole images portraits: 4 photos scanned, 1 unreadable skipped" in out
+  assert "non-face photos with a detection" in out and "found at p >= 0.5" in out
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sets", "portraits=/nowhere/at/all", r"config.whole_images.sets: set 'portraits': "
+     r"/nowhere/at/all: no such folder"),
+    ("boxes", "other=/x.csv", r"config.whole_images.boxes: 'other' is not a set"),
+    ("non_face_photos", "", r"config.whole_images.non_face_photos: a folder of photos"),
+    ("max_false_rate", 1.5, r"config.whole_images.max_false_rate = 1.5"),
+    ("stride_frac", 0.0, r"config.whole_images: ScanOptions.stride_frac"),
+    ("sets", "test=/x", r"config.whole_images.sets: name 'test' clashes"),
+])
+def test_bad_whole_image_settings_fail_before_training(tmp_path, field, value, message):
+  config = _config(tmp_path, **{field: value})
+  with pytest.raises(DataError, match=message):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_empty_folder_and_name_clash_with_an_extra_test_set(tmp_path):
+  (tmp_path / "empty").mkdir()
+  config = _config(tmp_path, sets=f"portraits={tmp_path / 'empty'}", boxes="")
+  with pytest.raises(DataError, match=r"config.whole_images.sets: set 'portraits': .*holds no "
+                     r"image"):
+    whole_images.load_whole_image_sets(config.whole_images, 32)
+  config.whole_images.sets = f"ppb={tmp_path / 'portraits'}"
+  with pytest.raises(DataError, match=r"name 'ppb' is already a test set"):
+    whole_images.load_whole_image_sets(config.whole_images, 32, taken={"train", "ppb"})
+
+
+def test_report_has_a_whole_image_section_with_examples(tmp_path):
+  from jaxface import report
+  config = _config(tmp_path)
+  config.name = "cnn-a"
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  other = _config(tmp_path / "b")
+  other.name, other.seed = "cnn-b", 1
+  train.train_and_evaluate(other, tmp_path / "run_b")
+  index = report.write_report(tmp_path / "run", compare=[tmp_path / "run_b"],
+                              datasets=result.datasets)
+  html = index.read_text()
+  assert "Whole images portraits" in html and "DM: found at p &gt;= 0.5 %" in html
+  found = json.loads((index.parent / "metrics.json").read_text())
+  section = found["whole_images"]["portraits"]
+  assert list(section) == ["cnn-a", "cnn-b"]
+  mine = result.metrics["eval"]["whole_images"]["portraits"]
+  assert section["cnn-a"]["faces_found"] == mine["faces_found"]
+  assert section["cnn-a"]["threshold"] == mine["threshold"]
+  for slug in ("cnn-a", "cnn-b"):
+    png = index.parent / f"{slug}_portraits_examples.png"
+    assert png.stat().st_size > 0
+    assert png.name in [f["file"] for f in found["figures"]]
+
+
+def test_study_has_a_table_per_whole_image_set(tmp_path):
+  import importlib.util
+  import sys
+  from pathlib import Path
+  path = Path(__file__).resolve().parent.parent / "experiments" / "study.py"
+  spec = importlib.util.spec_from_file_location("_experiments_study_whole", path)
+  study = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = study
+  spec.loader.exec_module(study)
+  portraits, table, non_faces = _sets(tmp_path)
+  argv = ["--planted", "--workdir", str(tmp_path / "runs"), "--seeds", "2", "--combines",
+          "--steps_per_epoch", "2", "--epochs", "1", "--xla_cache", "", "--no_test_sets",
+          "--set", "data.n_train_faces=48", "data.n_train_non_faces=48",
+          "data.n_test_per_group=4", "data.n_test_non_faces=16", "data.image_size=32",
+          "model.n_filters=4", "bn_recalibration_batches=1", "eval_batch_size=32",
+          "batch_size=16", f"whole_images.sets=pp={portraits}", f"whole_images.boxes=pp={table}",
+          f"whole_images.non_face_photos={non_faces}", "whole_images.batch_size=64"]
+  result = study.main(argv)
+  pp = result["whole_images"]["summary"]["pp"]["cnn"]
+  per_seed = [json.loads((tmp_path / "runs" / "cnn" / f"seed{s}" / "metrics.json").read_text())
+              ["eval"]["whole_images"]["pp"] for s in (0, 1)]
+  assert pp["found_DM"]["n"] == 2
+  assert pp["found_LF"]["mean"] == pytest.approx(
+      np.mean([100 * m["faces_found"]["all"]["LF"]["rate"] for m in per_seed]))
+  assert pp["false_photos"]["mean"] == pytest.approx(
+      np.mean([100 * m["false_detections"]["rate"] for m in per_seed]))
+  md = (tmp_path / "runs" / "study.md").read_text()
+  assert "Whole images `pp`:" in md and "DM found @0.5 %" in md
