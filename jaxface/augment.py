@@ -28,6 +28,9 @@ place in the sharded layout.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -187,13 +190,21 @@ def _neighbours(src: Array, size: int, reflect: bool) -> tuple[Array, Array, Arr
           frac * inside(hi))
 
 
+def _source_weights(lo: Array, hi: Array, weight_lo: Array, weight_hi: Array,
+                    size: int) -> Array:
+  """(size,) total bilinear weight that the samples of :func:`_neighbours` put on each source
+  index."""
+  index = jnp.arange(size)
+  return (jnp.sum(weight_lo[:, None] * (lo[:, None] == index), axis=0)
+          + jnp.sum(weight_hi[:, None] * (hi[:, None] == index), axis=0))
+
+
 def _grey(image: Array) -> Array:
   """(..., 1) luma of (..., 3) RGB."""
   return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype), axes=([-1], [0]))[..., None]
 
 
-def _augment_one(key: Array, image: Array, background: Array | None,
-                 config: ml_collections.ConfigDict) -> Array:
+def _augment_one(key: Array, image: Array, background: Array | None, config: "_Params") -> Array:
   """Augments one (H, W, 3) image (see :func:`augment_batch`)."""
   h, w = image.shape[0], image.shape[1]
   k_scale, k_ty, k_tx, k_flip, k_b, k_c, k_s = jax.random.split(key, 7)
@@ -214,6 +225,27 @@ def _augment_one(key: Array, image: Array, background: Array | None,
   reflect = config.fill == "reflect"
   y_lo, y_hi, wy_lo, wy_hi = _neighbours(src_y, h, reflect)
   x_lo, x_hi, wx_lo, wx_hi = _neighbours(src_x, w, reflect)
+
+  # Colour jitter of the resampled image: brightness (+ beta), contrast (x kappa around its mean
+  # grey m) and saturation (x sigma around each pixel's grey), in this order. As the grey
+  # weights sum to 1 this is one per-pixel affine map f(p) = sigma kappa p + (1 - sigma) kappa
+  # grey(p) + kappa beta + (1 - kappa) m.
+  b, c, s = config.brightness, config.contrast, config.saturation
+  beta = jax.random.uniform(k_b, (), minval=-b, maxval=b)
+  kappa = jax.random.uniform(k_c, (), minval=1 - c, maxval=1 + c)
+  sigma = jax.random.uniform(k_s, (), minval=1 - s, maxval=1 + s)
+
+  def colour(pixels, mean_grey):
+    return (sigma * kappa * pixels + (1 - sigma) * kappa * _grey(pixels)
+            + (kappa * beta + (1 - kappa) * (mean_grey + beta)))
+
+  if reflect:
+    # The mirrored samples' weights sum to 1, so f(resample(image)) = resample(f(image)): f is
+    # applied to the chip, with m from the resampling weights, and the gathers run once
+    # (jittering the resampled image made XLA:CPU recompute them for each use, 4x the cost).
+    per_row = _source_weights(y_lo, y_hi, wy_lo, wy_hi, h)  # (H,) weight of each source row
+    per_col = _source_weights(x_lo, x_hi, wx_lo, wx_hi, w)
+    image = colour(image, per_row @ _grey(image)[..., 0] @ per_col / (h * w))
   # Separable bilinear resampling: two row gathers, then two column gathers.
   rows_sampled = image[y_lo] * wy_lo[:, None, None] + image[y_hi] * wy_hi[:, None, None]
   out = (rows_sampled[:, x_lo] * wx_lo[None, :, None]
@@ -221,13 +253,7 @@ def _augment_one(key: Array, image: Array, background: Array | None,
   if not reflect:
     inside = (wy_lo + wy_hi)[:, None, None] * (wx_lo + wx_hi)[None, :, None]
     out = out + (1.0 - inside) * background
-
-  b, c, s = config.brightness, config.contrast, config.saturation
-  out = out + jax.random.uniform(k_b, (), minval=-b, maxval=b)
-  mean_grey = jnp.mean(_grey(out))
-  out = mean_grey + (out - mean_grey) * jax.random.uniform(k_c, (), minval=1 - c, maxval=1 + c)
-  grey = _grey(out)
-  out = grey + (out - grey) * jax.random.uniform(k_s, (), minval=1 - s, maxval=1 + s)
+    out = colour(out, jnp.mean(_grey(out)))
   return jnp.clip(out, 0.0, 1.0)
 
 
@@ -256,6 +282,7 @@ def augment_batch(key: Array, images: Array, background: Array | None,
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must have shape (B, H, W, 3), got {images.shape}")
   keys = _row_keys(key, images.shape[0])
+  params = _Params(**{field: config[field] for field in _Params._fields})
   if config.fill == "background":
     if background is None:
       raise ValueError("augment.fill = 'background' needs a background batch, got None")
@@ -263,8 +290,31 @@ def augment_batch(key: Array, images: Array, background: Array | None,
     if background.shape != images.shape:
       raise ValueError(f"background shape {background.shape} differs from images "
                        f"{images.shape}")
-    return jax.vmap(lambda k, x, bg: _augment_one(k, x, bg, config))(keys, images, background)
-  return jax.vmap(lambda k, x: _augment_one(k, x, None, config))(keys, images)
+  else:
+    background = None
+  return _augment_rows(keys, images, background, params)
+
+
+class _Params(NamedTuple):
+  """The augmentation fields the transform reads, hashable (a static argument of the jit)."""
+  scale_min: float
+  scale_max: float
+  max_translate: float
+  flip: bool
+  brightness: float
+  contrast: float
+  saturation: float
+  fill: str
+
+
+@functools.partial(jax.jit, static_argnames=("params",))
+def _augment_rows(keys: Array, images: Array, background: Array | None,
+                  params: _Params) -> Array:
+  """:func:`_augment_one` over the rows (compiled once per shape and setting, also when called
+  outside a jitted step)."""
+  if background is None:
+    return jax.vmap(lambda k, x: _augment_one(k, x, None, params))(keys, images)
+  return jax.vmap(lambda k, x, bg: _augment_one(k, x, bg, params))(keys, images, background)
 
 
 def augment_for_step(base_key: Array, step: Array | int, images: Array, labels: Array,
