@@ -42,9 +42,10 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
                  step_key: jax.Array) -> dict[str, Any]:
   """What a resumed run must share with the run that wrote the checkpoint (JSON-ready).
 
-  ``num_epochs`` is not part of it, so a finished run may be resumed with more epochs, except
-  on a learning-rate schedule that spans the run (``lr_schedule`` other than 'constant'):
-  ``schedule_steps`` is then its length (0 for a constant rate).
+  The augmentation settings are part of it. ``num_epochs`` is not, so a finished run may be
+  resumed with more epochs, except on a learning-rate schedule that spans the run
+  (``lr_schedule`` other than 'constant'): ``schedule_steps`` is then its length (0 for a
+  constant rate).
 
   Args:
     config: the run config.
@@ -64,11 +65,20 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
       "model.n_filters": int(config.model.n_filters),
       "data.image_size": int(config.data.image_size),
       "n_train_faces": int(n_train_faces),
+      "augment": _augment_identity(config),
       "lr_schedule": str(config.get("lr_schedule", "constant")),
       "schedule_steps": (0 if config.get("lr_schedule", "constant") == "constant"
                          else int(steps_per_epoch) * int(config.num_epochs)),
       "step_key": np.asarray(jax.device_get(jax.random.key_data(step_key))).ravel().tolist(),
   }
+
+
+def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | bool:
+  """The augmentation settings a resumed run must share (False when augmentation is off)."""
+  aug = config.get("augment")
+  if aug is None or not aug.get("enabled", False):
+    return False
+  return {key: aug[key] for key in sorted(aug.keys())}
 
 
 def check_resume(meta: dict[str, Any], current: dict[str, Any],
