@@ -1,12 +1,12 @@
-"""The lab's DB-VAE exactly: configs/dbvae.py without training-time augmentation.
+"""The lab's DB-VAE exactly: latent histograms, no augmentation, 2 epochs at a constant rate.
 
     python experiments/run.py --config=configs/dbvae_lab.py --workdir=/tmp/jaxface/dbvae_lab
 
 Latent 100, per-dimension latent histograms (10 bins, smoothing alpha 1e-3, combined by the
 maximum over dimensions, the MIT 6.S191 lab), faces resampled at the start of every epoch;
-batch 32, Adam 5e-4, 2 epochs, trained on the face chips as they are. Compare with
-configs/dbvae.py, the same run with augmentation (experiments/results/probe_augment.md).
-Smoke run: ``--config=configs/dbvae_lab.py:smoke``.
+batch 32, Adam 5e-4 at a constant rate, 2 epochs, trained on the face chips as they are.
+Compare with configs/dbvae.py (augmentation, the errors signal, 4 epochs on a cosine decay;
+experiments/results/README.md). Smoke run: ``--config=configs/dbvae_lab.py:smoke``.
 """
 
 from jaxface import config as config_lib

@@ -278,6 +278,18 @@ def config_get(config: ml_collections.ConfigDict, dotted: str):
   return value
 
 
+def apply_recommended_training(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The training budget of the shipped configs: 4 epochs, learning rate on a cosine decay.
+
+  Chosen on the UTKFace validation split with augmentation, where the lab's 2 epochs at a
+  constant rate leave non-face accuracy below 99% (the comparison is in
+  experiments/results/README.md). ``configs/*_lab.py`` keep the lab's budget.
+  """
+  config.num_epochs = 4
+  config.lr_schedule = "cosine"
+  return config
+
+
 def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of about a minute on a 2-core CPU (``--config=...:smoke``).
 

@@ -185,6 +185,9 @@ def test_resume_with_other_settings_raises_naming_the_field(tmp_path):
       (_identity_run(steps_per_epoch=3), "steps_per_epoch: checkpoint has 2, config has 3"),
       (_identity_run("ssvae"), "model.kind: checkpoint has 'cnn', config has 'ssvae'"),
       (_identity_run(**{"data.n_train_faces": 64}), "n_train_faces: checkpoint has "),
+      (_identity_run(**{"augment.scale_max": 1.5}), "augment: checkpoint has {"),
+      (_identity_run(**{"augment.enabled": False}), "config has False"),
+      (_identity_run(lr_schedule="cosine"), "lr_schedule: checkpoint has 'constant'"),
   ]
   for config, message in cases:
     with pytest.raises(ValueError, match=re.escape(message)) as err:
@@ -446,7 +449,19 @@ def test_config_files_and_smoke_option():
     assert "python experiments/run.py --config=configs/" in module.__doc__
     with pytest.raises(ValueError, match="unknown config option"):
       module.get_config("smok")
-  assert module.get_config().resampling.signal == "latent"
+    # the shipped budget: 4 epochs on a cosine decay, with augmentation
+    config = module.get_config()
+    assert (config.num_epochs, config.lr_schedule, config.augment.enabled) == (4, "cosine", True)
+  dbvae = module.get_config()
+  assert (dbvae.resampling.signal, dbvae.resampling.error_upweight) == ("errors", 20.0)
+  for name in ("cnn_lab", "dbvae_lab"):  # the labs' recipes stay reachable
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lab = module.get_config()
+    config_lib.validate_config(lab, 1)
+    assert (lab.num_epochs, lab.lr_schedule, lab.augment.enabled) == (2, "constant", False)
+  assert lab.resampling.signal == "latent" and lab.resampling.combine == "max"
 
 
 EQUIVALENCE_SCRIPT = textwrap.dedent("""
