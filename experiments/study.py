@@ -253,6 +253,8 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
   val = metrics["eval"].get("val")
   if val and val.get("E_A") is not None:  # for choosing settings: never the test set
     out.update(val_E_A=val["E_A"], val_worst_rate=val["worst_rate"])
+  if metrics["eval"].get("val_non_face_accuracy") is not None:
+    out["val_non_face_accuracy"] = 100.0 * metrics["eval"]["val_non_face_accuracy"]
   if metrics.get("resampling"):
     last = metrics["resampling"][-1]
     if "mass_by_group" in last:
@@ -419,7 +421,7 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
   """One line per config: mean ± std over seeds (percent; Var[A] in percent²)."""
   header = ["config", "seeds", *[f"{g} %" for g in GROUPS], "E[A] %", "Var[A] %²",
             "Var[A] noise %²", "worst %",
-            "non-face %", "val E[A] %", "val worst %", "dark mass %",
+            "non-face %", "val E[A] %", "val worst %", "val non-face %", "dark mass %",
             *[f"mass {g} %" for g in GROUPS], "ESS %", "run s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, stats in rows.items():
@@ -428,7 +430,8 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
              _cell(stats, "E_A"), _cell(stats, "Var_A", 2), _cell(stats, "Var_A_noise", 2),
              _cell(stats, "worst_rate"),
              _cell(stats, "non_face_accuracy"), _cell(stats, "val_E_A"),
-             _cell(stats, "val_worst_rate"), _cell(stats, "mass_dark"),
+             _cell(stats, "val_worst_rate"), _cell(stats, "val_non_face_accuracy"),
+             _cell(stats, "mass_dark"),
              *[_cell(stats, f"mass_{g}") for g in GROUPS], _cell(stats, "ess_pct"),
              _cell(stats, "wall_time_s", 0)]
     lines.append("| " + " | ".join(cells) + " |")

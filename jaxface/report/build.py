@@ -436,9 +436,10 @@ def _whole_image_section(page: page_lib.Page, name: str, runs: Sequence[RunArtif
                   for r in runs]
   first = next(f for f in figures_list if f)
   page.heading(f"Whole images {name}")
-  page.para(f"{first['n_photos']} photos scanned with square windows ({first['options']['n_scales']} "
-            f"sides from {first['options']['min_frac']:g} to {first['options']['max_frac']:g} "
-            f"of the shorter side, stride {first['options']['stride_frac']:g} of the side, about "
+  options = first["options"]
+  page.para(f"{first['n_photos']} photos scanned with square windows ({options['n_scales']} "
+            f"sides from {options['min_frac']:g} to {options['max_frac']:g} "
+            f"of the shorter side, stride {options['stride_frac']:g} of the side, about "
             f"{first['n_windows_per_portrait']:.0f} windows per photo). The threshold is set "
             f"so that at most {100 * first['max_false_rate']:g}% of the "
             f"{first['false_detections']['n_photos']} non-face photos have a window at or above "
