@@ -304,6 +304,17 @@ def test_set_summary(figures: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _seed_table(title: str, header: list[str], keys: list[tuple[str, int]],
+                rows: dict[str, dict[str, dict[str, float]]]) -> str:
+  """A titled Markdown table: per config its seed count, then ``keys`` (field, decimals)."""
+  lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for config, stats in rows.items():
+    seeds = max((s["n"] for s in stats.values()), default=0)
+    lines.append("| " + " | ".join([config, str(seeds),
+                                    *(_cell(stats, k, d) for k, d in keys)]) + " |")
+  return "\n".join(lines)
+
+
 def whole_image_summary(figures: dict[str, Any]) -> dict[str, Any]:
   """The study's figures of one run on one whole-image set (rates in percent, flat).
 
@@ -342,13 +353,7 @@ def whole_image_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
   keys = ([(f"found_{g}", 1) for g in groups]
           + [("E_A", 1), ("Var_A", 1), ("worst_rate", 1), ("false_photos", 1), ("threshold", 5)]
           + [(f"found05_{g}", 1) for g in groups] + [("false_photos05", 1)])
-  lines = [f"Whole images `{name}`:", "", "| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for config, stats in rows.items():
-    seeds = max((s["n"] for s in stats.values()), default=0)
-    lines.append("| " + " | ".join([config, str(seeds),
-                                    *(_cell(stats, k, d) for k, d in keys)]) + " |")
-  return "\n".join(lines)
+  return _seed_table(f"Whole images `{name}`:", header, keys, rows)
 
 
 def test_set_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
@@ -367,13 +372,7 @@ def test_set_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
              (f"{prefix}worst_rate", 1), (f"{prefix}op_E_A", 1), (f"{prefix}op_worst_rate", 1)]
   header += ["threshold", "AUC"]
   keys += [("threshold", 4), ("auc", 3)]
-  lines = [f"Test set `{name}`:", "", "| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for config, stats in rows.items():
-    seeds = max((s["n"] for s in stats.values()), default=0)
-    lines.append("| " + " | ".join([config, str(seeds),
-                                    *(_cell(stats, k, d) for k, d in keys)]) + " |")
-  return "\n".join(lines)
+  return _seed_table(f"Test set `{name}`:", header, keys, rows)
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

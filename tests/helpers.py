@@ -57,3 +57,13 @@ def run_on_four_devices(script: str, timeout: int = 600) -> dict:
                         timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+def load_experiment(name: str, module_name: str):
+  """Imports ``experiments/<name>.py`` as ``module_name`` (registered in ``sys.modules``)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(module_name, REPO / "experiments" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module
+  spec.loader.exec_module(module)
+  return module

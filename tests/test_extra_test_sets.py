@@ -11,7 +11,7 @@ from jaxface import data as data_lib
 from jaxface import evaluation, train
 from jaxface.data import DataError
 
-from helpers import shared_data_dir, tiny_config
+from helpers import load_experiment, shared_data_dir, tiny_config
 
 PPB = shared_data_dir() / "ppb-faces"
 
@@ -318,14 +318,7 @@ def test_report_has_a_section_per_set_with_runs_side_by_side(tmp_path):
 
 
 def test_study_has_a_table_per_test_set(tmp_path):
-  import importlib.util
-  import sys
-  from pathlib import Path
-  path = Path(__file__).resolve().parent.parent / "experiments" / "study.py"
-  spec = importlib.util.spec_from_file_location("_experiments_study_sets", path)
-  study = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = study
-  spec.loader.exec_module(study)
+  study = load_experiment("study", "_experiments_study_sets")
   grouped, table = _grouped_set(tmp_path / "sets" / "grouped")
   mixed = _mixed_set(tmp_path / "sets" / "mixed", groups=("X", "Y"))
   argv = ["--planted", "--workdir", str(tmp_path / "runs"), "--seeds", "2", "--combines",

@@ -9,7 +9,7 @@ from PIL import Image
 from jaxface import detect, train, whole_images
 from jaxface.data import DataError
 
-from helpers import tiny_config
+from helpers import load_experiment, tiny_config
 
 PORTRAITS = ("0001_1_f_AA.jpg", "0002_2_m_AA.jpg", "0003_5_f_BB.jpg", "0004_6_m_BB.jpg",
              "0005_6_m_CC.jpg")
@@ -147,14 +147,7 @@ def test_report_has_a_whole_image_section_with_examples(tmp_path):
 
 
 def test_study_has_a_table_per_whole_image_set(tmp_path):
-  import importlib.util
-  import sys
-  from pathlib import Path
-  path = Path(__file__).resolve().parent.parent / "experiments" / "study.py"
-  spec = importlib.util.spec_from_file_location("_experiments_study_whole", path)
-  study = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = study
-  spec.loader.exec_module(study)
+  study = load_experiment("study", "_experiments_study_whole")
   portraits, table, non_faces = _sets(tmp_path)
   argv = ["--planted", "--workdir", str(tmp_path / "runs"), "--seeds", "2", "--combines",
           "--steps_per_epoch", "2", "--epochs", "1", "--xla_cache", "", "--no_test_sets",
