@@ -169,10 +169,16 @@ def test_ctrl_c_during_checkpoint_io_is_held_until_it_ends():
   import signal
 
   from jaxface.checkpoints import sigint_deferred
-  finished = []
-  with pytest.raises(KeyboardInterrupt):
-    with sigint_deferred():
-      os.kill(os.getpid(), signal.SIGINT)
-      finished.append(True)  # reached: the interrupt waited for the block
-  assert finished == [True]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  # Python's own handler, as in an interactive run (a shell's background job starts with
+  # SIGINT ignored).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+      with sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append(True)  # reached: the interrupt waited for the block
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
