@@ -150,6 +150,22 @@ def var_a_sampling_noise(rates: Sequence[float], counts: Sequence[int]) -> float
   return float((g - 1) / g**2 * np.sum(rates * (1 - rates) / (counts - 1)) * 1e4)
 
 
+def rate_figures(rates: Sequence[tuple[str, float]]) -> dict:
+  """The aggregate bias figures of per-group detection rates.
+
+  Args:
+    rates: ``(group, detection rate as a fraction)`` pairs, at least one.
+
+  Returns:
+    ``{'E_A', 'Var_A', 'worst_group', 'worst_rate', 'gap'}``: the mean rate (%), ``np.var`` of
+    the rates in % (%²), the group with the lowest rate and that rate (%), max - min rate (%).
+  """
+  pct = np.array([r for _, r in rates]) * 100.0
+  worst = int(np.argmin(pct))
+  return {"E_A": float(pct.mean()), "Var_A": float(np.var(pct)), "worst_group": rates[worst][0],
+          "worst_rate": float(pct[worst]), "gap": float(pct.max() - pct.min())}
+
+
 def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                   threshold: float = 0.5, group_order: Sequence[str] | None = None) -> dict:
   """Detection rate per demographic group and the aggregate bias figures.
@@ -206,10 +222,7 @@ def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
             "E_A": None, "Var_A": None, "Var_A_noise": None, "worst_group": None,
             "worst_rate": None, "gap": None}
   if rates:
-    pct = np.array([r for _, r in rates]) * 100.0
-    worst = int(np.argmin(pct))
-    result.update(E_A=float(pct.mean()), Var_A=float(np.var(pct)), worst_group=rates[worst][0],
-                  worst_rate=float(pct[worst]), gap=float(pct.max() - pct.min()))
+    result.update(rate_figures(rates))
     counts = [per_group[g]["n"] for g, _ in rates]
     if min(counts) >= 2:
       result["Var_A_noise"] = var_a_sampling_noise([r for _, r in rates], counts)
@@ -651,8 +664,6 @@ def operating_point(face_prob: np.ndarray, groups: np.ndarray, non_face_prob: np
             "auc": roc_auc(pos, non_face_prob), "groups": per_group,
             "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None}
   if per_group:
-    pct = np.array([v["detection_rate"] for v in per_group.values()]) * 100.0
-    worst = int(np.argmin(pct))
-    result.update(E_A=float(pct.mean()), Var_A=float(np.var(pct)), worst_group=order[worst],
-                  worst_rate=float(pct[worst]))
+    figures = rate_figures([(g, v["detection_rate"]) for g, v in per_group.items()])
+    result.update({k: figures[k] for k in ("E_A", "Var_A", "worst_group", "worst_rate")})
   return result

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
-from jaxface import detect
+from jaxface import detect, evaluation
 from jaxface.data import DataError, parse_named_paths
 
 PyTree = Any
@@ -162,13 +161,12 @@ def group_figures(found: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   rates = {g: v["rate"] for g, v in found.items()
            if g not in ("overall", "unknown") and v.get("rate") is not None}
   order = [g for g in GROUP_ORDER if g in rates] + sorted(set(rates) - set(GROUP_ORDER))
-  if not order:
-    return {"group_order": [], "E_A": None, "Var_A": None, "worst_group": None,
-            "worst_rate": None}
-  values = np.array([100 * rates[g] for g in order])
-  worst = order[int(np.argmin(values))]
-  return {"group_order": order, "E_A": float(values.mean()), "Var_A": float(values.var()),
-          "worst_group": worst, "worst_rate": float(100 * rates[worst])}
+  out = {"group_order": order, "E_A": None, "Var_A": None, "worst_group": None,
+         "worst_rate": None}
+  if order:
+    figures = evaluation.rate_figures([(g, rates[g]) for g in order])
+    out.update({k: figures[k] for k in ("E_A", "Var_A", "worst_group", "worst_rate")})
+  return out
 
 
 def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collections.ConfigDict,
