@@ -674,6 +674,25 @@ def faces_found(scans: Mapping[str, ScanResult], faces: Mapping[str, Mapping[str
           "all": section(combined), "missed": sorted(missed)}
 
 
+def non_face_max_probs(variables: PyTree, photos: Sequence[str | os.PathLike],
+                       options: ScanOptions = ScanOptions(), mesh: Mesh | None = None,
+                       progress: bool = False) -> tuple[dict[str, float], dict[str, str]]:
+  """Scans the non-face photos that calibrate the threshold.
+
+  Returns:
+    ``(max_probs, errors)``: file name -> highest window probability of each readable photo,
+    and the unreadable photos' messages by path.
+
+  Raises:
+    DataError: none of the photos could be read.
+  """
+  scans, errors = scan_files(variables, photos, options, mesh, progress=progress)
+  if not scans:
+    raise DataError(f"none of the {len(photos)} non-face photos could be read to calibrate "
+                    "the threshold")
+  return {Path(k).name: r.best_prob for k, r in scans.items()}, errors
+
+
 def whole_image_figures(scans: Mapping[str, ScanResult], faces: Mapping[str, Mapping[str, Any]],
                         non_face_max_probs: Mapping[str, float], default_threshold: float = 0.5,
                         max_false_rate: float = 0.05, min_iou: float = 0.3) -> dict[str, Any]:
@@ -744,12 +763,9 @@ def evaluate_whole_images(variables: PyTree, portraits: Sequence[str | os.PathLi
   Returns:
     :func:`whole_image_figures`, plus ``options`` and ``errors`` (unreadable files, by path).
   """
-  non_face, errors = scan_files(variables, non_face_photos, options, mesh, progress=progress)
-  if not non_face:
-    raise DataError("no readable non-face photo to calibrate the threshold")
+  max_probs, errors = non_face_max_probs(variables, non_face_photos, options, mesh, progress)
   scans, portrait_errors = scan_files(variables, portraits, options, mesh, progress=progress)
   errors.update(portrait_errors)
-  max_probs = {Path(k).name: r.best_prob for k, r in non_face.items()}
   result = whole_image_figures(scans, faces, max_probs, options.threshold, max_false_rate,
                                min_iou)
   result.update(options=options._asdict(), errors=errors)

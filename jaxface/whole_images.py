@@ -186,12 +186,11 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
     the box-less together), ``errors`` (unreadable photos of the set and of the non-face
     photos, by path: they are skipped) and ``n_photos``.
   """
-  non_face, non_face_errors = detect.scan_files(variables, sets.non_face_photos, sets.options,
-                                                mesh, progress=progress)
-  if not non_face:
-    raise DataError(f"config.whole_images.non_face_photos: none of the "
-                    f"{len(sets.non_face_photos)} photos could be read")
-  max_probs = {Path(k).name: r.best_prob for k, r in non_face.items()}
+  try:
+    max_probs, non_face_errors = detect.non_face_max_probs(variables, sets.non_face_photos,
+                                                           sets.options, mesh, progress)
+  except DataError as err:
+    raise DataError(f"config.whole_images.non_face_photos: {err}") from None
   out = {}
   for name, photos in sets.photos.items():
     scans, errors = detect.scan_files(variables, photos, sets.options, mesh, progress=progress)
