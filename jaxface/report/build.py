@@ -258,6 +258,11 @@ def _run_diagnostics(page: page_lib.Page, run: RunArtifacts, result: dict, slug:
   return found
 
 
+def _pct(x: float | None, scale: float = 100.0, digits: int = 2) -> str:
+  """``scale * x`` with ``digits`` decimals (a table cell), '–' for None."""
+  return "–" if x is None else f"{scale * x:.{digits}f}"
+
+
 def test_set_rows(metrics_list: Sequence[dict]) -> list[tuple[str, list]]:
   """The rows of an extra test set's table, one column per run.
 
@@ -268,9 +273,6 @@ def test_set_rows(metrics_list: Sequence[dict]) -> list[tuple[str, list]]:
     ``[(label, cells)]``: per group (the set's, then each attribute's) the detection rate at
     0.5, at the operating point and the ROC AUC; then E_A, Var_A, worst group and threshold.
   """
-  def pct(x, scale=100.0, digits=2):
-    return "–" if x is None else f"{scale * x:.{digits}f}"
-
   rows = []
   groupings = [("", None)] + [(f"{c} ", c) for c in metrics_list[0].get("by_attribute", {})]
   for prefix, column in groupings:
@@ -280,30 +282,30 @@ def test_set_rows(metrics_list: Sequence[dict]) -> list[tuple[str, list]]:
     fpr = 100 * next((op["fpr_target"] for op in ops if op), 0.01)
     for g in order:
       rows.append((f"{prefix}{g}: n", [str(m["groups"].get(g, {}).get("n", "–")) for m in ms]))
-      rows.append((f"{prefix}{g}: detected %", [pct(m["groups"].get(g, {}).get("detection_rate"))
+      rows.append((f"{prefix}{g}: detected %", [_pct(m["groups"].get(g, {}).get("detection_rate"))
                                                  for m in ms]))
       rows.append((f"{prefix}{g}: detected at {fpr:g}% false positives %",
-                   [pct(op.get("groups", {}).get(g, {}).get("detection_rate")) for op in ops]))
-      rows.append((f"{prefix}{g}: ROC AUC", [pct(op.get("groups", {}).get(g, {}).get("auc"),
+                   [_pct(op.get("groups", {}).get(g, {}).get("detection_rate")) for op in ops]))
+      rows.append((f"{prefix}{g}: ROC AUC", [_pct(op.get("groups", {}).get(g, {}).get("auc"),
                                                   1.0, 3) for op in ops]))
     label = column or "groups"
     rows += [
-        (f"E_A % ({label})", [pct(m.get("E_A"), 1.0) for m in ms]),
-        (f"Var_A %² ({label})", [pct(m.get("Var_A"), 1.0) for m in ms]),
-        (f"Var_A noise %² ({label})", [pct(m.get("Var_A_noise"), 1.0) for m in ms]),
+        (f"E_A % ({label})", [_pct(m.get("E_A"), 1.0) for m in ms]),
+        (f"Var_A %² ({label})", [_pct(m.get("Var_A"), 1.0) for m in ms]),
+        (f"Var_A noise %² ({label})", [_pct(m.get("Var_A_noise"), 1.0) for m in ms]),
         (f"worst group ({label})", [f"{m['worst_group']} {m['worst_rate']:.2f}%"
                                     if m.get("worst_group") else "–" for m in ms]),
-        (f"E_A at {fpr:g}% false positives % ({label})", [pct(op.get("E_A"), 1.0) for op in ops]),
+        (f"E_A at {fpr:g}% false positives % ({label})", [_pct(op.get("E_A"), 1.0) for op in ops]),
         (f"worst group at {fpr:g}% false positives ({label})",
          [f"{op['worst_group']} {op['worst_rate']:.2f}%" if op.get("worst_group") else "–"
           for op in ops]),
     ]
   ops = [m.get("operating_point") or {} for m in metrics_list]
   rows += [
-      ("all faces detected %", [pct(m.get("face_detection_rate")) for m in metrics_list]),
-      ("threshold at the operating point", [pct(op.get("threshold"), 1.0, 4) for op in ops]),
-      ("false positives achieved %", [pct(op.get("fpr")) for op in ops]),
-      ("ROC AUC, all faces", [pct(op.get("auc"), 1.0, 3) for op in ops]),
+      ("all faces detected %", [_pct(m.get("face_detection_rate")) for m in metrics_list]),
+      ("threshold at the operating point", [_pct(op.get("threshold"), 1.0, 4) for op in ops]),
+      ("false positives achieved %", [_pct(op.get("fpr")) for op in ops]),
+      ("ROC AUC, all faces", [_pct(op.get("auc"), 1.0, 3) for op in ops]),
   ]
   return rows
 
@@ -370,10 +372,6 @@ def _test_set_section(page: page_lib.Page, name: str, data, runs: Sequence[RunAr
     page.raw(page_lib.table(header, [[label, *cells]
                                      for label, cells in test_set_rows(metrics_list)]))
   return found
-
-
-def _pct(x: float | None, scale: float = 100.0, digits: int = 2) -> str:
-  return "–" if x is None else f"{scale * x:.{digits}f}"
 
 
 def whole_image_rows(figures_list: Sequence[dict]) -> list[tuple[str, list]]:
