@@ -11,7 +11,7 @@ from jaxface import data as data_lib
 from jaxface import evaluation, train
 from jaxface.data import DataError
 
-from helpers import load_experiment, shared_data_dir, tiny_config
+from helpers import load_experiment, report_of_two_runs, shared_data_dir, tiny_config
 
 PPB = shared_data_dir() / "ppb-faces"
 
@@ -284,15 +284,11 @@ def test_ppb_tight_through_load_and_evaluate_with_random_variables():
 
 
 def test_report_has_a_section_per_set_with_runs_side_by_side(tmp_path):
-  from jaxface import report
   config = _tiny_run_config(tmp_path)
   config.name = "base"
-  result = train.train_and_evaluate(config, tmp_path / "cnn")
   other = _tiny_run_config(tmp_path)
   other.name, other.seed = "base-seed1", 1
-  train.train_and_evaluate(other, tmp_path / "cnn1")
-  index = report.write_report(tmp_path / "cnn", compare=[tmp_path / "cnn1"],
-                              datasets=result.datasets)
+  result, index = report_of_two_runs(tmp_path, config, other)
   html = index.read_text()
   assert "Test set grp" in html and "Test set mix" in html
   assert "main test set&#x27;s non-faces (the set has none)" in html

@@ -9,7 +9,7 @@ from PIL import Image
 from jaxface import detect, train, whole_images
 from jaxface.data import DataError
 
-from helpers import load_experiment, tiny_config
+from helpers import load_experiment, report_of_two_runs, tiny_config
 
 PORTRAITS = ("0001_1_f_AA.jpg", "0002_2_m_AA.jpg", "0003_5_f_BB.jpg", "0004_6_m_BB.jpg",
              "0005_6_m_CC.jpg")
@@ -123,15 +123,11 @@ def test_empty_folder_and_name_clash_with_an_extra_test_set(tmp_path):
 
 
 def test_report_has_a_whole_image_section_with_examples(tmp_path):
-  from jaxface import report
   config = _config(tmp_path)
   config.name = "cnn-a"
-  result = train.train_and_evaluate(config, tmp_path / "run")
   other = _config(tmp_path / "b")
   other.name, other.seed = "cnn-b", 1
-  train.train_and_evaluate(other, tmp_path / "run_b")
-  index = report.write_report(tmp_path / "run", compare=[tmp_path / "run_b"],
-                              datasets=result.datasets)
+  result, index = report_of_two_runs(tmp_path, config, other)
   html = index.read_text()
   assert "Whole images portraits" in html and "DM: found at p &gt;= 0.5 %" in html
   found = json.loads((index.parent / "metrics.json").read_text())
