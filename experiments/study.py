@@ -375,6 +375,26 @@ def test_set_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
   return _seed_table(f"Test set `{name}`:", header, keys, rows)
 
 
+def per_set_rows(runs: dict[str, list[dict[str, Any]]], field: str
+                 ) -> tuple[dict[str, dict[str, dict[str, dict[str, float]]]],
+                            dict[str, dict[str, list[dict[str, Any]]]]]:
+  """Each config's runs on each named set of ``field`` ('test_sets' or 'whole_images').
+
+  Returns:
+    ``(rows, per_seed)``: ``rows[set][config]`` is :func:`aggregate` of the runs' summaries on
+    the set (without their ``groups``), ``per_seed[set][config]`` those summaries.
+  """
+  rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+  per_seed: dict[str, dict[str, list[dict[str, Any]]]] = {}
+  for config_name, rs in runs.items():
+    for name in dict.fromkeys(n for r in rs for n in r.get(field, {})):
+      summaries = [r[field][name] for r in rs if name in r.get(field, {})]
+      per_seed.setdefault(name, {})[config_name] = summaries
+      rows.setdefault(name, {})[config_name] = aggregate(
+          [{k: v for k, v in p.items() if k != "groups"} for p in summaries])
+  return rows, per_seed
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
   """Mean, sample std (ddof 1; 0 for one seed) and count of every numeric field over runs."""
   keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -645,25 +665,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                          "worst_rate")}
           for k, v in table_rows.items() if k.startswith("lab-")} or LAB_BASELINE)
   checks = target_checks(rows, lab)
-  set_rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+  set_rows, set_seeds = per_set_rows(runs, "test_sets")
   set_groups: dict[str, dict[str, list[str]]] = {}
-  for config_name, rs in runs.items():
-    for name in dict.fromkeys(n for r in rs for n in r.get("test_sets", {})):
-      per_seed = [r["test_sets"][name] for r in rs if name in r.get("test_sets", {})]
-      set_rows.setdefault(name, {})[config_name] = aggregate(
-          [{k: v for k, v in p.items() if k != "groups"} for p in per_seed])
-      groups = set_groups.setdefault(name, {})
+  for name, per_config in set_seeds.items():
+    groups = set_groups.setdefault(name, {})
+    for per_seed in per_config.values():
       for prefix, names in per_seed[0]["groups"].items():
         groups[prefix] = list(dict.fromkeys(groups.get(prefix, []) + names))
-  whole_rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-  whole_groups: dict[str, list[str]] = {}
-  for config_name, rs in runs.items():
-    for name in dict.fromkeys(n for r in rs for n in r.get("whole_images", {})):
-      per_seed = [r["whole_images"][name] for r in rs if name in r.get("whole_images", {})]
-      whole_rows.setdefault(name, {})[config_name] = aggregate(
-          [{k: v for k, v in p.items() if k != "groups"} for p in per_seed])
-      whole_groups[name] = list(dict.fromkeys(
-          whole_groups.get(name, []) + [g for p in per_seed for g in p["groups"]]))
+  whole_rows, whole_seeds = per_set_rows(runs, "whole_images")
+  whole_groups = {name: list(dict.fromkeys(g for per_seed in per_config.values()
+                                           for p in per_seed for g in p["groups"]))
+                  for name, per_config in whole_seeds.items()}
   data_name = "planted" if manifest is None else manifest.parent.name
   result = {"args": {k: v for k, v in vars(args).items()}, "manifest": str(manifest),
             "runs": runs, "summary": rows, "reference": reference, "lab_baseline": lab,
