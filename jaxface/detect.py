@@ -1,22 +1,28 @@
 """Whole-photo face detection with a trained face / not-face classifier, as pure functions.
 
 A photo is scanned with square windows of a few sides (fractions of its shorter side, by
-default a fifth to all of it) at a stride proportional to the side. Every window is cut and
-resized to the model's input size on the device and classified in batched, jitted calls through
-:func:`jaxface.models.encode` (eval mode; the face probability is the sigmoid of ``y_logit``).
+default a fifth to all of it) at a stride proportional to the side, and every window is
+classified in batched, jitted calls through :func:`jaxface.models.encode` (eval mode; the
+face probability is the sigmoid of ``y_logit``).
 
-Cutting and resizing: a window of side ``S`` is sliced out of the photo and resized by two
-matrix products with a fixed ``(input_size, S)`` weight matrix, the antialiased filter of
-``jax.image.resize`` (Lanczos-3 by default, the filter the training crops were made with). The
-result is that of resizing the crop alone (it equals ``PIL.Image.resize`` of the crop), so a
-window never reads a pixel outside itself.
+Cutting and resizing, by an image pyramid: for each window side ``S`` the photo is resized
+once, on the device, by ``input_size / S`` (a *level*, :func:`level_matrix`: the antialiased
+filter of ``jax.image.scale_and_translate``, Lanczos-3 by default, the filter the training
+crops were made with), and the windows are the ``input_size`` squares of that level, cut by
+slicing. A level is applied along each axis by bands: each group of ROW_GROUP level rows
+reads only the photo rows its filter reaches, so a level costs a few operations per photo
+pixel whatever the scale, and cutting costs little beside classifying the windows. A
+window's pixels near its border see the photo just outside it (as a resize of the whole photo
+does), not the zero padding of a crop.
 
 Photos of different sizes: the photos of one call are zero-padded to one canvas (height and
 width rounded up to a multiple of 64, which bounds the number of compiled shapes). Padding is
-never read, because every window lies inside its own photo. Windows are sorted by side and
-packed across photos into classifier batches of ``batch_size``; each run of one side in a batch
-is cut on its own (:func:`cut_batch`), at a power-of-two length, so the cut costs about as
-much as the windows it cuts (a few large windows are not cut as a whole batch).
+never read: a level's filter weights stop at its own photo's edge. All levels of a call are
+flattened into one array of pixels (the *atlas*, :func:`make_atlas`), so a batch of
+``batch_size`` windows of any sides and photos is cut in one gather of pixel rows
+(:func:`cut_windows`) and classified by the model's plain batched inference
+(:func:`window_probabilities`). ``experiments/bench_detect.py`` times the scan against that
+inference alone (figures in experiments/results/detect_whole_images.md).
 
 With a mesh (one axis named ``data``), the window batch is sharded over it and the photos and
 variables are replicated.
@@ -69,7 +75,8 @@ class ScanOptions(NamedTuple):
     min_side: no window is smaller than this (pixels); a photo whose shorter side is smaller
       cannot be scanned.
     input_size: the model's input height and width.
-    method: resize filter, a ``jax.image.resize`` method ('lanczos3', 'linear', 'cubic').
+    method: resize filter of the levels: 'lanczos3', 'lanczos5', 'linear' or 'cubic' (the
+      ``jax.image.resize`` filters of those names, antialiased).
     batch_size: windows per classifier call (rounded up to a multiple of the device count).
     threshold: a window whose face probability is >= this is a detection.
   """
@@ -118,6 +125,8 @@ def check_options(options: ScanOptions) -> None:
                      f"{options.side_step}, {options.min_side}")
   if options.batch_size < 1:
     raise ValueError(f"ScanOptions.batch_size must be >= 1, got {options.batch_size}")
+  if options.method not in RESIZE_METHODS:
+    raise ValueError(f"ScanOptions.method must be one of {RESIZE_METHODS}, got {options.method!r}")
   models.check_image_size(options.input_size)
 
 
@@ -148,109 +157,154 @@ def _starts(length: int, side: int, stride: int) -> list[int]:
   return starts
 
 
-def window_boxes(height: int, width: int, options: ScanOptions = ScanOptions()) -> np.ndarray:
-  """All windows of a photo: for each side, a grid that reaches every edge.
+RESIZE_METHODS = ("lanczos3", "lanczos5", "linear", "cubic")
+ROW_GROUP = 8  # level rows (and columns) resized together from one band of photo rows
+
+
+def level_length(length: int, side: int, input_size: int) -> int:
+  """Pixels along one axis of a photo's level for windows of ``side`` (those inside the photo)."""
+  return length * input_size // side
+
+
+def _kernel(method: str, x: np.ndarray) -> np.ndarray:
+  """The resize filters of ``jax.image.scale_and_translate`` at distances ``x >= 0``."""
+  if method == "linear":
+    return np.maximum(0.0, 1.0 - x)
+  if method == "cubic":  # Keys, a = -0.5
+    out = ((1.5 * x - 2.5) * x) * x + 1.0
+    out = np.where(x >= 1.0, ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0, out)
+    return np.where(x >= 2.0, 0.0, out)
+  radius = float(method[len("lanczos"):])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out = np.where(x > 1e-3, radius * np.sin(np.pi * x) * np.sin(np.pi * x / radius)
+                   / np.square(np.pi * x), 1.0)
+  return np.where(x > radius, 0.0, out)
+
+
+@functools.lru_cache(maxsize=4096)
+def level_matrix(length: int, side: int, input_size: int, method: str = "lanczos3") -> np.ndarray:
+  """The antialiased resize of one photo axis by ``input_size / side`` (a pyramid level).
+
+  Level pixel ``i`` samples the photo at ``(i + 0.5) * side / input_size - 0.5`` with the
+  filter widened by ``side / input_size`` when shrinking: the weights of
+  ``jax.image.scale_and_translate`` at that scale and no translation. A window of ``side``
+  photo pixels is then ``input_size`` level pixels.
+
+  Returns:
+    (level_length, length) float32 ``W``; ``W @ x`` is the level of a length-``length`` axis.
+  """
+  n_out = level_length(length, side, input_size)
+  inv_scale = side / input_size
+  sample = (np.arange(n_out) + 0.5) * inv_scale - 0.5
+  x = np.abs(sample[:, None] - np.arange(length)[None, :]) / max(inv_scale, 1.0)
+  w = _kernel(method, x)
+  total = w.sum(axis=1, keepdims=True)
+  w = np.where(np.abs(total) > 1000 * np.finfo(np.float32).eps,
+               w / np.where(total != 0, total, 1), 0.0)
+  return w.astype(np.float32)
+
+
+def _band_taps(matrix: np.ndarray, n_rows: int, n_in: int, taps: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """A level matrix as bands: each group of ROW_GROUP output rows reads ``taps`` input rows.
 
   Args:
-    height: photo height in pixels.
-    width: photo width in pixels.
-    options: the scan options.
+    matrix: (L, length) level matrix of one photo axis.
+    n_rows: padded output length (a multiple of ROW_GROUP, >= L); extra rows weigh nothing.
+    n_in: the canvas length (input rows that can be read).
+    taps: input rows per band.
 
   Returns:
-    (N, 3) int32 boxes ``(x0, y0, side)``, ordered by side, then y0, then x0.
+    ``(starts (n_rows // ROW_GROUP,) int32, weights (n_rows // ROW_GROUP, ROW_GROUP, taps))``.
   """
-  boxes = []
+  n_bands = n_rows // ROW_GROUP
+  starts = np.zeros(n_bands, np.int32)
+  weights = np.zeros((n_bands, ROW_GROUP, taps), np.float32)
+  for b in range(n_bands):
+    block = matrix[b * ROW_GROUP:(b + 1) * ROW_GROUP]
+    if not block.size:
+      continue
+    cols = np.flatnonzero(np.any(block != 0, axis=0))
+    start = min(int(cols[0]) if cols.size else 0, n_in - taps)
+    stop = min(matrix.shape[1], start + taps)
+    weights[b, :len(block), :stop - start] = block[:, start:stop]
+    starts[b] = start
+  return starts, weights
+
+
+def _band_width(matrix: np.ndarray) -> int:
+  """The most input rows any band of ROW_GROUP output rows of ``matrix`` reads."""
+  width = 1
+  for b in range(0, matrix.shape[0], ROW_GROUP):
+    cols = np.flatnonzero(np.any(matrix[b:b + ROW_GROUP] != 0, axis=0))
+    if cols.size:
+      width = max(width, int(cols[-1] - cols[0] + 1))
+  return width
+
+
+def _resize_axis0(x: jax.Array, starts: jax.Array, weights: jax.Array) -> jax.Array:
+  """Resizes axis 0 of ``x`` by bands: (L_in, ...) -> (n_bands * ROW_GROUP, ...)."""
+  rows = x[starts[:, None] + jnp.arange(weights.shape[-1])]  # (n_bands, taps, ...)
+  out = jnp.einsum("bgt,bt...->bg...", weights, rows)
+  return out.reshape((-1,) + x.shape[1:])
+
+
+@jax.jit
+def _make_levels(canvas: jax.Array, members: jax.Array, row_starts: jax.Array,
+                 row_weights: jax.Array, col_starts: jax.Array, col_weights: jax.Array
+                 ) -> jax.Array:
+  """(n, Lh, Lw, 3) float32 levels in [0, 1] of the photos ``canvas[members]``."""
+  photos = canvas[members].astype(jnp.float32)
+  if canvas.dtype == jnp.uint8:
+    photos = photos / 255.0
+
+  def level(photo, rs, rw, cs, cw):
+    rows = _resize_axis0(photo, rs, rw)  # (Lh, W, 3)
+    return jnp.swapaxes(_resize_axis0(jnp.swapaxes(rows, 0, 1), cs, cw), 0, 1)
+
+  return jax.vmap(level)(photos, row_starts, row_weights, col_starts, col_weights)
+
+
+@jax.jit
+def _as_level(canvas: jax.Array, members: jax.Array) -> jax.Array:
+  """The photos themselves as float levels (windows of the model's input size: scale 1)."""
+  photos = canvas[members].astype(jnp.float32)
+  return photos / 255.0 if canvas.dtype == jnp.uint8 else photos
+
+
+def window_grid(height: int, width: int, options: ScanOptions = ScanOptions()
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """All windows of a photo, in photo pixels and in level pixels.
+
+  For each side ``S``, the windows are the ``input_size`` squares of the photo's level at
+  scale ``input_size / S`` (:func:`level_matrix`), every ``stride_frac * input_size`` level
+  pixels plus one flush with the level's end; a box is the window's level position times
+  ``S / input_size``, rounded.
+
+  Returns:
+    ``boxes`` (N, 3) int32 ``(x0, y0, side)`` in photo pixels, ordered by side, then y0, then
+    x0, and ``cells`` (N, 2) int32 ``(x, y)`` of each window in its level.
+  """
+  size = options.input_size
+  stride = max(1, round(options.stride_frac * size))
+  boxes, cells = [], []
   for side in window_sides(height, width, options):
-    stride = max(1, round(options.stride_frac * side))
-    for y0 in _starts(height, side, stride):
-      for x0 in _starts(width, side, stride):
-        boxes.append((x0, y0, side))
-  return np.asarray(boxes, np.int32).reshape(-1, 3)
+    for ly in _starts(level_length(height, side, size), size, stride):
+      for lx in _starts(level_length(width, side, size), size, stride):
+        # Round half up, in integers: (2 * l * side + size) // (2 * size).
+        boxes.append(((2 * lx * side + size) // (2 * size), (2 * ly * side + size) // (2 * size),
+                      side))
+        cells.append((lx, ly))
+  return (np.asarray(boxes, np.int32).reshape(-1, 3), np.asarray(cells, np.int32).reshape(-1, 2))
 
 
-@functools.lru_cache(maxsize=256)
-def resize_matrix(side: int, out_size: int, method: str = "lanczos3") -> np.ndarray:
-  """The linear map of ``jax.image.resize`` (antialiased) from ``side`` to ``out_size`` pixels.
-
-  Returns:
-    (out_size, side) float32 ``W`` such that ``W @ x`` resizes a length-``side`` signal ``x``.
-  """
-  with jax.ensure_compile_time_eval():  # a constant, also when called while tracing
-    eye = jnp.eye(side, dtype=jnp.float32)
-    return np.asarray(jax.image.resize(eye, (out_size, side), method, antialias=True))
-
-
-@functools.partial(jax.jit, static_argnames=("side", "out_size", "method"))
-def _cut_windows(images: jax.Array, band_image: jax.Array, band_y0: jax.Array,
-                 window_band: jax.Array, window_x0: jax.Array, *, side: int, out_size: int,
-                 method: str) -> jax.Array:
-  """Cuts windows of one side from (N, H, W, C) photos; returns (B, out, out, C) in [0, 1].
-
-  The rows of a band (``side`` rows of a photo from ``band_y0``) are resized once for all the
-  windows on it; each window then takes its ``side`` columns and resizes them. Both steps only
-  read the window's own pixels, so the result is that of resizing each crop alone.
-  """
-  weights = jnp.asarray(resize_matrix(side, out_size, method))
-  identity = side == out_size and np.allclose(resize_matrix(side, out_size, method),
-                                              np.eye(side), atol=1e-6)
-  channels, width = images.shape[-1], images.shape[2]
-
-  def band(i, y):
-    return lax.dynamic_slice(images[i], (y, 0, 0), (side, width, channels))
-
-  bands = jax.vmap(band)(band_image, band_y0).astype(jnp.float32)
-  if images.dtype == jnp.uint8:
-    bands = bands / 255.0
-  # The filter at scale 1 (Lanczos, linear) leaves the pixels as they are.
-  rows = bands if identity else jnp.einsum("oh,bhwc->bowc", weights, bands)
-
-  def window(b, x):
-    return lax.dynamic_slice(rows[b], (0, x, 0), (out_size, side, channels))
-
-  crops = jax.vmap(window)(window_band, window_x0)
-  return crops if identity else jnp.einsum("pw,bowc->bopc", weights, crops)
-
-
-def _bands(image_index: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Distinct (photo, y0) bands: ``(band_image, band_y0, window_band)``."""
-  keys = np.stack([image_index, y0], axis=1).astype(np.int64)
-  unique, window_band = np.unique(keys, axis=0, return_inverse=True)
-  return unique[:, 0], unique[:, 1], window_band.reshape(-1)
-
-
-def _pow2(n: int, multiple: int) -> int:
-  """The smallest power of two >= max(n, 8), rounded up to a multiple of ``multiple``."""
-  size = max(8, 1 << (max(n, 1) - 1).bit_length())
-  return -(-size // multiple) * multiple
+def window_boxes(height: int, width: int, options: ScanOptions = ScanOptions()) -> np.ndarray:
+  """All windows of a photo: (N, 3) int32 boxes ``(x0, y0, side)`` (see :func:`window_grid`)."""
+  return window_grid(height, width, options)[0]
 
 
 def _pad(values: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([values, np.full(size - len(values), values[0], values.dtype)])
-
-
-def cut_windows(images: np.ndarray | jax.Array, image_index: np.ndarray, boxes: np.ndarray,
-                out_size: int = 64, method: str = "lanczos3") -> jax.Array:
-  """Cuts windows of one side out of a stack of photos and resizes them, on the device.
-
-  Args:
-    images: (N, H, W, 3) uint8 (0-255) or float (0-1) photos.
-    image_index: (B,) photo of each window.
-    boxes: (B, 3) windows ``(x0, y0, side)``, all of the same side, inside their photos.
-    out_size: output height and width.
-    method: ``jax.image.resize`` method.
-
-  Returns:
-    (B, out_size, out_size, 3) float32 crops in [0, 1].
-  """
-  boxes = np.asarray(boxes)
-  sides = np.unique(boxes[:, 2])
-  if sides.size != 1:
-    raise ValueError(f"cut_windows takes windows of one side, got sides {sides.tolist()}")
-  band_image, band_y0, window_band = _bands(np.asarray(image_index), boxes[:, 1])
-  return _cut_windows(jnp.asarray(images), jnp.asarray(band_image, jnp.int32),
-                      jnp.asarray(band_y0, jnp.int32), jnp.asarray(window_band, jnp.int32),
-                      jnp.asarray(boxes[:, 0], jnp.int32), side=int(sides[0]),
-                      out_size=out_size, method=method)
 
 
 @jax.jit
@@ -282,6 +336,144 @@ def pad_to_canvas(images: Sequence[np.ndarray]) -> np.ndarray:
   return canvas
 
 
+class ScanLayout(NamedTuple):
+  """Every window of a scan call and where it lies in the call's pyramid atlas (host side).
+
+  The atlas is every level of the call (:func:`make_atlas`), each flattened to pixels and
+  laid end to end: a window's row ``r`` is the ``input_size`` pixels from
+  ``origin + r * row_stride``.
+
+  Attributes:
+    shapes: (height, width) of each photo.
+    per_image: each photo's (N_i, 3) boxes, in scan order.
+    boxes: (M, 3) every window ``(x0, y0, side)``.
+    origin: (M,) atlas index of every window's top-left pixel.
+    row_stride: (M,) atlas pixels between its rows (the width of its level).
+    members: side -> (n,) photos with a level of that side, padded to a power of two by
+      repeating the first.
+    level_shapes: side -> (n, Lh, Lw): the padded shape of that side's levels in the atlas.
+    canvas_shape: (H, W) of the photos' canvas (:func:`pad_to_canvas`).
+  """
+  shapes: list[tuple[int, int]]
+  per_image: list[np.ndarray]
+  boxes: np.ndarray
+  origin: np.ndarray
+  row_stride: np.ndarray
+  members: dict[int, np.ndarray]
+  level_shapes: dict[int, tuple[int, int, int]]
+  canvas_shape: tuple[int, int]
+
+
+def _level_shape(canvas_hw: tuple[int, int], side: int, input_size: int) -> tuple[int, int]:
+  """(Lh, Lw) of a canvas's level for ``side``, rounded up to a multiple of ROW_GROUP."""
+  if side == input_size:
+    return canvas_hw
+  return tuple(-(-level_length(n, side, input_size) // ROW_GROUP) * ROW_GROUP
+               for n in canvas_hw)
+
+
+def scan_layout(shapes: Sequence[tuple[int, int]], options: ScanOptions = ScanOptions()
+                ) -> ScanLayout:
+  """The windows of photos of the given (height, width) shapes and their place in the atlas.
+
+  The canvas is that of :func:`pad_to_canvas` for photos of these shapes.
+  """
+  shapes = [(int(h), int(w)) for h, w in shapes]
+  m = CANVAS_MULTIPLE
+  canvas_hw = (-(-max(h for h, _ in shapes) // m) * m, -(-max(w for _, w in shapes) // m) * m)
+  grids = [window_grid(h, w, options) for h, w in shapes]
+  per_image = [g[0] for g in grids]
+  owner = np.concatenate([np.full(len(b), i, np.int64) for i, b in enumerate(per_image)])
+  boxes = np.concatenate(per_image)
+  cells = np.concatenate([g[1] for g in grids]).astype(np.int64)
+  origin = np.zeros(len(boxes), np.int64)
+  row_stride = np.zeros(len(boxes), np.int64)
+  members, level_shapes, base = {}, {}, 0
+  for side in np.unique(boxes[:, 2]).tolist():
+    of_side = boxes[:, 2] == side
+    photos = np.unique(owner[of_side])
+    members[side] = _pad(photos.astype(np.int32), 1 << (len(photos) - 1).bit_length())
+    height, width = _level_shape(canvas_hw, side, options.input_size)
+    level_shapes[side] = (len(members[side]), height, width)
+    slot = np.searchsorted(photos, owner[of_side])
+    origin[of_side] = base + (slot * height + cells[of_side, 1]) * width + cells[of_side, 0]
+    row_stride[of_side] = width
+    base += len(members[side]) * height * width
+  if base >= 2 ** 31:
+    raise ValueError(f"the pyramid of these {len(shapes)} photos has {base} pixels, more than "
+                     "int32 indexes: scan fewer photos per call")
+  return ScanLayout(shapes, per_image, boxes, origin.astype(np.int32),
+                    row_stride.astype(np.int32), members, level_shapes, canvas_hw)
+
+
+def make_atlas(canvas: jax.Array, layout: ScanLayout, options: ScanOptions = ScanOptions()
+               ) -> jax.Array:
+  """Every pyramid level of a scan call, on the device: (P, 3) float32 pixels in [0, 1].
+
+  Each photo is resized once per window side (:func:`level_matrix` along each axis, applied by
+  bands of ROW_GROUP level rows, each reading only the photo rows its filter reaches). Level
+  rows and columns past a photo's own level are zero; padding of the canvas is never read.
+  The levels of each side (``layout.level_shapes``) are flattened and joined in side order.
+
+  Args:
+    canvas: (N, H, W, 3) photos on the device (:func:`pad_to_canvas`), replicated on a mesh.
+    layout: :func:`scan_layout` of the photos.
+    options: the scan options (input size and resize method).
+  """
+  if tuple(canvas.shape[1:3]) != tuple(layout.canvas_shape):
+    raise ValueError(f"canvas of {tuple(canvas.shape[1:3])} pixels, but the layout was made for "
+                     f"{tuple(layout.canvas_shape)} (pad_to_canvas of the same photos)")
+  size = options.input_size
+  levels = []
+  for side, members in layout.members.items():
+    if side == size:  # every filter is the identity at scale 1
+      levels.append(_as_level(canvas, jnp.asarray(members)))
+      continue
+    axes = []
+    for axis, n_out in ((0, layout.level_shapes[side][1]), (1, layout.level_shapes[side][2])):
+      n_in = int(canvas.shape[1 + axis])
+      mats = [level_matrix(layout.shapes[i][axis], side, size, options.method) for i in members]
+      taps = min(n_in, max(_band_width(m) for m in mats))
+      bands = [_band_taps(m, n_out, n_in, taps) for m in mats]
+      axes += [jnp.asarray(np.stack([b[0] for b in bands])),
+               jnp.asarray(np.stack([b[1] for b in bands]))]
+    levels.append(_make_levels(canvas, jnp.asarray(members), *axes))
+  return _join(levels)
+
+
+@jax.jit
+def _join(levels: list[jax.Array]) -> jax.Array:
+  return jnp.concatenate([level.reshape(-1, level.shape[-1]) for level in levels])
+
+
+def window_starts(layout: ScanLayout, idx: np.ndarray, size: int, batch: int) -> np.ndarray:
+  """(batch, size) int32 atlas index of each row of the windows ``idx`` (padded with the first).
+
+  Args:
+    layout: :func:`scan_layout` of the scan.
+    idx: (B,) windows, B <= batch.
+    size: the model's input size.
+    batch: rows of the result; rows past B repeat the first window.
+  """
+  idx = _pad(np.asarray(idx), batch)
+  return (layout.origin[idx, None]
+          + np.arange(size, dtype=np.int32)[None, :] * layout.row_stride[idx, None])
+
+
+def _gather_windows(atlas: jax.Array, starts: jax.Array) -> jax.Array:
+  """(B, size, size, C) windows: row ``r`` of window ``b`` is ``atlas[starts[b, r]:][:size]``."""
+  n_windows, size = starts.shape
+
+  def row(start):
+    return lax.dynamic_slice(atlas, (start, 0), (size, atlas.shape[-1]))
+
+  rows = jax.vmap(row)(starts.reshape(-1))  # (B * size, size, C): one gather of pixel rows
+  return rows.reshape(n_windows, size, size, atlas.shape[-1])
+
+
+cut_windows = jax.jit(_gather_windows)
+
+
 def scan_images(variables: PyTree, images: Sequence[np.ndarray],
                 options: ScanOptions = ScanOptions(), mesh: Mesh | None = None) -> list[ScanResult]:
   """Scans photos of any sizes with every window and classifies the windows.
@@ -304,26 +496,19 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
   images = [np.asarray(im) for im in images]
   for i, im in enumerate(images):
     _check_photo(im, i)
-  per_image = [window_boxes(im.shape[0], im.shape[1], options) for im in images]
-  owner = np.concatenate([np.full(len(b), i, np.int32) for i, b in enumerate(per_image)])
-  boxes = np.concatenate(per_image)
-  canvas = pad_to_canvas(images)
+  layout = scan_layout([im.shape[:2] for im in images], options)
   n_dev = 1 if mesh is None else mesh.devices.size
   batch = max(n_dev, -(-options.batch_size // n_dev) * n_dev)
   place_batch, place_all = _placements(mesh)
-  canvas_dev = place_all(canvas)
+  atlas = make_atlas(place_all(pad_to_canvas(images)), layout, options)
   variables = place_all(variables)
-  plan = plan_batches(boxes[:, 2], batch)
-  probs_dev = []
-  for segments in plan:
-    crops = cut_batch(canvas_dev, owner, boxes, segments, batch, options, mesh)
-    probs_dev.append(window_probabilities(variables, place_batch(crops)))
-  probs = np.empty(len(boxes), np.float32)
-  for segments, p in zip(plan, jax.device_get(probs_dev)):
-    idx = np.concatenate([seg for _, seg in segments])
-    probs[idx] = np.asarray(p)[:len(idx)]
+  n = len(layout.boxes)
+  probs_dev = [window_probabilities(variables, cut_windows(atlas, place_batch(window_starts(
+      layout, np.arange(start, min(n, start + batch)), options.input_size, batch))))
+      for start in range(0, n, batch)]
+  probs = np.concatenate(jax.device_get(probs_dev))[:n]
   results, start = [], 0
-  for b in per_image:
+  for b in layout.per_image:
     p = probs[start:start + len(b)]
     start += len(b)
     best = int(np.argmax(p))
@@ -333,72 +518,12 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
   return results
 
 
-def plan_batches(sides: np.ndarray, batch: int) -> list[list[tuple[int, np.ndarray]]]:
-  """Packs windows, grouped by side, into classifier batches.
-
-  Args:
-    sides: (N,) side of every window.
-    batch: windows per batch.
-
-  Returns:
-    One list per batch of ``(side, window indices)`` segments, at most ``batch`` windows in
-    all; every window is in exactly one segment, and only the last batch is short.
-  """
-  order = np.argsort(sides, kind="stable")
-  plan = []
-  for start in range(0, len(order), batch):
-    chunk = order[start:start + batch]
-    bounds = np.flatnonzero(np.diff(sides[chunk])) + 1
-    plan.append([(int(sides[seg[0]]), seg) for seg in np.split(chunk, bounds)])
-  return plan
-
-
 def _placements(mesh: Mesh | None):
   """(place a batch, place a replicated value) for ``mesh`` (plain device_put without one)."""
   if mesh is None:
     return jax.device_put, jax.device_put
   return (functools.partial(jax.device_put, device=NamedSharding(mesh, P(DATA_AXIS))),
           functools.partial(jax.device_put, device=NamedSharding(mesh, P())))
-
-
-def cut_batch(canvas: jax.Array, owner: np.ndarray, boxes: np.ndarray,
-              segments: Sequence[tuple[int, np.ndarray]], batch: int, options: ScanOptions,
-              mesh: Mesh | None = None) -> jax.Array:
-  """The crops of one classifier batch: each segment cut at its side, then joined.
-
-  A segment is cut at a power-of-two length (at least 8 and a multiple of the device count),
-  which bounds the compiled shapes without cutting many padding windows; the rows of each band
-  of photo rows that windows share are resized once.
-
-  Args:
-    canvas: (N, H, W, 3) photos on the device (:func:`pad_to_canvas`).
-    owner: (M,) photo of every window.
-    boxes: (M, 3) every window ``(x0, y0, side)``.
-    segments: ``(side, window indices)`` pairs from :func:`plan_batches`.
-    batch: the batch length; a short batch is padded with zero images.
-    options: the scan options (input size and resize method).
-    mesh: optional mesh; segment cuts are sharded over it.
-
-  Returns:
-    (batch, input_size, input_size, 3) float32 crops in the order of the segments.
-  """
-  n_dev = 1 if mesh is None else mesh.devices.size
-  place_batch, _ = _placements(mesh)
-  parts = []
-  for side, idx in segments:
-    band_image, band_y0, window_band = _bands(owner[idx], boxes[idx, 1])
-    n_bands = _pow2(len(band_image), 1)
-    size = _pow2(len(idx), n_dev)
-    crops = _cut_windows(canvas, jnp.asarray(_pad(band_image, n_bands), jnp.int32),
-                         jnp.asarray(_pad(band_y0, n_bands), jnp.int32),
-                         place_batch(_pad(window_band, size).astype(np.int32)),
-                         place_batch(_pad(boxes[idx, 0], size).astype(np.int32)),
-                         side=side, out_size=options.input_size, method=options.method)
-    parts.append(crops[:len(idx)])
-  n = sum(len(idx) for _, idx in segments)
-  if n < batch:
-    parts.append(jnp.zeros((batch - n,) + parts[0].shape[1:], parts[0].dtype))
-  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
 def scan_image(variables: PyTree, image: np.ndarray, options: ScanOptions = ScanOptions(),

@@ -22,7 +22,6 @@ NON_FACE = DATA / "nonface-photos" / "images"
 
 # A small model and scan: 32-pixel inputs, 4 base filters.
 TINY = detect.ScanOptions(input_size=32, batch_size=16)
-PIL_FILTERS = {"lanczos3": Image.Resampling.LANCZOS, "linear": Image.Resampling.BILINEAR}
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +37,20 @@ def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
   return np.clip(255 * (0.7 * up + 0.3 * rng.random((height, width, 3))), 0, 255).astype(np.uint8)
 
 
-def reference_crop(photo: np.ndarray, box, out_size: int, method: str) -> np.ndarray:
-  """NumPy crop of the window, resized channel by channel with Pillow (float mode)."""
-  x0, y0, side = (int(v) for v in box)
-  crop = photo[y0:y0 + side, x0:x0 + side].astype(np.float32)
-  if photo.dtype == np.uint8:
-    crop = crop / 255.0
-  channels = [np.asarray(Image.fromarray(crop[..., c], mode="F").resize(
-      (out_size, out_size), PIL_FILTERS[method])) for c in range(3)]
-  return np.stack(channels, axis=-1)
+def reference_windows(photo: np.ndarray, options: detect.ScanOptions) -> np.ndarray:
+  """Every window of the photo, cut from ``jax.image.scale_and_translate`` of the whole photo."""
+  size = options.input_size
+  image = photo.astype(np.float32) / 255.0 if photo.dtype == np.uint8 else photo
+  boxes, cells = detect.window_grid(photo.shape[0], photo.shape[1], options)
+  levels, crops = {}, []
+  for (_, _, side), (lx, ly) in zip(boxes, cells):
+    if side not in levels:
+      shape = tuple(detect.level_length(n, side, size) for n in photo.shape[:2]) + (3,)
+      levels[side] = np.asarray(jax.image.scale_and_translate(
+          image, shape, (0, 1), np.full(2, size / side, np.float32), np.zeros(2, np.float32),
+          options.method))
+    crops.append(levels[side][ly:ly + size, lx:lx + size])
+  return np.stack(crops)
 
 
 # ------------------------------------------------------------------------------------ windows
@@ -54,18 +58,23 @@ def reference_crop(photo: np.ndarray, box, out_size: int, method: str) -> np.nda
 
 @pytest.mark.parametrize("height,width", [(480, 320), (240, 320), (64, 64), (97, 33)])
 def test_windows_of_every_side_cover_the_photo_and_stay_inside(height, width):
-  boxes = detect.window_boxes(height, width)
+  boxes, cells = detect.window_grid(height, width)
   sides = detect.window_sides(height, width)
   assert sorted(set(boxes[:, 2].tolist())) == sides
   assert sides[-1] == min(height, width)  # the largest window is the full shorter side
   assert sides[0] <= max(detect.ScanOptions().min_side, round(0.2 * min(height, width)) + 4)
   assert (boxes[:, :2] >= 0).all()
   assert (boxes[:, 0] + boxes[:, 2] <= width).all() and (boxes[:, 1] + boxes[:, 2] <= height).all()
+  # A box is its level position scaled by side / input_size, rounded.
+  np.testing.assert_allclose(boxes[:, :2], cells * boxes[:, 2:] / 64, atol=0.5)
   for side in sides:
     covered = np.zeros((height, width), bool)
     for x0, y0, s in boxes[boxes[:, 2] == side]:
       covered[y0:y0 + s, x0:x0 + s] = True
-    assert covered.all(), f"windows of side {side} leave pixels uncovered"
+    # The level keeps the level pixels wholly inside the photo: the last one may leave less
+    # than one level pixel (side / 64 photo pixels) at the far edges.
+    margin = int(np.ceil(side / 64))
+    assert covered[:height - margin, :width - margin].all(), f"side {side} leaves a gap"
 
 
 def test_window_boxes_are_the_expected_grid():
@@ -82,47 +91,81 @@ def test_a_photo_smaller_than_the_smallest_window_raises():
 
 
 @pytest.mark.parametrize("field,value", [("min_frac", 0.0), ("max_frac", 1.5), ("n_scales", 0),
-                                         ("stride_frac", 0.0), ("input_size", 40)])
+                                         ("stride_frac", 0.0), ("input_size", 40),
+                                         ("method", "nearest")])
 def test_invalid_options_raise_naming_the_field(field, value):
   with pytest.raises(ValueError, match=field if field != "input_size" else "image_size"):
     detect.check_options(detect.ScanOptions()._replace(**{field: value}))
 
 
-# -------------------------------------------------------------------------------------- crops
+# ------------------------------------------------------------------------------ pyramid levels
+
+
+@pytest.mark.parametrize("method", detect.RESIZE_METHODS)
+@pytest.mark.parametrize("length,side,size", [(75, 20, 32), (90, 70, 32), (460, 96, 64),
+                                              (97, 33, 64), (320, 320, 64), (50, 64, 64)])
+def test_level_matrix_is_jax_scale_and_translate(method, length, side, size):
+  matrix = detect.level_matrix(length, side, size, method)
+  n_out = detect.level_length(length, side, size)
+  assert matrix.shape == (n_out, length)
+  reference = jax.image.scale_and_translate(np.eye(length, dtype=np.float32), (n_out, length),
+                                            (0,), np.array([size / side], np.float32),
+                                            np.zeros(1, np.float32), method)
+  np.testing.assert_allclose(matrix, np.asarray(reference), atol=2e-6)
 
 
 @pytest.mark.parametrize("method", ["lanczos3", "linear"])
-@pytest.mark.parametrize("side", [20, 32, 45, 70])
-def test_device_crops_equal_a_numpy_crop_resized_with_pillow(method, side):
-  photo = _photo(75, 90, seed=side)
-  boxes = np.array([(0, 0, side), (90 - side, 75 - side, side), (3, 1, side)])
-  crops = np.asarray(detect.cut_windows(photo[None], np.zeros(3, np.int32), boxes, 32, method))
-  for crop, box in zip(crops, boxes):
-    np.testing.assert_allclose(crop, reference_crop(photo, box, 32, method), atol=2e-5)
+def test_device_windows_equal_slices_of_the_resized_photo(method):
+  options = detect.ScanOptions(input_size=32, method=method, min_frac=0.3, n_scales=4)
+  photos = [_photo(75, 90, seed=1), _photo(40, 123, seed=2)]  # two sizes on one canvas
+  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
+  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas(photos)), layout, options)
+  start = 0
+  for photo, boxes in zip(photos, layout.per_image):
+    idx = np.arange(start, start + len(boxes))
+    start += len(boxes)
+    crops = detect.cut_windows(atlas, detect.window_starts(layout, idx, 32, len(idx)))
+    np.testing.assert_allclose(np.asarray(crops), reference_windows(photo, options), atol=2e-5)
 
 
-def test_crops_never_read_outside_their_window():
-  photo = np.zeros((64, 64, 3), np.uint8)
-  photo[:, 32:] = 255  # a window over the left half must stay black after the resize
-  crops = np.asarray(detect.cut_windows(photo[None], np.zeros(1, np.int32),
-                                        np.array([(0, 0, 32)]), 32, "lanczos3"))
-  assert np.abs(crops).max() < 1e-6
+def test_windows_of_a_flat_photo_are_flat_up_to_its_edges():
+  # Filter weights sum to one and stop at the photo's edge: no zero padding leaks in.
+  options = detect.ScanOptions(input_size=32, min_frac=0.25, n_scales=5, method="lanczos3")
+  photos = [np.full((70, 50, 3), 200, np.uint8), np.full((130, 97, 3), 200, np.uint8)]
+  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
+  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas(photos)), layout, options)
+  idx = np.arange(len(layout.boxes))
+  crops = np.asarray(detect.cut_windows(atlas, detect.window_starts(layout, idx, 32, len(idx))))
+  assert len(np.unique(layout.boxes[:, 2])) >= 4
+  np.testing.assert_allclose(crops, 200 / 255, atol=1e-5)
 
 
-def test_cut_windows_refuses_windows_of_several_sides():
-  with pytest.raises(ValueError, match="one side"):
-    detect.cut_windows(np.zeros((1, 64, 64, 3), np.uint8), np.zeros(2, np.int32),
-                       np.array([(0, 0, 32), (0, 0, 40)]))
+def test_windows_of_the_input_size_are_the_photo_s_own_pixels():
+  options = detect.ScanOptions(input_size=32, min_frac=1.0, max_frac=1.0, n_scales=1)
+  photo = _photo(32, 48, seed=3)
+  layout = detect.scan_layout([photo.shape[:2]], options)
+  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas([photo])), layout, options)
+  idx = np.arange(len(layout.boxes))
+  crops = np.asarray(detect.cut_windows(atlas, detect.window_starts(layout, idx, 32, len(idx))))
+  for crop, (x0, y0, side) in zip(crops, layout.boxes):
+    np.testing.assert_allclose(crop, photo[y0:y0 + side, x0:x0 + side] / 255.0, atol=1e-7)
+
+
+def test_an_atlas_refuses_a_canvas_of_other_photos():
+  options = detect.ScanOptions(input_size=32)
+  layout = detect.scan_layout([(70, 50)], options)
+  with pytest.raises(ValueError, match="layout was made for"):
+    detect.make_atlas(jax.numpy.zeros((1, 64, 64, 3), jax.numpy.uint8), layout, options)
 
 
 # --------------------------------------------------------------------------------------- scans
 
 
-def test_scan_probabilities_are_those_of_each_box_s_reference_crop(tiny_variables):
+def test_scan_probabilities_are_those_of_each_box_s_reference_window(tiny_variables):
   photo = _photo(70, 100, seed=1)
   result = detect.scan_image(tiny_variables, photo, TINY)
   assert result.boxes.tolist() == detect.window_boxes(70, 100, TINY).tolist()
-  crops = np.stack([reference_crop(photo, b, 32, TINY.method) for b in result.boxes])
+  crops = reference_windows(photo, TINY)
   expected = np.asarray(detect.window_probabilities(tiny_variables, crops))
   np.testing.assert_allclose(result.probs, expected, atol=1e-5)
   best = int(np.argmax(expected))
