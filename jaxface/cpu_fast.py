@@ -72,7 +72,7 @@ class StridedConv(nn.Module):
   def __call__(self, chunks: list[Array]) -> list[Array]:
     """Maps every (b_i, H, W, C_in) chunk to (b_i, H', W', features)."""
     k = self.kernel_size
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", models.lecun_normal,
                         (k, k, chunks[0].shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     chunks, kernel = [c.astype(self.dtype) for c in chunks], kernel.astype(self.dtype)

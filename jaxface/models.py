@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -62,6 +63,20 @@ def decoder_grid(n_filters: int, image_size: int) -> tuple[int, int]:
   return image_size // 16, n_filters * ENCODER_CONVS[-1][0]
 
 
+def lecun_normal(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+  """Flax's default kernel initializer, ``nn.initializers.lecun_normal()``, drawn as a matrix.
+
+  A kernel of shape ``(..., C_in, C_out)`` is drawn as ``(prod(shape[:-1]), C_out)`` and
+  reshaped. The values are those of the stock initializer: the fan-in is the product of all
+  axes but the last either way, and JAX's (partitionable) threefry bits depend only on each
+  element's flat index. Drawing a 4-D kernel directly compiles far slower on XLA:CPU, and
+  :func:`init_variables` draws one per convolution.
+  """
+  shape = tuple(int(n) for n in shape)
+  matrix = nn.initializers.lecun_normal()(key, (math.prod(shape[:-1]), shape[-1]), dtype)
+  return matrix.reshape(shape)
+
+
 class Encoder(nn.Module):
   """Convolutional face classifier / VAE encoder (stock Linen layers).
 
@@ -69,14 +84,15 @@ class Encoder(nn.Module):
     n_outputs: width of the last Dense layer (1 for the standard CNN, 2k+1 for a VAE).
     n_filters: base number of filters (12 in the labs).
     dtype: compute dtype (parameters stay float32).
-    conv: the convolution (``nn.Conv`` signature).
+    conv: the convolution (``nn.Conv`` signature; by default ``nn.Conv`` with its default
+      initializer drawn by :func:`lecun_normal`).
     norm: the batch norm (``nn.BatchNorm`` signature).
     axis_name: batch-norm statistics also over this mapped axis (``pmap`` / ``shard_map``).
   """
   n_outputs: int
   n_filters: int = 12
   dtype: Any = jnp.float32
-  conv: ModuleDef = nn.Conv
+  conv: ModuleDef = functools.partial(nn.Conv, kernel_init=lecun_normal)
   norm: ModuleDef = nn.BatchNorm
   axis_name: str | None = None
 
@@ -101,12 +117,13 @@ class Decoder(nn.Module):
     n_filters: base number of filters (mirrors the encoder).
     image_size: output height and width; a multiple of 16.
     dtype: compute dtype.
-    conv: the transposed convolution (``nn.ConvTranspose`` signature).
+    conv: the transposed convolution (``nn.ConvTranspose`` signature; the default as for
+      :class:`Encoder`).
   """
   n_filters: int = 12
   image_size: int = 64
   dtype: Any = jnp.float32
-  conv: ModuleDef = nn.ConvTranspose
+  conv: ModuleDef = functools.partial(nn.ConvTranspose, kernel_init=lecun_normal)
 
   @nn.compact
   def __call__(self, z: Array) -> Array:

@@ -9,6 +9,7 @@ that structure filled from NumPy, and one test runs the real initialiser on a ti
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -422,6 +423,13 @@ def test_accelerator_path_traces_the_flax_networks(monkeypatch):
               variables, x, jax.random.key(0)))
   assert programs["gpu", "auto"] == programs["gpu", "flax"]
   assert programs["cpu", "auto"] != programs["cpu", "flax"]
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 3, 12), (3, 3, 24, 48), (7, 33), (2, 4, 6)])
+def test_lecun_normal_draws_the_values_of_flax_s_default_initializer(shape):
+  key = jax.random.key(11)
+  np.testing.assert_array_equal(np.asarray(models.lecun_normal(key, shape)),
+                                np.asarray(nn.initializers.lecun_normal()(key, shape)))
 
 
 def test_impls_make_the_same_variables():
