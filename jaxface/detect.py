@@ -595,7 +595,7 @@ def photo_files(path: str | os.PathLike) -> list[Path]:
 
 def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
                options: ScanOptions = ScanOptions(), mesh: Mesh | None = None,
-               images_per_call: int = 32, progress: bool = False
+               images_per_call: int = 32, pixels_per_call: int = 1 << 24, progress: bool = False
                ) -> tuple[dict[str, ScanResult], dict[str, str]]:
   """Reads and scans photo files; a bad file is reported and the others still scanned.
 
@@ -604,7 +604,10 @@ def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
     paths: photo files.
     options: the scan options.
     mesh: optional device mesh.
-    images_per_call: photos per :func:`scan_images` call (bounds the device memory).
+    images_per_call: most photos per :func:`scan_images` call.
+    pixels_per_call: most canvas pixels per call (photos x the largest height x the largest
+      width; a larger photo is scanned alone); with ``images_per_call`` it bounds the device
+      memory of the canvas and its pyramid.
     progress: show a tqdm progress bar (over photos).
 
   Returns:
@@ -616,21 +619,35 @@ def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
   if progress:
     from tqdm.auto import tqdm
     bar = tqdm(total=len(paths), unit="photo", dynamic_ncols=True)
-  for start in range(0, len(paths), images_per_call):
-    names, photos = [], []
-    for path in paths[start:start + images_per_call]:
-      try:
-        photo = read_photo(path)
-        window_sides(photo.shape[0], photo.shape[1], options)
-      except ValueError as e:  # DataError is a ValueError
-        msg = str(e)
-        errors[str(path)] = msg if msg.startswith(str(path)) else f"{path}: {msg}"
-        continue
-      names.append(str(path))
-      photos.append(photo)
+  names, photos, n_read = [], [], 0
+
+  def flush():
     results.update(zip(names, scan_images(variables, photos, options, mesh)))
     if bar is not None:
-      bar.update(len(paths[start:start + images_per_call]))
+      bar.update(n_read)
+    names.clear()
+    photos.clear()
+
+  for path in paths:
+    try:
+      photo = read_photo(path)
+      window_sides(photo.shape[0], photo.shape[1], options)
+    except ValueError as e:  # DataError is a ValueError
+      msg = str(e)
+      errors[str(path)] = msg if msg.startswith(str(path)) else f"{path}: {msg}"
+      if bar is not None:
+        bar.update(1)
+      continue
+    shapes = [p.shape[:2] for p in photos] + [photo.shape[:2]]
+    pixels = len(shapes) * max(h for h, _ in shapes) * max(w for _, w in shapes)  # the canvas
+    if photos and (len(photos) == images_per_call or pixels > pixels_per_call):
+      flush()
+      n_read = 0
+    names.append(str(path))
+    photos.append(photo)
+    n_read += 1
+  if photos:
+    flush()
   if bar is not None:
     bar.close()
   return results, errors

@@ -359,6 +359,27 @@ def test_scan_files_reports_bad_files_and_scans_the_rest(tmp_path, tiny_variable
   assert "smaller than the smallest window" in errors[str(paths["tiny.png"])]
 
 
+def test_scan_files_splits_calls_by_canvas_pixels_with_the_same_results(tmp_path, tiny_variables,
+                                                                       monkeypatch):
+  paths = []
+  for i, (h, w) in enumerate([(40, 60), (70, 50), (48, 48), (90, 120), (33, 40)]):
+    paths.append(tmp_path / f"p{i}.png")
+    Image.fromarray(_photo(h, w, seed=i)).save(paths[-1])
+  together, _ = detect.scan_files(tiny_variables, paths, TINY)
+  calls = []
+  scan = detect.scan_images
+  monkeypatch.setattr(detect, "scan_images", lambda v, photos, *a: calls.append(
+      [p.shape[:2] for p in photos]) or scan(v, photos, *a))
+  apart, _ = detect.scan_files(tiny_variables, paths, TINY, pixels_per_call=2 * 70 * 60)
+  # Each call's canvas (photos x tallest x widest) stays within the budget, or holds one photo.
+  assert len(calls) > 1 and sum(map(len, calls)) == len(paths)
+  for shapes in calls:
+    canvas = len(shapes) * max(h for h, _ in shapes) * max(w for _, w in shapes)
+    assert len(shapes) == 1 or canvas <= 2 * 70 * 60
+  for key, result in together.items():
+    np.testing.assert_allclose(apart[key].probs, result.probs, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 
