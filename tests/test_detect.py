@@ -38,19 +38,22 @@ def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def reference_windows(photo: np.ndarray, options: detect.ScanOptions) -> np.ndarray:
-  """Every window of the photo, cut from ``jax.image.scale_and_translate`` of the whole photo."""
+  """Every window of the photo, sliced from the whole photo resized in NumPy.
+
+  The resize is the dense ``level_matrix`` product along each axis (the matrices themselves
+  are checked against ``jax.image.scale_and_translate`` below).
+  """
   size = options.input_size
-  image = photo.astype(np.float32) / 255.0 if photo.dtype == np.uint8 else photo
+  image = photo.astype(np.float64) / 255.0 if photo.dtype == np.uint8 else photo
   boxes, cells = detect.window_grid(photo.shape[0], photo.shape[1], options)
   levels, crops = {}, []
   for (_, _, side), (lx, ly) in zip(boxes, cells):
     if side not in levels:
-      shape = tuple(detect.level_length(n, side, size) for n in photo.shape[:2]) + (3,)
-      levels[side] = np.asarray(jax.image.scale_and_translate(
-          image, shape, (0, 1), np.full(2, size / side, np.float32), np.zeros(2, np.float32),
-          options.method))
+      rows = detect.level_matrix(photo.shape[0], side, size, options.method)
+      cols = detect.level_matrix(photo.shape[1], side, size, options.method)
+      levels[side] = np.einsum("yh,hwc,xw->yxc", rows, image, cols)
     crops.append(levels[side][ly:ly + size, lx:lx + size])
-  return np.stack(crops)
+  return np.stack(crops).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------ windows
