@@ -503,9 +503,11 @@ def test_jvp_through_flax_encode_and_decode_matches_reverse_mode():
             lambda z: models.decode(variables["params"], z, impl="cpu_fast"), z)]
   for flax_fn, fast_fn, primal in cases:
     tangent = jnp.asarray(rng.normal(size=primal.shape), jnp.float32)
-    y, y_dot = jax.jvp(flax_fn, (primal,), (tangent,))
+    y, y_dot = jax.jit(lambda p, t, f=flax_fn: jax.jvp(f, (p,), (t,)),
+                       compiler_options=FAST_COMPILE)(primal, tangent)
     u = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    (pullback,) = jax.vjp(fast_fn, primal)[1](u)
+    (pullback,) = jax.jit(lambda p, u, f=fast_fn: jax.vjp(f, p)[1](u),
+                          compiler_options=FAST_COMPILE)(primal, u)
     np.testing.assert_allclose(float(jnp.vdot(u, y_dot)), float(jnp.vdot(pullback, tangent)),
                                rtol=1e-4)
   with pytest.raises(TypeError):  # the custom_vjp layers are reverse-mode only
@@ -515,20 +517,24 @@ def test_jvp_through_flax_encode_and_decode_matches_reverse_mode():
 def test_jacfwd_through_flax_encode_and_decode_matches_jacrev():
   variables, x, z = _tiny()
   y_logit = lambda impl: lambda x: models.encode(variables, x, impl=impl).y_logit  # noqa: E731
-  _rel_close(jax.jacrev(y_logit("cpu_fast"))(x), jax.jacfwd(y_logit("flax"))(x))
+  jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  _rel_close(jit(jax.jacrev(y_logit("cpu_fast")))(x), jit(jax.jacfwd(y_logit("flax")))(x))
   decode = lambda impl: functools.partial(models.decode, variables["params"],  # noqa: E731
                                           impl=impl)
-  _rel_close(jax.jacrev(decode("cpu_fast"))(z), jax.jacfwd(decode("flax"))(z))
+  _rel_close(jit(jax.jacrev(decode("cpu_fast")))(z), jit(jax.jacfwd(decode("flax")))(z))
 
 
 def test_vmap_through_flax_encode_and_decode_equals_a_loop():
   variables, x, z = _tiny()
   xs, zs = jnp.stack([x, x[::-1] * 0.5]), jnp.stack([z, -z])
-  mapped = jax.vmap(_z_mean("flax", variables))(xs)
-  decoded = jax.vmap(functools.partial(models.decode, variables["params"], impl="flax"))(zs)
+  jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  mapped = jit(jax.vmap(_z_mean("flax", variables)))(xs)
+  decoded = jit(jax.vmap(functools.partial(models.decode, variables["params"], impl="flax")))(zs)
+  fast_encode = jit(_z_mean("cpu_fast", variables))
+  fast_decode = jit(functools.partial(models.decode, variables["params"], impl="cpu_fast"))
   for i in range(2):
-    _rel_close(_z_mean("cpu_fast", variables)(xs[i]), mapped[i])
-    _rel_close(models.decode(variables["params"], zs[i], impl="cpu_fast"), decoded[i])
+    _rel_close(fast_encode(xs[i]), mapped[i])
+    _rel_close(fast_decode(zs[i]), decoded[i])
   assert not np.allclose(mapped[0], mapped[1])
 
 
