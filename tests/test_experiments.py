@@ -66,9 +66,11 @@ def _tiny_manifest(path: Path, per_group_train: int = 8, per_group_test: int = 4
 def test_study_quick_is_resumable(tmp_path):
   study = _load("study")
   manifest = _tiny_manifest(tmp_path / "manifest.csv")
+  # Without the PPB sets (test_default_test_sets_are_the_ppb_crops_where_present; the study's
+  # extra-test-set tables: tests/test_extra_test_sets.py).
   argv = ["--quick", "--manifest", str(manifest), "--workdir", str(tmp_path / "runs"),
           "--steps_per_epoch", "3", "--xla_cache", "", "--group_balanced", "--group_powers",
-          "1", "0.5"]
+          "1", "0.5", "--no_test_sets"]
   result = study.main(argv)
   assert set(result["summary"]) == {"cnn", "dbvae-product-a0.01", "cnn-groups",
                                     "cnn-groups-p0.5"}
@@ -92,10 +94,24 @@ def test_study_quick_is_resumable(tmp_path):
   assert again["summary"]["cnn"]["E_A"] == cnn["E_A"]
 
 
+def test_default_test_sets_are_the_ppb_crops_where_present(tmp_path):
+  study = _load("study")
+  assert study.default_test_sets(tmp_path / "nowhere") == ({}, {})
+  ppb = tmp_path / "ppb-faces"
+  (ppb / "tight").mkdir(parents=True)
+  assert study.default_test_sets(ppb) == ({"ppb_tight": str(ppb / "tight")}, {})
+  (ppb / "loose").mkdir()
+  (ppb / "faces.csv").write_text("file\n")
+  sets, tables = study.default_test_sets(ppb)
+  assert sets == {"ppb_tight": str(ppb / "tight"), "ppb_loose": str(ppb / "loose")}
+  assert tables == {name: str(ppb / "faces.csv") for name in sets}
+
+
 def test_study_rows_ablation_and_planted_data(tmp_path):
   study = _load("study")
   argv = ["--planted", "--workdir", str(tmp_path / "runs"), "--seeds", "1", "--combines",
           "--steps_per_epoch", "3", "--epochs", "1", "--xla_cache", "", "--ablation",
+          "--no_test_sets",
           "--set", "data.n_train_faces=64", "data.n_train_non_faces=64",
           "data.n_test_per_group=8", "data.n_test_non_faces=16", "data.image_size=32",
           "model.n_filters=4", "bn_recalibration_batches=1",
