@@ -1,8 +1,10 @@
-"""Shared test set-up: a persistent XLA compilation cache for the session.
+"""Shared test set-up: cheap XLA:CPU compiles and a persistent compilation cache.
 
-Many tests compile the same small models; caching the compiled executables on disk keeps the
-suite fast on a 2-core CPU. The cache is also given, through the environment, to the Python
-subprocesses that tests start (the scripts, several devices, several processes).
+Most tests compile small models and run them a few steps, so compiling dominates: XLA's
+backend optimisation level 0 (set in ``XLA_FLAGS`` before JAX starts its backend, and inherited
+by the subprocesses tests start, except those on forced devices, which compare 1 and N devices
+to a tolerance tuned at the default level) compiles faster, and caching the compiled
+executables on disk lets tests and subprocesses share them.
 """
 
 import os
@@ -10,6 +12,9 @@ import tempfile
 
 import jax
 import pytest
+from helpers import FAST_COMPILE_FLAGS
+
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
 _CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")

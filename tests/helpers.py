@@ -49,10 +49,19 @@ def tiny_config(kind: str = "dbvae", **overrides):
   return config
 
 
+# XLA:CPU flags of the test session (tests/conftest.py): faster compiles of small programs.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def forced_devices_flags(n: int) -> str:
+  """``XLA_FLAGS`` for a subprocess on ``n`` forced CPU devices, at XLA's default optimisation."""
+  flags = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAGS, "")
+  return f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
 def run_on_four_devices(script: str, timeout: int = 600) -> dict:
   """Runs a Python script on 4 forced CPU devices; returns the JSON it prints after 'RESULT'."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=forced_devices_flags(4), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                         timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]

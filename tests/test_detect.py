@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import shared_data_dir, tiny_config
+from helpers import forced_devices_flags, shared_data_dir, tiny_config
 from PIL import Image
 
 from jaxface import detect, models
@@ -215,7 +215,7 @@ for x, y in zip(a, b):
   np.testing.assert_allclose(x.probs, y.probs, atol=1e-5)
 print('ok', sum(len(x.probs) for x in a))
 """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = dict(os.environ, XLA_FLAGS=forced_devices_flags(2),
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                         timeout=300)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import forced_devices_flags
 
 from jaxface import config as config_lib
 from jaxface import resampling
@@ -569,7 +570,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_batch_sharded_codes_on_two_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = dict(os.environ, XLA_FLAGS=forced_devices_flags(2),
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
                        text=True, timeout=300)
