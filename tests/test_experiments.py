@@ -131,3 +131,45 @@ def test_study_rows_ablation_and_planted_data(tmp_path):
   assert row["ess_pct"]["mean"] == pytest.approx(50.0, rel=1e-2)
   assert {"val_E_A", "val_worst_rate", "mass_dark"} <= set(row)
   assert "| dbvae-pca | 1 |" in (runs / "study.md").read_text()
+
+
+def test_operating_point_script_rescores_runs_at_a_false_positive_rate(tmp_path, capsys):
+  import numpy as np
+  from helpers import tiny_config
+
+  from jaxface import data as data_lib
+  from jaxface import evaluation, inference, train
+  from jaxface.checkpoints import load_run
+
+  script = _load("operating_point")
+  runs = []
+  for seed in (0, 1):
+    run = tmp_path / "cnn" / f"seed{seed}"
+    train.train_and_evaluate(tiny_config("cnn", num_epochs=1, steps_per_epoch=2, seed=seed), run)
+    runs.append(run)
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+  records = script.main([str(r) for r in runs] + ["--fpr", "0.1",
+                                                  "--json", str(tmp_path / "op.jsonl")])
+  assert {p: p.stat().st_mtime_ns for p in before} == before  # the runs are only read
+  # The figures are operating_point's on the run's own test split, recomputed here.
+  config, variables = load_run(runs[1])
+  test = data_lib.load_datasets(config.data)["test"]
+  prob = inference.infer(variables, test.images, ("face_prob",))["face_prob"]
+  prob = np.asarray(prob).reshape(-1)
+  face = test.labels == 1
+  op = evaluation.operating_point(prob[face], test.groups[face], prob[~face], 0.1,
+                                  group_order=("LF", "LM", "DF", "DM"))
+  assert records[1]["E_A"] == pytest.approx(op["E_A"])
+  assert records[1]["worst_rate"] == pytest.approx(op["worst_rate"])
+  assert records[1]["fpr"] <= 0.1
+  # At 0.5 they are the run's own summary figures.
+  summary = json.loads((runs[1] / "metrics.json").read_text())["eval"]["test"]
+  assert records[1]["worst_rate_at_0.5"] == pytest.approx(summary["worst_rate"])
+  assert records[1]["non_face_accuracy_at_0.5"] == pytest.approx(
+      100 * summary["non_face_accuracy"])
+  lines = (tmp_path / "op.jsonl").read_text().splitlines()
+  assert [json.loads(line)["run"] for line in lines] == [str(r) for r in runs]
+  out = capsys.readouterr().out
+  assert "| cnn | 2 |" in out and "worst @10%FP" in out
+  with pytest.raises(SystemExit, match="not a finished run"):
+    script.main([str(tmp_path / "nowhere")])
