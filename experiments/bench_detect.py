@@ -57,10 +57,8 @@ def _precut(photos: list[np.ndarray], options: detect.ScanOptions) -> list[jax.A
   """The scan's batches of windows, cut beforehand (the same levels, batches and padding)."""
   layout = detect.scan_layout([p.shape[:2] for p in photos], options)
   atlas = detect.make_atlas(jax.device_put(detect.pad_to_canvas(photos)), layout, options)
-  n, size, batch = len(layout.boxes), options.input_size, options.batch_size
-  batches = [detect.cut_windows(atlas, detect.window_starts(
-      layout, np.arange(start, min(n, start + batch)), size, batch))
-      for start in range(0, n, batch)]
+  batches = [detect.cut_windows(atlas, starts) for starts in
+             detect.window_batches(layout, options.input_size, options.batch_size)]
   return jax.block_until_ready(batches)
 
 

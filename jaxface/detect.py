@@ -204,42 +204,44 @@ def level_matrix(length: int, side: int, input_size: int, method: str = "lanczos
   return w.astype(np.float32)
 
 
-def _band_taps(matrix: np.ndarray, n_rows: int, n_in: int, taps: int
+def _band_spans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """First and last input row each band of ROW_GROUP output rows of ``matrix`` reads.
+
+  Returns:
+    ``(first, last)``, (ceil(L / ROW_GROUP),) int arrays; a band reading nothing has 0, 0.
+  """
+  n_bands = -(-matrix.shape[0] // ROW_GROUP)
+  padded = np.zeros((n_bands * ROW_GROUP, matrix.shape[1]), bool)
+  padded[:matrix.shape[0]] = matrix != 0
+  reads = padded.reshape(n_bands, ROW_GROUP, -1).any(axis=1)  # (n_bands, length)
+  first = np.argmax(reads, axis=1)
+  last = np.where(reads.any(axis=1), matrix.shape[1] - 1 - np.argmax(reads[:, ::-1], axis=1), 0)
+  return first, last
+
+
+def _band_taps(matrix: np.ndarray, first: np.ndarray, n_rows: int, n_in: int, taps: int
                ) -> tuple[np.ndarray, np.ndarray]:
   """A level matrix as bands: each group of ROW_GROUP output rows reads ``taps`` input rows.
 
   Args:
     matrix: (L, length) level matrix of one photo axis.
+    first: (ceil(L / ROW_GROUP),) the first input row of each band (:func:`_band_spans`).
     n_rows: padded output length (a multiple of ROW_GROUP, >= L); extra rows weigh nothing.
     n_in: the canvas length (input rows that can be read).
-    taps: input rows per band.
+    taps: input rows per band, at least the widest band's span.
 
   Returns:
     ``(starts (n_rows // ROW_GROUP,) int32, weights (n_rows // ROW_GROUP, ROW_GROUP, taps))``.
   """
-  n_bands = n_rows // ROW_GROUP
-  starts = np.zeros(n_bands, np.int32)
-  weights = np.zeros((n_bands, ROW_GROUP, taps), np.float32)
-  for b in range(n_bands):
+  starts = np.zeros(n_rows // ROW_GROUP, np.int32)
+  weights = np.zeros((n_rows // ROW_GROUP, ROW_GROUP, taps), np.float32)
+  for b, first_row in enumerate(first):
     block = matrix[b * ROW_GROUP:(b + 1) * ROW_GROUP]
-    if not block.size:
-      continue
-    cols = np.flatnonzero(np.any(block != 0, axis=0))
-    start = min(int(cols[0]) if cols.size else 0, n_in - taps)
+    start = min(int(first_row), n_in - taps)
     stop = min(matrix.shape[1], start + taps)
     weights[b, :len(block), :stop - start] = block[:, start:stop]
     starts[b] = start
   return starts, weights
-
-
-def _band_width(matrix: np.ndarray) -> int:
-  """The most input rows any band of ROW_GROUP output rows of ``matrix`` reads."""
-  width = 1
-  for b in range(0, matrix.shape[0], ROW_GROUP):
-    cols = np.flatnonzero(np.any(matrix[b:b + ROW_GROUP] != 0, axis=0))
-    if cols.size:
-      width = max(width, int(cols[-1] - cols[0] + 1))
-  return width
 
 
 def _resize_axis0(x: jax.Array, starts: jax.Array, weights: jax.Array) -> jax.Array:
@@ -250,26 +252,24 @@ def _resize_axis0(x: jax.Array, starts: jax.Array, weights: jax.Array) -> jax.Ar
 
 
 @jax.jit
+def _as_level(canvas: jax.Array, members: jax.Array) -> jax.Array:
+  """The photos themselves as float levels (windows of the model's input size: scale 1)."""
+  photos = canvas[members].astype(jnp.float32)
+  return photos / 255.0 if canvas.dtype == jnp.uint8 else photos
+
+
+@jax.jit
 def _make_levels(canvas: jax.Array, members: jax.Array, row_starts: jax.Array,
                  row_weights: jax.Array, col_starts: jax.Array, col_weights: jax.Array
                  ) -> jax.Array:
   """(n, Lh, Lw, 3) float32 levels in [0, 1] of the photos ``canvas[members]``."""
-  photos = canvas[members].astype(jnp.float32)
-  if canvas.dtype == jnp.uint8:
-    photos = photos / 255.0
+  photos = _as_level(canvas, members)
 
   def level(photo, rs, rw, cs, cw):
     rows = _resize_axis0(photo, rs, rw)  # (Lh, W, 3)
     return jnp.swapaxes(_resize_axis0(jnp.swapaxes(rows, 0, 1), cs, cw), 0, 1)
 
   return jax.vmap(level)(photos, row_starts, row_weights, col_starts, col_weights)
-
-
-@jax.jit
-def _as_level(canvas: jax.Array, members: jax.Array) -> jax.Array:
-  """The photos themselves as float levels (windows of the model's input size: scale 1)."""
-  photos = canvas[members].astype(jnp.float32)
-  return photos / 255.0 if canvas.dtype == jnp.uint8 else photos
 
 
 def window_grid(height: int, width: int, options: ScanOptions = ScanOptions()
@@ -318,14 +318,19 @@ def _check_photo(image: np.ndarray, index: int) -> None:
     raise ValueError(f"images[{index}] must be (H, W, 3), got shape {image.shape}")
 
 
+def canvas_shape(shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+  """(H, W) of the canvas of photos of these (height, width) shapes: the largest of each,
+  rounded up to a multiple of CANVAS_MULTIPLE."""
+  m = CANVAS_MULTIPLE
+  return (-(-max(h for h, _ in shapes) // m) * m, -(-max(w for _, w in shapes) // m) * m)
+
+
 def pad_to_canvas(images: Sequence[np.ndarray]) -> np.ndarray:
-  """Zero-pads photos to one (N, H, W, 3) canvas, H and W multiples of CANVAS_MULTIPLE.
+  """Zero-pads photos to one (N, H, W, 3) canvas of :func:`canvas_shape`.
 
   uint8 photos stay uint8 (0-255) unless mixed with float ones, when all become float (0-1).
   """
-  m = CANVAS_MULTIPLE
-  height = -(-max(im.shape[0] for im in images) // m) * m
-  width = -(-max(im.shape[1] for im in images) // m) * m
+  height, width = canvas_shape([im.shape[:2] for im in images])
   if all(im.dtype == np.uint8 for im in images):
     canvas = np.zeros((len(images), height, width, 3), np.uint8)
   else:  # mixed: every photo as float in [0, 1]
@@ -379,8 +384,7 @@ def scan_layout(shapes: Sequence[tuple[int, int]], options: ScanOptions = ScanOp
   The canvas is that of :func:`pad_to_canvas` for photos of these shapes.
   """
   shapes = [(int(h), int(w)) for h, w in shapes]
-  m = CANVAS_MULTIPLE
-  canvas_hw = (-(-max(h for h, _ in shapes) // m) * m, -(-max(w for _, w in shapes) // m) * m)
+  canvas_hw = canvas_shape(shapes)
   grids = [window_grid(h, w, options) for h, w in shapes]
   per_image = [g[0] for g in grids]
   owner = np.concatenate([np.full(len(b), i, np.int64) for i, b in enumerate(per_image)])
@@ -433,8 +437,9 @@ def make_atlas(canvas: jax.Array, layout: ScanLayout, options: ScanOptions = Sca
     for axis, n_out in ((0, layout.level_shapes[side][1]), (1, layout.level_shapes[side][2])):
       n_in = int(canvas.shape[1 + axis])
       mats = [level_matrix(layout.shapes[i][axis], side, size, options.method) for i in members]
-      taps = min(n_in, max(_band_width(m) for m in mats))
-      bands = [_band_taps(m, n_out, n_in, taps) for m in mats]
+      spans = [_band_spans(m) for m in mats]
+      taps = min(n_in, max(int(np.max(last - first)) + 1 for first, last in spans))
+      bands = [_band_taps(m, first, n_out, n_in, taps) for m, (first, _) in zip(mats, spans)]
       axes += [jnp.asarray(np.stack([b[0] for b in bands])),
                jnp.asarray(np.stack([b[1] for b in bands]))]
     levels.append(_make_levels(canvas, jnp.asarray(members), *axes))
@@ -458,6 +463,13 @@ def window_starts(layout: ScanLayout, idx: np.ndarray, size: int, batch: int) ->
   idx = _pad(np.asarray(idx), batch)
   return (layout.origin[idx, None]
           + np.arange(size, dtype=np.int32)[None, :] * layout.row_stride[idx, None])
+
+
+def window_batches(layout: ScanLayout, size: int, batch: int) -> list[np.ndarray]:
+  """:func:`window_starts` of every window of a scan, ``batch`` windows at a time, in order."""
+  n = len(layout.boxes)
+  return [window_starts(layout, np.arange(start, min(n, start + batch)), size, batch)
+          for start in range(0, n, batch)]
 
 
 def _gather_windows(atlas: jax.Array, starts: jax.Array) -> jax.Array:
@@ -502,11 +514,9 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
   place_batch, place_all = _placements(mesh)
   atlas = make_atlas(place_all(pad_to_canvas(images)), layout, options)
   variables = place_all(variables)
-  n = len(layout.boxes)
-  probs_dev = [window_probabilities(variables, cut_windows(atlas, place_batch(window_starts(
-      layout, np.arange(start, min(n, start + batch)), options.input_size, batch))))
-      for start in range(0, n, batch)]
-  probs = np.concatenate(jax.device_get(probs_dev))[:n]
+  probs_dev = [window_probabilities(variables, cut_windows(atlas, place_batch(starts)))
+               for starts in window_batches(layout, options.input_size, batch)]
+  probs = np.concatenate(jax.device_get(probs_dev))[:len(layout.boxes)]
   results, start = [], 0
   for b in layout.per_image:
     p = probs[start:start + len(b)]
