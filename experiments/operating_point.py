@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-GROUPS = ("LF", "LM", "DF", "DM")
+from jaxface import data as data_lib
+from jaxface import evaluation, inference
+from jaxface.checkpoints import load_run
+
+GROUPS = data_lib.GROUPS
 
 
 def run_figures(run: str | Path, fpr: float, cache: dict | None = None) -> dict[str, Any]:
   """The figures of one run at the ``fpr`` threshold and at 0.5 (see the module docstring)."""
-  from jaxface import data as data_lib
-  from jaxface import evaluation, inference
-  from jaxface.checkpoints import load_run
-
   config, variables = load_run(run)
   cache = {} if cache is None else cache
   key = json.dumps(config.data.to_dict(), sort_keys=True, default=str)

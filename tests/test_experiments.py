@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import shared_data_dir
+from helpers import load_experiment, shared_data_dir
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 DATA = shared_data_dir() / "utkface-bias"
 
 
 def _load(name: str):
-  spec = importlib.util.spec_from_file_location(f"_experiments_{name}", EXPERIMENTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment(name, f"_experiments_{name}")
 
 
 def test_benchmark_quick_sections():
