@@ -117,28 +117,33 @@ def test_level_matrix_is_jax_scale_and_translate(method, length, side, size):
   np.testing.assert_allclose(matrix, np.asarray(reference), atol=2e-6)
 
 
+def _device_windows(photos, options):
+  """The layout of one scan call of ``photos`` and all its windows, cut on the device."""
+  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
+  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas(photos)), layout, options)
+  idx = np.arange(len(layout.boxes))
+  size = options.input_size
+  return layout, np.asarray(detect.cut_windows(atlas, detect.window_starts(layout, idx, size,
+                                                                           len(idx))))
+
+
 @pytest.mark.parametrize("method", ["lanczos3", "linear"])
 def test_device_windows_equal_slices_of_the_resized_photo(method):
   options = detect.ScanOptions(input_size=32, method=method, min_frac=0.3, n_scales=4)
   photos = [_photo(75, 90, seed=1), _photo(40, 123, seed=2)]  # two sizes on one canvas
-  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
-  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas(photos)), layout, options)
+  layout, crops = _device_windows(photos, options)
   start = 0
   for photo, boxes in zip(photos, layout.per_image):
-    idx = np.arange(start, start + len(boxes))
+    np.testing.assert_allclose(crops[start:start + len(boxes)], reference_windows(photo, options),
+                               atol=2e-5)
     start += len(boxes)
-    crops = detect.cut_windows(atlas, detect.window_starts(layout, idx, 32, len(idx)))
-    np.testing.assert_allclose(np.asarray(crops), reference_windows(photo, options), atol=2e-5)
 
 
 def test_windows_of_a_flat_photo_are_flat_up_to_its_edges():
   # Filter weights sum to one and stop at the photo's edge: no zero padding leaks in.
   options = detect.ScanOptions(input_size=32, min_frac=0.25, n_scales=5, method="lanczos3")
   photos = [np.full((70, 50, 3), 200, np.uint8), np.full((130, 97, 3), 200, np.uint8)]
-  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
-  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas(photos)), layout, options)
-  idx = np.arange(len(layout.boxes))
-  crops = np.asarray(detect.cut_windows(atlas, detect.window_starts(layout, idx, 32, len(idx))))
+  layout, crops = _device_windows(photos, options)
   assert len(np.unique(layout.boxes[:, 2])) >= 4
   np.testing.assert_allclose(crops, 200 / 255, atol=1e-5)
 
@@ -146,10 +151,7 @@ def test_windows_of_a_flat_photo_are_flat_up_to_its_edges():
 def test_windows_of_the_input_size_are_the_photo_s_own_pixels():
   options = detect.ScanOptions(input_size=32, min_frac=1.0, max_frac=1.0, n_scales=1)
   photo = _photo(32, 48, seed=3)
-  layout = detect.scan_layout([photo.shape[:2]], options)
-  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas([photo])), layout, options)
-  idx = np.arange(len(layout.boxes))
-  crops = np.asarray(detect.cut_windows(atlas, detect.window_starts(layout, idx, 32, len(idx))))
+  layout, crops = _device_windows([photo], options)
   for crop, (x0, y0, side) in zip(crops, layout.boxes):
     np.testing.assert_allclose(crop, photo[y0:y0 + side, x0:x0 + side] / 255.0, atol=1e-7)
 
