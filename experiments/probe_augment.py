@@ -43,10 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from jaxface import augment, evaluation, models, train  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
-from jaxface.data import test_sets  # noqa: E402
+from jaxface.data import GROUPS, test_sets  # noqa: E402
 
 DATA = pathlib.Path(os.environ.get("JAXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
-GROUPS = ("LF", "LM", "DF", "DM")
 
 
 def _config(seed: int, epochs: int, manifest: str, steps_per_epoch: int = -1):

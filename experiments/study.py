@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-GROUPS = ("LF", "LM", "DF", "DM")
+from jaxface.data import GROUPS
+
 DARK = ("DF", "DM")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO.parent / "shared" / "data" / "utkface-bias" / "manifest.csv"

@@ -12,6 +12,14 @@ to chin, like the UTKFace chips) shows a framing of ``0.8 * scale`` after the zo
 default range (0.85, 1.9) covers framings from about 0.7 to 1.5 face boxes (the Pilot
 Parliaments Benchmark crops are at 0.8 and 1.2). The scale is drawn log-uniformly.
 
+Non-faces zoomed in further. A face zoomed in much below 0.85 is no longer a whole face, but a
+non-face zoomed in is still a non-face, and a detector scanning whole photos sees non-face
+windows smaller than any training crop (the scan's smallest window is a fifth of the photo's
+shorter side; utkface-bias' non-face crops take 40-100% of it). ``non_face_scale_min`` (below
+``scale_min``) widens the non-faces' range to ``[non_face_scale_min, scale_max]``, drawn
+log-uniformly too: 0.5 takes the 40% crops down to the scan's fifth. The faces' draws are
+unchanged, bit for bit.
+
 Fill. Zooming out needs pixels the chip does not have. ``fill='reflect'`` mirrors the chip at
 its edges (edge pixel repeated); ``fill='background'`` puts the image in front of a
 background image of the same size (e.g. another non-face of the batch,
@@ -58,6 +66,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
     saturation: saturation factor drawn uniformly in [1 - saturation, 1 + saturation] around
       each pixel's grey level.
     fill: what surrounds a zoomed-out or shifted image: 'reflect' or 'background'.
+    non_face_scale_min: smallest zoom of the non-faces (see the module docstring); 0 uses
+      ``scale_min`` for them too.
 
   Returns:
     A ConfigDict with the fields above.
@@ -72,6 +82,7 @@ def default_augment_config() -> ml_collections.ConfigDict:
       "contrast": 0.2,
       "saturation": 0.2,
       "fill": "reflect",
+      "non_face_scale_min": 0.0,
   })
 
 
@@ -82,6 +93,10 @@ def check_augment_config(config: ml_collections.ConfigDict) -> None:
   if not 0 < config.scale_min <= config.scale_max:
     raise ValueError(f"augment.scale_min, scale_max = {config.scale_min!r}, "
                      f"{config.scale_max!r}: need 0 < scale_min <= scale_max")
+  nf_min = config.get("non_face_scale_min", 0.0)
+  if nf_min != 0 and not 0 < nf_min <= config.scale_min:
+    raise ValueError(f"augment.non_face_scale_min = {nf_min!r}: must be 0 (same as "
+                     f"scale_min) or in (0, scale_min = {config.scale_min!r}]")
   for field in ("max_translate", "brightness", "contrast", "saturation"):
     if not config[field] >= 0:
       raise ValueError(f"augment.{field} = {config[field]!r}: must be >= 0")
@@ -204,11 +219,16 @@ def _grey(image: Array) -> Array:
   return jnp.tensordot(image, jnp.asarray(_LUMA, image.dtype), axes=([-1], [0]))[..., None]
 
 
-def _augment_one(key: Array, image: Array, background: Array | None, config: "_Params") -> Array:
-  """Augments one (H, W, 3) image (see :func:`augment_batch`)."""
+def _augment_one(key: Array, image: Array, background: Array | None, is_face: Array | None,
+                 config: "_Params") -> Array:
+  """Augments one (H, W, 3) image (see :func:`augment_batch`); ``is_face`` () bool or None
+  when every row draws from ``[scale_min, scale_max]``."""
   h, w = image.shape[0], image.shape[1]
   k_scale, k_ty, k_tx, k_flip, k_b, k_c, k_s = jax.random.split(key, 7)
-  log_scale = jax.random.uniform(k_scale, (), minval=jnp.log(config.scale_min),
+  log_min = jnp.log(jnp.float32(config.scale_min))
+  if is_face is not None:
+    log_min = jnp.where(is_face, log_min, jnp.log(jnp.float32(config.non_face_scale_min)))
+  log_scale = jax.random.uniform(k_scale, (), minval=log_min,
                                  maxval=jnp.log(config.scale_max))
   scale = jnp.exp(log_scale)
   t = config.max_translate
@@ -258,7 +278,7 @@ def _augment_one(key: Array, image: Array, background: Array | None, config: "_P
 
 
 def augment_batch(key: Array, images: Array, background: Array | None,
-                  config: ml_collections.ConfigDict) -> Array:
+                  config: ml_collections.ConfigDict, labels: Array | None = None) -> Array:
   """Augments every image of a batch with its own random zoom, shift, flip and colour jitter.
 
   Jittable (close over ``config``: its values are read at trace time) and vmappable.
@@ -271,6 +291,8 @@ def augment_batch(key: Array, images: Array, background: Array | None,
       image with ``config.fill == 'background'`` (e.g. :func:`background_from_batch`); may be
       None with ``'reflect'``.
     config: fields of :func:`default_augment_config`.
+    labels: (B,) 1 = face; needed when ``config.non_face_scale_min`` sets the non-faces' zoom
+      apart (ignored otherwise).
 
   Returns:
     (B, H, W, 3) float32 in [0, 1]; ``images`` itself when ``config.enabled`` is False.
@@ -282,7 +304,15 @@ def augment_batch(key: Array, images: Array, background: Array | None,
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must have shape (B, H, W, 3), got {images.shape}")
   keys = _row_keys(key, images.shape[0])
-  params = _Params(**{field: config[field] for field in _Params._fields})
+  params = _params(config)
+  is_face = None
+  if params.non_face_scale_min != params.scale_min:
+    if labels is None:
+      raise ValueError("augment.non_face_scale_min sets the non-faces' zoom apart: "
+                       "augment_batch needs the batch's labels")
+    is_face = jnp.asarray(labels).reshape(-1) != 0
+    if is_face.shape[0] != images.shape[0]:
+      raise ValueError(f"got {is_face.shape[0]} labels for a batch of {images.shape[0]} images")
   if config.fill == "background":
     if background is None:
       raise ValueError("augment.fill = 'background' needs a background batch, got None")
@@ -292,7 +322,14 @@ def augment_batch(key: Array, images: Array, background: Array | None,
                        f"{images.shape}")
   else:
     background = None
-  return _augment_rows(keys, images, background, params)
+  return _augment_rows(keys, images, background, is_face, params)
+
+
+def _params(config: ml_collections.ConfigDict) -> "_Params":
+  """The hashable :class:`_Params` of a config (``non_face_scale_min`` 0 -> ``scale_min``)."""
+  values = {field: config[field] for field in _Params._fields if field != "non_face_scale_min"}
+  return _Params(**values,
+                 non_face_scale_min=config.get("non_face_scale_min", 0.0) or config.scale_min)
 
 
 class _Params(NamedTuple):
@@ -305,16 +342,17 @@ class _Params(NamedTuple):
   contrast: float
   saturation: float
   fill: str
+  non_face_scale_min: float
 
 
 @functools.partial(jax.jit, static_argnames=("params",))
-def _augment_rows(keys: Array, images: Array, background: Array | None,
+def _augment_rows(keys: Array, images: Array, background: Array | None, is_face: Array | None,
                   params: _Params) -> Array:
   """:func:`_augment_one` over the rows (compiled once per shape and setting, also when called
   outside a jitted step)."""
-  if background is None:
-    return jax.vmap(lambda k, x: _augment_one(k, x, None, params))(keys, images)
-  return jax.vmap(lambda k, x, bg: _augment_one(k, x, bg, params))(keys, images, background)
+  return jax.vmap(functools.partial(_augment_one, config=params),
+                  in_axes=(0, 0, None if background is None else 0,
+                           None if is_face is None else 0))(keys, images, background, is_face)
 
 
 def augment_for_step(base_key: Array, step: Array | int, images: Array, labels: Array,
@@ -345,4 +383,4 @@ def augment_for_step(base_key: Array, step: Array | int, images: Array, labels: 
   if config.fill == "background":
     bg_keys = layout_keys(key_background, images.shape[0], num_shards)
     background = background_from_batch(bg_keys, images, labels, num_shards)
-  return augment_batch(keys, images, background, config)
+  return augment_batch(keys, images, background, config, labels)

@@ -43,8 +43,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # non-faces alike (the VAE reconstructs the augmented face); fields and defaults in
   # jaxface.augment.default_augment_config: enabled, scale_min / scale_max (zoom, > 1 zooms
   # out), max_translate, flip, brightness, contrast, saturation, fill ('reflect' or
-  # 'background'). enabled=False trains on the chips as they are (the lab's recipe,
-  # configs/*_lab.py).
+  # 'background'), non_face_scale_min (non-faces zoomed in further, for scans of whole photos).
+  # enabled=False trains on the chips as they are (the lab's recipe, configs/*_lab.py).
   config.augment = augment.default_augment_config()
 
   # Whole-photo test sets, scanned with sliding windows once after the last epoch: faces found
@@ -246,7 +246,7 @@ def _validate_augment(config: ml_collections.ConfigDict, fail) -> None:
     if not isinstance(aug[field], bool):
       fail(f"augment.{field}", "must be True or False")
   for field in ("scale_min", "scale_max", "max_translate", "brightness", "contrast",
-                "saturation"):
+                "saturation", "non_face_scale_min"):
     value = aug[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       fail(f"augment.{field}", "must be a number")

@@ -35,10 +35,9 @@ import ml_collections
 from jax.sharding import Mesh
 
 from jaxface import detect, evaluation
-from jaxface.data import DataError, parse_named_paths
+from jaxface.data import GROUPS, DataError, parse_named_paths
 
 PyTree = Any
-GROUP_ORDER = ("LF", "LM", "DF", "DM")
 
 
 def default_whole_images_config() -> ml_collections.ConfigDict:
@@ -160,7 +159,7 @@ def group_figures(found: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   """
   rates = {g: v["rate"] for g, v in found.items()
            if g not in ("overall", "unknown") and v.get("rate") is not None}
-  order = [g for g in GROUP_ORDER if g in rates] + sorted(set(rates) - set(GROUP_ORDER))
+  order = [g for g in GROUPS if g in rates] + sorted(set(rates) - set(GROUPS))
   out = {"group_order": order, "E_A": None, "Var_A": None, "worst_group": None,
          "worst_rate": None}
   if order:

@@ -151,13 +151,14 @@ def test_jit_and_vmap_match_eager():
                                atol=1e-5)
 
 
-def test_step_augmentation_does_not_depend_on_the_shard_count():
+@pytest.mark.parametrize("non_face_scale_min", [0.0, 0.5])
+def test_step_augmentation_does_not_depend_on_the_shard_count(non_face_scale_min):
   batch = 8
   x = _images(batch)
   labels = jnp.array([1, 1, 1, 1, 0, 0, 0, 0])
   # The 2-shard layout of the same one-shard batch: shard s = faces[s], non-faces[s].
   order = np.array([0, 1, 4, 5, 2, 3, 6, 7])
-  config = _config(fill="background")
+  config = _config(fill="background", non_face_scale_min=non_face_scale_min)
   one = augment.augment_for_step(jax.random.key(0), 7, x, labels, config, num_shards=1)
   two = augment.augment_for_step(jax.random.key(0), 7, x[order], labels[order], config,
                                  num_shards=2)
@@ -166,8 +167,40 @@ def test_step_augmentation_does_not_depend_on_the_shard_count():
   assert np.abs(np.asarray(other_step) - np.asarray(one)).max() > 0.05
 
 
+def test_non_face_scale_min_zooms_in_on_the_non_faces_only():
+  labels = jnp.array([1] * 8 + [0] * 8)
+  x = jnp.asarray(np.stack([_square(16)] * 16))
+  config = _degenerate(non_face_scale_min=0.5)  # faces at scale 1, non-faces in [0.5, 1]
+  out = np.asarray(augment.augment_batch(jax.random.key(0), x, None, config, labels))
+  np.testing.assert_allclose(out[:8], np.asarray(x[:8]), atol=1e-5)  # faces: the identity
+  area = out[8:, ..., 0].sum(axis=(1, 2))
+  # A zoom of s shows the square at side 16 / s: area in [256, 1024], mean about 550.
+  assert area.min() >= 256 - 2 * 16 and area.max() <= 1024 + 2 * 32
+  assert area.mean() > 400
+
+
+def test_non_face_scale_min_keeps_the_faces_draws_and_defaults_to_scale_min():
+  x = _images(8)
+  labels = jnp.array([1, 1, 1, 1, 0, 0, 0, 0])
+  plain = np.asarray(augment.augment_batch(jax.random.key(2), x, None, _config()))
+  same = augment.augment_batch(jax.random.key(2), x, None, _config(non_face_scale_min=0.85),
+                               labels)
+  np.testing.assert_array_equal(np.asarray(same), plain)  # = scale_min: the default's result
+  wider = np.asarray(augment.augment_batch(jax.random.key(2), x, None,
+                                           _config(non_face_scale_min=0.4), labels))
+  np.testing.assert_array_equal(wider[:4], plain[:4])
+  assert np.abs(wider[4:] - plain[4:]).max() > 0.05
+
+
+def test_non_face_scale_min_needs_the_labels():
+  with pytest.raises(ValueError, match="labels"):
+    augment.augment_batch(jax.random.key(0), _images(2), None, _config(non_face_scale_min=0.5))
+
+
 @pytest.mark.parametrize("field,value", [("fill", "zeros"), ("scale_min", 0.0),
-                                         ("contrast", 1.5), ("brightness", -0.1)])
+                                         ("contrast", 1.5), ("brightness", -0.1),
+                                         ("non_face_scale_min", -0.5),
+                                         ("non_face_scale_min", 0.9)])
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     augment.augment_batch(jax.random.key(0), _images(2), None, _config(**{field: value}))

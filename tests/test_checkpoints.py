@@ -182,3 +182,22 @@ def test_ctrl_c_during_checkpoint_io_is_held_until_it_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   finally:
     signal.signal(signal.SIGINT, outer)
+
+
+def test_augment_identity_of_runs_before_and_after_non_face_scale_min():
+  from jaxface import config as config_lib
+
+  key = jax.random.key(0)
+  config = config_lib.get_base_config()
+  before = config_lib.get_base_config()
+  before.augment.unlock()
+  del before.augment["non_face_scale_min"]  # a run written before the field existed
+  identity = checkpoints.run_identity(config, 10, 100, key)
+  assert identity == checkpoints.run_identity(before, 10, 100, key)
+  config.augment.non_face_scale_min = config.augment.scale_min  # the same draws
+  assert checkpoints.run_identity(config, 10, 100, key) == identity
+  config.augment.non_face_scale_min = 0.5
+  changed = checkpoints.run_identity(config, 10, 100, key)
+  assert changed["augment"]["non_face_scale_min"] == 0.5
+  with pytest.raises(ValueError, match="augment: checkpoint has"):
+    checkpoints.check_resume(identity, changed, "/ckpt")

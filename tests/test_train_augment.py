@@ -110,6 +110,7 @@ def test_shipped_configs_augment_and_lab_configs_do_not():
     ("augment.contrast", 1.5, "config.augment.contrast = 1.5"),
     ("augment.saturation", -1.0, "config.augment.saturation"),
     ("augment.max_translate", -0.2, "config.augment.max_translate"),
+    ("augment.non_face_scale_min", 0.9, "config.augment.non_face_scale_min = 0.9"),
 ])
 def test_bad_augment_field_fails_by_name_before_compile(tmp_path, monkeypatch, field, value,
                                                         message):

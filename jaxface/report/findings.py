@@ -15,12 +15,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxface import evaluation, models
+from jaxface.data import GROUPS
 
 PyTree = Any
 
 KIND_LABELS = {"cnn": "standard CNN", "ssvae": "SS-VAE", "dbvae": "DB-VAE"}
 # The usual order of the skin x gender groups; other groups follow, sorted.
-CANONICAL_GROUPS = ("LF", "LM", "DF", "DM")
+CANONICAL_GROUPS = GROUPS
 SCORE_TEXT = {
     "bias": ("bias score", "log latent density: low = rare"),
     "epistemic": ("epistemic score", "reconstruction error: high = unfamiliar"),
