@@ -50,7 +50,8 @@ def zoom_out(images: np.ndarray, labels: np.ndarray, scale: float, fill: str,
   """
   config = augment.default_augment_config()
   config.update(scale_min=scale, scale_max=scale, max_translate=0.0, flip=False,
-                brightness=0.0, contrast=0.0, saturation=0.0, fill=fill)
+                brightness=0.0, contrast=0.0, saturation=0.0, fill=fill,
+                non_face_scale_min=0.0)  # the same zoom for faces and non-faces
   x = (np.asarray(to_float(images), np.float32) if images.dtype == np.uint8
        else np.asarray(images, np.float32))
   key = jax.random.key(seed)

@@ -12,13 +12,23 @@ to chin, like the UTKFace chips) shows a framing of ``0.8 * scale`` after the zo
 default range (0.85, 1.9) covers framings from about 0.7 to 1.5 face boxes (the Pilot
 Parliaments Benchmark crops are at 0.8 and 1.2). The scale is drawn log-uniformly.
 
-Non-faces zoomed in further. A face zoomed in much below 0.85 is no longer a whole face, but a
-non-face zoomed in is still a non-face, and a detector scanning whole photos sees non-face
-windows smaller than any training crop (the scan's smallest window is a fifth of the photo's
-shorter side; utkface-bias' non-face crops take 40-100% of it). ``non_face_scale_min`` (below
-``scale_min``) widens the non-faces' range to ``[non_face_scale_min, scale_max]``, drawn
-log-uniformly too: 0.5 takes the 40% crops down to the scan's fifth. The faces' draws are
-unchanged, bit for bit.
+Matched to the whole-photo scan (:mod:`jaxface.detect`, default :class:`ScanOptions`), two
+defaults follow from the scan's geometry rather than from the chips:
+
+* Shift. Windows step by a quarter of their side, so a face lies up to an eighth of a window
+  side off the nearest window's centre along each axis. ``max_translate`` is a fraction of the
+  chip, and a window framing the face at the zoom range's geometric middle (1.27) shows a shift
+  of ``max_translate / 1.27`` of its side, so the default 0.16 covers the eighth.
+* Non-faces zoomed in further. A face zoomed in much below 0.85 is no longer a whole face, but
+  a non-face zoomed in is still a non-face, and the scan sees non-face windows smaller than any
+  training crop (its smallest window is a fifth of the photo's shorter side; utkface-bias'
+  non-face crops take 40-100% of it). ``non_face_scale_min`` (below ``scale_min``) widens the
+  non-faces' range to ``[non_face_scale_min, scale_max]``, drawn log-uniformly too (at or
+  above ``scale_min`` it changes nothing): the default 0.5 takes the 40% crops down to the
+  scan's fifth. The faces' draws are unchanged by it, bit for bit; 0 draws the non-faces' zoom
+  from ``[scale_min, scale_max]`` too.
+
+What these two did on whole photos and on the crops: experiments/results/detect_whole_images.md.
 
 Fill. Zooming out needs pixels the chip does not have. ``fill='reflect'`` mirrors the chip at
 its edges (edge pixel repeated); ``fill='background'`` puts the image in front of a
@@ -58,7 +68,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
     scale_min, scale_max: range of the zoom factor (field-of-view side over the input's side,
       > 1 zooms out), drawn log-uniformly; see the module docstring.
     max_translate: largest shift of the image centre along each axis, as a fraction of the
-      image side, drawn uniformly in [-max_translate, max_translate].
+      image side, drawn uniformly in [-max_translate, max_translate] (see the module
+      docstring for the default).
     flip: flip each image left-right with probability 1/2.
     brightness: largest additive brightness change (uniform in [-brightness, brightness]).
     contrast: contrast factor drawn uniformly in [1 - contrast, 1 + contrast] around the
@@ -66,8 +77,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
     saturation: saturation factor drawn uniformly in [1 - saturation, 1 + saturation] around
       each pixel's grey level.
     fill: what surrounds a zoomed-out or shifted image: 'reflect' or 'background'.
-    non_face_scale_min: smallest zoom of the non-faces (see the module docstring); 0 uses
-      ``scale_min`` for them too.
+    non_face_scale_min: smallest zoom of the non-faces where below ``scale_min`` (see the
+      module docstring); 0 uses ``scale_min`` for them too (then no labels are needed).
 
   Returns:
     A ConfigDict with the fields above.
@@ -76,13 +87,13 @@ def default_augment_config() -> ml_collections.ConfigDict:
       "enabled": True,
       "scale_min": 0.85,
       "scale_max": 1.9,
-      "max_translate": 0.08,
+      "max_translate": 0.16,
       "flip": True,
       "brightness": 0.1,
       "contrast": 0.2,
       "saturation": 0.2,
       "fill": "reflect",
-      "non_face_scale_min": 0.0,
+      "non_face_scale_min": 0.5,
   })
 
 
@@ -93,10 +104,9 @@ def check_augment_config(config: ml_collections.ConfigDict) -> None:
   if not 0 < config.scale_min <= config.scale_max:
     raise ValueError(f"augment.scale_min, scale_max = {config.scale_min!r}, "
                      f"{config.scale_max!r}: need 0 < scale_min <= scale_max")
-  nf_min = config.get("non_face_scale_min", 0.0)
-  if nf_min != 0 and not 0 < nf_min <= config.scale_min:
-    raise ValueError(f"augment.non_face_scale_min = {nf_min!r}: must be 0 (same as "
-                     f"scale_min) or in (0, scale_min = {config.scale_min!r}]")
+  if not config.get("non_face_scale_min", 0.0) >= 0:
+    raise ValueError(f"augment.non_face_scale_min = {config.non_face_scale_min!r}: must be "
+                     ">= 0 (0: the non-faces' zoom range is the faces')")
   for field in ("max_translate", "brightness", "contrast", "saturation"):
     if not config[field] >= 0:
       raise ValueError(f"augment.{field} = {config[field]!r}: must be >= 0")
@@ -326,10 +336,12 @@ def augment_batch(key: Array, images: Array, background: Array | None,
 
 
 def _params(config: ml_collections.ConfigDict) -> "_Params":
-  """The hashable :class:`_Params` of a config (``non_face_scale_min`` 0 -> ``scale_min``)."""
+  """The hashable :class:`_Params` of a config; ``non_face_scale_min`` is the non-faces'
+  lower bound, ``min(non_face_scale_min, scale_min)`` (``scale_min`` for 0)."""
   values = {field: config[field] for field in _Params._fields if field != "non_face_scale_min"}
-  return _Params(**values,
-                 non_face_scale_min=config.get("non_face_scale_min", 0.0) or config.scale_min)
+  non_face_min = config.get("non_face_scale_min", 0.0)
+  return _Params(**values, non_face_scale_min=(min(non_face_min, config.scale_min)
+                                               if non_face_min > 0 else config.scale_min))
 
 
 class _Params(NamedTuple):

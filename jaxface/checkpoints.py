@@ -76,14 +76,15 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
 def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | bool:
   """The augmentation settings a resumed run must share (False when augmentation is off).
 
-  ``non_face_scale_min`` is left out where it changes nothing (0 or ``scale_min``), so a run
-  written before the field existed still resumes.
+  ``non_face_scale_min`` is left out where it changes nothing (0, or at or above
+  ``scale_min``), so a run written before the field existed (with its augmentation) still
+  resumes.
   """
   aug = config.get("augment")
   if aug is None or not aug.get("enabled", False):
     return False
   identity = {key: aug[key] for key in sorted(aug.keys())}
-  if identity.get("non_face_scale_min", 0) in (0, identity.get("scale_min")):
+  if not 0 < identity.get("non_face_scale_min", 0) < identity["scale_min"]:
     identity.pop("non_face_scale_min", None)
   return identity
 

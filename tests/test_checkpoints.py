@@ -188,14 +188,14 @@ def test_augment_identity_of_runs_before_and_after_non_face_scale_min():
   from jaxface import config as config_lib
 
   key = jax.random.key(0)
-  config = config_lib.get_base_config()
   before = config_lib.get_base_config()
   before.augment.unlock()
   del before.augment["non_face_scale_min"]  # a run written before the field existed
-  identity = checkpoints.run_identity(config, 10, 100, key)
-  assert identity == checkpoints.run_identity(before, 10, 100, key)
-  config.augment.non_face_scale_min = config.augment.scale_min  # the same draws
-  assert checkpoints.run_identity(config, 10, 100, key) == identity
+  identity = checkpoints.run_identity(before, 10, 100, key)
+  config = config_lib.get_base_config()
+  for no_effect in (0.0, config.augment.scale_min, 1.0):  # the same draws as before
+    config.augment.non_face_scale_min = no_effect
+    assert checkpoints.run_identity(config, 10, 100, key) == identity
   config.augment.non_face_scale_min = 0.5
   changed = checkpoints.run_identity(config, 10, 100, key)
   assert changed["augment"]["non_face_scale_min"] == 0.5

@@ -35,8 +35,9 @@ def load_config_module(name: str):
   return module
 
 
-def _step_parts(kind: str, fill: str = "reflect"):
-  config = tiny_config(kind, batch_size=16, **{"augment.fill": fill})
+def _step_parts(kind: str, fill: str = "reflect", non_face_scale_min: float = 0.0):
+  config = tiny_config(kind, batch_size=16, **{"augment.fill": fill,
+                                               "augment.non_face_scale_min": non_face_scale_min})
   optimizer = train.make_optimizer(config)
   state = train.create_train_state(jax.random.key(0), config, optimizer)
   data = data_lib.make_planted_bias(64, image_size=32, seed=1)
@@ -47,10 +48,11 @@ def _step_parts(kind: str, fill: str = "reflect"):
   return config, state.replace(step=jnp.int32(3)), batch, step
 
 
-@pytest.mark.parametrize("kind", ["cnn", "dbvae"])
-@pytest.mark.parametrize("fill", ["reflect", "background"])
-def test_step_trains_on_the_augmented_faces_and_non_faces(kind, fill):
-  config, state, batch, step = _step_parts(kind, fill)
+@pytest.mark.parametrize("kind,fill,non_face_scale_min", [
+    ("cnn", "reflect", 0.0), ("cnn", "background", 0.0), ("dbvae", "reflect", 0.0),
+    ("dbvae", "background", 0.0), ("cnn", "background", 0.5)])
+def test_step_trains_on_the_augmented_faces_and_non_faces(kind, fill, non_face_scale_min):
+  config, state, batch, step = _step_parts(kind, fill, non_face_scale_min)
   key = jax.random.key(7)
   new_aug, m_aug = step(state, batch, key, augment=config.augment)
   # The same step on the batch augmented outside it, as augment_for_step does at this step.
@@ -110,7 +112,7 @@ def test_shipped_configs_augment_and_lab_configs_do_not():
     ("augment.contrast", 1.5, "config.augment.contrast = 1.5"),
     ("augment.saturation", -1.0, "config.augment.saturation"),
     ("augment.max_translate", -0.2, "config.augment.max_translate"),
-    ("augment.non_face_scale_min", 0.9, "config.augment.non_face_scale_min = 0.9"),
+    ("augment.non_face_scale_min", -0.5, "config.augment.non_face_scale_min = -0.5"),
 ])
 def test_bad_augment_field_fails_by_name_before_compile(tmp_path, monkeypatch, field, value,
                                                         message):
@@ -156,7 +158,7 @@ def test_background_fill_comes_from_non_faces_for_faces_and_non_faces_alike():
   labels = train.join_halves(jnp.ones(n), jnp.zeros(n))
   config = augment.default_augment_config()
   config.update(fill="background", scale_min=3.0, scale_max=3.0, max_translate=0.0,
-                brightness=0.0, contrast=0.0, saturation=0.0)
+                brightness=0.0, contrast=0.0, saturation=0.0, non_face_scale_min=0.0)
   out = augment.augment_for_step(jax.random.key(1), 0, images, labels, config)
   corners = np.asarray(out[:, 0, 0, 0])
   non_face_values = np.asarray(non_faces[:, 0, 0, 0])
@@ -172,6 +174,7 @@ def test_reflect_fill_ignores_the_label():
   data = data_lib.make_planted_bias(16, image_size=32, seed=3)
   images = jnp.asarray(data_lib.to_float(data.images[:16]))
   config = augment.default_augment_config()
+  config.non_face_scale_min = 0.0  # faces and non-faces zoomed alike
   ones, zeros = jnp.ones(16), jnp.zeros(16)
   as_faces = augment.augment_for_step(jax.random.key(2), 5, images, ones.at[8:].set(0), config)
   swapped = augment.augment_for_step(jax.random.key(2), 5, images, zeros.at[8:].set(1), config)
