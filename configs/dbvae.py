@@ -10,11 +10,12 @@ The signal was chosen on validation data (the planted validation split; the UTKF
 not tell the signals apart): experiments/results/README.md. Real faces (5 seeds, trained on
 the UTKFace bias set with ``--config.data.source=manifest
 --config.data.path=PATH/utkface-bias/manifest.csv``, the PPB crops as
-``--config.data.extra_test_sets``; experiments/results/study_utkface_ppb_cosine4.md): UTKFace
-test E[A] 99.7%, non-face accuracy 99.0%; PPB tight / loose E[A] 95.1 / 95.0%, worst group (DM)
-90.0 / 89.3%, Var[A] 16 / 23 %² (configs/cnn.py: 93.8 / 94.3%, 86.1 / 86.8%, 28 / 35 %²); whole
-PPB portraits (``config.whole_images``) 80% of the faces found, DM 65%. On the planted faces
-(5 seeds; experiments/results/study_planted_cosine4.md): E[A] 95.2%, worst group 89.0%
+``--config.data.extra_test_sets``; experiments/results/study_utkface_ppb_scan_augment.md):
+UTKFace test E[A] 99.3%, non-face accuracy 98.2%; PPB tight / loose E[A] 96.0 / 96.6%, worst
+group (DM) 90.7 / 92.2%, Var[A] 16 / 13 %² (configs/cnn.py: 93.9 / 95.9%, 86.5 / 91.2%, 33 / 18
+%²); whole PPB portraits (``config.whole_images``) 91% of the faces found, DM 77% (the CNN's
+79%). On the planted faces (5 seeds, with the earlier augmentation: shift 8%, no separate
+non-face zoom; experiments/results/study_planted_cosine4.md): E[A] 95.2%, worst group 89.0%
 (configs/cnn.py: 78.1 / 53.0%), non-face accuracy 88% (97%). Each run takes about 5 minutes on
 a 2-core CPU. See the summary printed at the end and WORKDIR/report/index.html. A
 check of the whole pipeline in about a minute:

@@ -6,8 +6,8 @@ Adam 5e-4 on a cosine decay, 4 epochs, augmentation on.
 Expected: the report (WORKDIR/report/index.html) shows which faces the model reconstructs
 worst and finds rarest, and the risk scores per group; the classifier shares the standard
 CNN's bias. The same VAE (latent 100) trained without resampling is the DB-VAE's ablation in
-experiments/results/study_utkface_ppb_cosine4.md (PPB tight / loose E[A] 93.8 / 94.4%, worst
-group 87.5 / 87.3%, 5 seeds, UTKFace training). Smoke run: ``--config=configs/ssvae.py:smoke``.
+experiments/results/study_utkface_ppb_scan_augment.md (PPB tight / loose E[A] 93.2 / 95.8%,
+worst group 85.2 / 90.6%, 5 seeds, UTKFace training). Smoke run: ``--config=configs/ssvae.py:smoke``.
 """
 
 from jaxface import config as config_lib

@@ -166,3 +166,40 @@ def test_operating_point_script_rescores_runs_at_a_false_positive_rate(tmp_path,
   assert "| cnn | 2 |" in out and "worst @10%FP" in out
   with pytest.raises(SystemExit, match="not a finished run"):
     script.main([str(tmp_path / "nowhere")])
+
+
+def test_offset_check_scores_the_training_faces_shifted_and_reads_only(tmp_path, capsys):
+  import numpy as np
+  from helpers import tiny_config
+
+  from jaxface import inference, train
+
+  script = _load("offset_check")
+  images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+  shifted = script.shift_images(images, 0.25)  # one pixel down and right, mirrored at the edge
+  np.testing.assert_array_equal(shifted[:, 1:, 1:], images[:, :-1, :-1])
+  np.testing.assert_array_equal(shifted[:, 0, 1:], images[:, 0, :-1])
+  np.testing.assert_array_equal(script.shift_images(images, -0.25)[:, :-1, :-1], images[:, 1:, 1:])
+  np.testing.assert_array_equal(script.shift_images(images, 0.0), images)
+  with pytest.raises(ValueError, match="whole image side"):
+    script.shift_images(images, 1.0)
+
+  run = tmp_path / "cnn" / "seed0"
+  train.train_and_evaluate(tiny_config("cnn", num_epochs=1, steps_per_epoch=2), run)
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+  records = script.main([str(run), "--offsets", "0", "0.25", "--n_faces", "16",
+                         "--threshold", "0.9", "--json", str(tmp_path / "off.jsonl")])
+  assert {p: p.stat().st_mtime_ns for p in before} == before
+  (record,) = records
+  assert record["n_faces"] == 16 and [r["offset"] for r in record["offsets"]] == [0.0, 0.25]
+  # Offset 0 is the model's own logits on those faces.
+  from jaxface.checkpoints import load_run
+  config, variables = load_run(run)
+  faces = script.training_faces(config, 16, 0)
+  logits = np.asarray(inference.infer(variables, faces, ("y_logit",))["y_logit"]).reshape(-1)
+  assert record["offsets"][0]["median_logit"] == pytest.approx(float(np.median(logits)), abs=1e-5)
+  assert record["offsets"][0]["at_0.9"] == pytest.approx(np.mean(logits >= np.log(9.0)))
+  assert json.loads((tmp_path / "off.jsonl").read_text())["run"] == str(run)
+  assert "| 0.2500 |" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="not a finished run"):
+    script.main([str(tmp_path / "nowhere")])
