@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from jaxface import data as data_lib
@@ -62,8 +63,7 @@ def offset_figures(variables: Any, faces: np.ndarray, offsets: Sequence[float],
 
 def training_faces(config, n_faces: int, seed: int) -> np.ndarray:
   """``n_faces`` of the run's training faces (uint8), drawn with ``seed``."""
-  data_config = data_lib.default_data_config()
-  data_config.update({k: v for k, v in config.data.to_dict().items() if k in data_config})
+  data_config = ml_collections.ConfigDict(config.data.to_dict())  # the run's, extra sets off
   data_config.extra_test_sets = ""
   data_config.extra_test_attributes = ""
   train = data_lib.load_datasets(data_config)["train"]

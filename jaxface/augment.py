@@ -335,13 +335,17 @@ def augment_batch(key: Array, images: Array, background: Array | None,
   return _augment_rows(keys, images, background, is_face, params)
 
 
+def non_face_scale_min(config: ml_collections.ConfigDict) -> float:
+  """The non-faces' smallest zoom in effect: ``min(non_face_scale_min, scale_min)``, and
+  ``scale_min`` where the field is 0 or absent (the non-faces then zoom like the faces)."""
+  value = config.get("non_face_scale_min", 0.0)
+  return min(value, config.scale_min) if value > 0 else config.scale_min
+
+
 def _params(config: ml_collections.ConfigDict) -> "_Params":
-  """The hashable :class:`_Params` of a config; ``non_face_scale_min`` is the non-faces'
-  lower bound, ``min(non_face_scale_min, scale_min)`` (``scale_min`` for 0)."""
+  """The hashable :class:`_Params` of a config (``non_face_scale_min`` the one in effect)."""
   values = {field: config[field] for field in _Params._fields if field != "non_face_scale_min"}
-  non_face_min = config.get("non_face_scale_min", 0.0)
-  return _Params(**values, non_face_scale_min=(min(non_face_min, config.scale_min)
-                                               if non_face_min > 0 else config.scale_min))
+  return _Params(**values, non_face_scale_min=non_face_scale_min(config))
 
 
 class _Params(NamedTuple):

@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from jaxface import augment
+
 PyTree = Any
 CORRUPT_DIR = "corrupt"
 ITEMS = ("state", "probs", "meta")
@@ -84,7 +86,7 @@ def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | boo
   if aug is None or not aug.get("enabled", False):
     return False
   identity = {key: aug[key] for key in sorted(aug.keys())}
-  if not 0 < identity.get("non_face_scale_min", 0) < identity["scale_min"]:
+  if augment.non_face_scale_min(aug) == aug.scale_min:
     identity.pop("non_face_scale_min", None)
   return identity
 
