@@ -3,8 +3,9 @@
 Conventions used throughout:
 
 * A sample is *detected as a face* when its face probability ``p = sigmoid(y_logit)`` is
-  strictly greater than the threshold (``p > 0.5`` by default, as the reference study). A
-  non-face is classified correctly when it is not detected (``p <= threshold``).
+  strictly greater than the threshold (``p > 0.5`` by default, as the reference study): the
+  rule of :func:`jaxface.eval.operating_point.detected`. A non-face is classified correctly
+  when it is not detected (``p <= threshold``).
 * Per-group detection rates are fractions in [0, 1]; the aggregate bias figures of the DB-VAE
   paper are in percent: ``E_A`` (mean of the group rates), ``Var_A`` (population variance of the
   group rates, percent squared), ``worst_rate`` and ``gap`` (best minus worst rate).
@@ -34,6 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import inference, losses, models, resampling
+# The figures at a threshold live in jaxface.eval; they are importable from here as well.
+from jaxface.eval.metrics import rate_figures, var_a_sampling_noise  # noqa: F401
+from jaxface.eval.operating_point import (detected, group_metrics,  # noqa: F401
+                                          operating_point, roc_auc, roc_curve, threshold_at_fpr)
 
 Array = jax.Array
 PyTree = Any
@@ -116,122 +121,6 @@ def decode_latents(variables: PyTree, z: np.ndarray | Array, batch_size: int = 2
                    dtype: Any = jnp.float32) -> np.ndarray:
   """Decodes latent codes (M, k) to images (M, H, W, 3) float32 clipped to [0, 1]."""
   return inference.decode(variables, z, batch_size=batch_size, dtype=dtype)
-
-
-# ------------------------------------------------------------------------------------ metrics
-
-
-def var_a_sampling_noise(rates: Sequence[float], counts: Sequence[int]) -> float:
-  """The part of Var[A] (%²) that the finite test set alone contributes.
-
-  Each group's measured rate ``r_g`` is a binomial estimate from ``n_g`` faces, with sampling
-  variance ``s_g² = r_g (1 - r_g) / (n_g - 1)`` (unbiased). Even groups with equal true rates
-  then show a population variance of the G measured rates of, in expectation,
-  ``(G - 1) / G² * sum_g s_g²``; that is returned. ``Var_A`` minus it estimates the variance of
-  the true group rates, so a Var[A] near it cannot be told from a perfectly fair detector, and
-  a cut below it cannot be measured on this test set.
-
-  Args:
-    rates: (G,) detection rates as fractions in [0, 1].
-    counts: (G,) faces per group, each >= 2.
-
-  Returns:
-    The expected sampling part of Var[A] in percent squared.
-  """
-  rates = np.asarray(rates, np.float64)
-  counts = np.asarray(counts, np.float64)
-  if rates.shape != counts.shape or rates.ndim != 1 or rates.size == 0:
-    raise ValueError(f"rates {rates.shape} and counts {counts.shape} must be the same (G,) shape")
-  if not np.all(counts >= 2):
-    raise ValueError(f"every group needs at least 2 faces, got counts {counts.tolist()}")
-  if not np.all((rates >= 0) & (rates <= 1)):
-    raise ValueError(f"rates must be fractions in [0, 1], got {rates.tolist()}")
-  g = rates.size
-  return float((g - 1) / g**2 * np.sum(rates * (1 - rates) / (counts - 1)) * 1e4)
-
-
-def rate_figures(rates: Sequence[tuple[str, float]]) -> dict:
-  """The aggregate bias figures of per-group detection rates.
-
-  Args:
-    rates: ``(group, detection rate as a fraction)`` pairs, at least one.
-
-  Returns:
-    ``{'E_A', 'Var_A', 'worst_group', 'worst_rate', 'gap'}``: the mean rate (%), ``np.var`` of
-    the rates in % (%²), the group with the lowest rate and that rate (%), max - min rate (%).
-  """
-  pct = np.array([r for _, r in rates]) * 100.0
-  worst = int(np.argmin(pct))
-  return {"E_A": float(pct.mean()), "Var_A": float(np.var(pct)), "worst_group": rates[worst][0],
-          "worst_rate": float(pct[worst]), "gap": float(pct.max() - pct.min())}
-
-
-def group_metrics(face_prob: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                  threshold: float = 0.5, group_order: Sequence[str] | None = None) -> dict:
-  """Detection rate per demographic group and the aggregate bias figures.
-
-  A sample counts as detected when ``face_prob > threshold``.
-
-  Args:
-    face_prob: (N,) or (N, 1) face probabilities.
-    labels: (N,) or (N, 1), 1 = face, 0 = non-face.
-    groups: (N,) or (N, 1) group name per sample, ``''`` for non-faces and faces of unknown
-      group.
-    threshold: decision threshold.
-    group_order: groups to report, in this order; a listed group with no faces is reported
-      with ``n = 0`` and ``None`` rates and left out of the aggregates. Groups present in the
-      data but not listed are appended in sorted order. None: the sorted groups present.
-
-  Returns:
-    A JSON-serialisable dict: ``groups`` ``{name: {'n', 'detection_rate' (fraction),
-    'mean_face_prob'}}``; ``group_order``; over the groups with faces ``E_A`` (mean rate, %),
-    ``Var_A`` (``np.var`` of the rates in %, i.e. %²), ``Var_A_noise`` (its part expected from
-    the test set's size alone, :func:`var_a_sampling_noise`; None unless every group has >= 2
-    faces), ``worst_group``, ``worst_rate`` (%),
-    ``gap`` (max - min rate, %); ``face_detection_rate`` (all faces, fraction),
-    ``non_face_accuracy`` (fraction of non-faces with ``p <= threshold``, None without
-    non-faces), ``accuracy`` (all samples), ``n_faces``, ``n_non_faces`` and ``threshold``.
-    Aggregates over no groups are None.
-  """
-  face_prob = losses.flat_per_sample(np.asarray(face_prob, np.float64), "face_prob")
-  labels = losses.flat_per_sample(np.asarray(labels), "labels")
-  groups = losses.flat_per_sample(np.asarray(groups, dtype=str), "groups")
-  if not face_prob.shape == labels.shape == groups.shape:
-    raise ValueError(f"face_prob {face_prob.shape}, labels {labels.shape} and groups "
-                     f"{groups.shape} must have the same length")
-  detected = face_prob > threshold
-  is_face = labels == 1
-  present = sorted({g for g in groups[is_face].tolist() if g})
-  order = list(group_order) if group_order is not None else []
-  order += [g for g in present if g not in order]
-
-  per_group = {}
-  rates = []
-  for g in order:
-    mask = is_face & (groups == g)
-    n = int(mask.sum())
-    if n:
-      rate = float(detected[mask].mean())
-      rates.append((g, rate))
-      per_group[g] = {"n": n, "detection_rate": rate,
-                      "mean_face_prob": float(face_prob[mask].mean())}
-    else:
-      per_group[g] = {"n": 0, "detection_rate": None, "mean_face_prob": None}
-
-  result = {"threshold": float(threshold), "group_order": order, "groups": per_group,
-            "E_A": None, "Var_A": None, "Var_A_noise": None, "worst_group": None,
-            "worst_rate": None, "gap": None}
-  if rates:
-    result.update(rate_figures(rates))
-    counts = [per_group[g]["n"] for g, _ in rates]
-    if min(counts) >= 2:
-      result["Var_A_noise"] = var_a_sampling_noise([r for _, r in rates], counts)
-  n_faces, n_non = int(is_face.sum()), int((labels == 0).sum())
-  result["n_faces"], result["n_non_faces"] = n_faces, n_non
-  result["face_detection_rate"] = float(detected[is_face].mean()) if n_faces else None
-  result["non_face_accuracy"] = float((~detected[labels == 0]).mean()) if n_non else None
-  result["accuracy"] = float((detected == is_face).mean()) if labels.size else None
-  return result
 
 
 # ------------------------------------------------------------------------------- risk scores
@@ -452,7 +341,7 @@ def rate_by_quantile(score: np.ndarray, face_prob: np.ndarray, n_bins: int = 10,
     score: (N,) per-face score.
     face_prob: (N,) face probabilities of the same faces.
     n_bins: number of bands.
-    threshold: detection threshold (``p > threshold``).
+    threshold: detection threshold (:func:`detected`: ``p > threshold``).
 
   Returns:
     :class:`QuantileRates`.
@@ -463,7 +352,7 @@ def rate_by_quantile(score: np.ndarray, face_prob: np.ndarray, n_bins: int = 10,
     raise ValueError(f"score {score.shape} and face_prob {prob.shape} differ in shape")
   bands = _rank_bands(score, n_bins)
   count = np.array([len(b) for b in bands], np.int64)
-  rate = np.array([(prob[b] > threshold).mean() if len(b) else np.nan for b in bands])
+  rate = np.array([detected(prob[b], threshold).mean() if len(b) else np.nan for b in bands])
   mean_prob = np.array([prob[b].mean() if len(b) else np.nan for b in bands])
   lows = [score[b[0]] if len(b) else np.nan for b in bands]
   edges = np.array(lows + [score.max() if score.size else np.nan])
@@ -541,129 +430,3 @@ def latent_traversal(variables: PyTree, z_mean: np.ndarray, dims: Sequence[int] 
   images = decode_latents(variables, codes.reshape(len(dims) * steps, -1), dtype=dtype)
   return Traversal(dims, values.astype(np.float32),
                    images.reshape((len(dims), steps) + images.shape[1:]))
-
-
-# --------------------------------------------------------------------------- operating points
-
-
-def _scores(x, what: str) -> np.ndarray:
-  x = np.asarray(x, np.float64).reshape(-1)
-  if not np.all(np.isfinite(x)):
-    raise ValueError(f"{what} must be finite")
-  return x
-
-
-def roc_auc(face_prob: np.ndarray, non_face_prob: np.ndarray) -> float:
-  """Rank-based ROC AUC of faces against non-faces (Mann-Whitney U over all pairs).
-
-  The probability that a random face scores above a random non-face, a tie counting 1/2.
-
-  Args:
-    face_prob: (N,) scores of the faces.
-    non_face_prob: (M,) scores of the non-faces.
-
-  Returns:
-    The AUC in [0, 1].
-  """
-  pos = _scores(face_prob, "face_prob")
-  neg = _scores(non_face_prob, "non_face_prob")
-  if not pos.size or not neg.size:
-    raise ValueError(f"roc_auc needs faces and non-faces, got {pos.size} and {neg.size}")
-  values, inverse, counts = np.unique(np.concatenate([pos, neg]), return_inverse=True,
-                                      return_counts=True)
-  # Average 1-based rank of each distinct value: the ranks its ties span, averaged.
-  average_rank = np.cumsum(counts) - (counts - 1) / 2.0
-  rank_sum = average_rank[inverse[:pos.size]].sum()
-  return float((rank_sum - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
-
-
-def roc_curve(face_prob: np.ndarray,
-              non_face_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """ROC points of the rule ``p > threshold``, one per distinct score, from (0, 0) to (1, 1).
-
-  The thresholds are the distinct scores, highest first, then -inf; the trapezoidal area under
-  the points equals :func:`roc_auc`.
-
-  Args:
-    face_prob: (N,) scores of the faces.
-    non_face_prob: (M,) scores of the non-faces.
-
-  Returns:
-    ``(false_positive_rate, detection_rate, thresholds)``, each (K,), K = distinct scores + 1.
-  """
-  pos = _scores(face_prob, "face_prob")
-  neg = _scores(non_face_prob, "non_face_prob")
-  if not pos.size or not neg.size:
-    raise ValueError(f"roc_curve needs faces and non-faces, got {pos.size} and {neg.size}")
-  thresholds = np.concatenate([np.unique(np.concatenate([pos, neg]))[::-1], [-np.inf]])
-  # Number of scores strictly above each threshold (thresholds are descending).
-  above = lambda s: s.size - np.searchsorted(np.sort(s), thresholds, side="right")
-  return above(neg) / neg.size, above(pos) / pos.size, thresholds
-
-
-def threshold_at_fpr(non_face_prob: np.ndarray, fpr: float = 0.01) -> tuple[float, float]:
-  """The lowest threshold whose rule ``p > threshold`` detects at most ``fpr`` of the non-faces.
-
-  That is the ``(floor(fpr * M) + 1)``-th highest non-face score: any lower threshold would
-  detect more than ``floor(fpr * M)`` non-faces.
-
-  Args:
-    non_face_prob: (M,) scores of the non-faces.
-    fpr: the largest allowed false positive rate, in [0, 1).
-
-  Returns:
-    ``(threshold, achieved false positive rate)``; the rate is below ``fpr`` where scores tie.
-  """
-  neg = _scores(non_face_prob, "non_face_prob")
-  if not neg.size:
-    raise ValueError("threshold_at_fpr needs at least one non-face score")
-  if not 0.0 <= fpr < 1.0:
-    raise ValueError(f"fpr must be in [0, 1), got {fpr}")
-  allowed = int(np.floor(fpr * neg.size + 1e-9))
-  threshold = float(np.sort(neg)[neg.size - 1 - allowed])
-  return threshold, float(np.mean(neg > threshold))
-
-
-def operating_point(face_prob: np.ndarray, groups: np.ndarray, non_face_prob: np.ndarray,
-                    fpr: float = 0.01, group_order: Sequence[str] | None = None) -> dict:
-  """Per-group detection rates at the threshold giving ``fpr`` false positives, and ROC AUCs.
-
-  The threshold comes from the non-faces alone (:func:`threshold_at_fpr`), so every group is
-  compared at the same operating point; each group's AUC (:func:`roc_auc`) ranks its faces
-  against all non-faces, free of any threshold.
-
-  Args:
-    face_prob: (N,) face probabilities of the faces.
-    groups: (N,) their groups (``''`` for none: counted in the overall rate only).
-    non_face_prob: (M,) face probabilities of the non-faces.
-    fpr: the false positive rate, in [0, 1).
-    group_order: groups listed first, in this order (e.g. ``('LF', 'LM', 'DF', 'DM')``); the
-      other groups follow sorted.
-
-  Returns:
-    ``{'fpr_target', 'threshold', 'fpr', 'detection_rate', 'auc', 'groups': {g: {'n',
-    'detection_rate', 'auc'}}, 'E_A', 'Var_A', 'worst_group', 'worst_rate'}``: rates in [0, 1]
-    except ``E_A``, ``Var_A`` (%²) and ``worst_rate`` in percent, as in :func:`group_metrics`.
-  """
-  pos = _scores(face_prob, "face_prob")
-  groups = np.asarray(groups, dtype=str).reshape(-1)
-  if groups.shape != pos.shape:
-    raise ValueError(f"face_prob {pos.shape} and groups {groups.shape} differ in length")
-  if not pos.size:
-    raise ValueError("operating_point needs at least one face score")
-  threshold, achieved = threshold_at_fpr(non_face_prob, fpr)
-  order = [g for g in (group_order or []) if g in set(groups.tolist())]
-  order += sorted({g for g in groups.tolist() if g} - set(order))
-  per_group = {}
-  for g in order:
-    mask = groups == g
-    per_group[g] = {"n": int(mask.sum()), "detection_rate": float(np.mean(pos[mask] > threshold)),
-                    "auc": roc_auc(pos[mask], non_face_prob)}
-  result = {"fpr_target": float(fpr), "threshold": threshold, "fpr": achieved,
-            "detection_rate": float(np.mean(pos > threshold)),
-            "auc": roc_auc(pos, non_face_prob), "groups": per_group,
-            "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None}
-  if per_group:
-    figures = rate_figures([(g, v["detection_rate"]) for g, v in per_group.items()])
-    result.update({k: figures[k] for k in ("E_A", "Var_A", "worst_group", "worst_rate")})
-  return result
