@@ -3,7 +3,7 @@
     python experiments/study.py [--manifest PATH/manifest.csv] [--workdir /tmp/jaxface-study]
         [--seeds 3] [--alphas 0.1 0.01 0.001] [--combines max product] [--quick]
         [--reference_log /tmp/peer_study.log] [--planted] [--ablation]
-        [--row NAME KIND FIELD=VALUE ...]
+        [--row NAME KIND FIELD=VALUE ...] [--data_root DIR]
 
 Every run goes through ``jaxface.train.train_and_evaluate`` with the same seed, data and budget
 (2 epochs, batch 32, Adam 5e-4). By default the whole training split is trained on
@@ -21,13 +21,17 @@ validation split's E[A] and worst group beside the test set's: settings are chos
 Extra test sets: every run is also evaluated on each ``--test_set NAME=PATH`` (repeatable; an
 attribute table per set with ``--test_attributes NAME=CSV``), by default the PPB crops
 ``ppb_tight`` and ``ppb_loose`` (with ``faces.csv``, so also by Fitzpatrick type) when they are
-in the shared data folder (``--no_test_sets``: none). Each set gets its own table of the same
+in the data folder (``--no_test_sets``: none). Each set gets its own table of the same
 runs: per-group rates, E[A], Var[A], worst group, and at the threshold giving 1% false
 positives the per-group rates and ROC AUCs.
 
 Writes ``WORKDIR/study.json`` (every run, and mean / std over seeds per config) and
 ``WORKDIR/study.md`` (the table), and prints the Markdown. With ``--reference_log`` (the JSON
 lines of ``peer_torch_study.py``) the lab pipeline's rows are added for comparison.
+
+The real data sets (``utkface-bias/``, ``ppb-faces/``, ``nonface-photos/``) are read from
+``--data_root``, by default ``$JAXFACE_SHARED_DATA``, else ``../shared/data`` beside the
+repository (``experiments/shared_paths.py``).
 """
 
 from __future__ import annotations
@@ -46,13 +50,17 @@ from typing import Any
 
 import numpy as np
 
-from jaxface.data import GROUPS
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+  sys.path.insert(0, str(HERE))
+
+from jaxface.data import GROUPS  # noqa: E402
+from shared_paths import shared_data_root  # noqa: E402
 
 DARK = ("DF", "DM")
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = REPO.parent / "shared" / "data" / "utkface-bias" / "manifest.csv"
-DEFAULT_PPB = REPO.parent / "shared" / "data" / "ppb-faces"
-DEFAULT_NONFACE_PHOTOS = REPO.parent / "shared" / "data" / "nonface-photos" / "images"
+MANIFEST = Path("utkface-bias") / "manifest.csv"  # the data sets, relative to --data_root
+PPB = Path("ppb-faces")
+NONFACE_PHOTOS = Path("nonface-photos") / "images"
 
 # Lab pipeline on this data (peer_torch_study.py, 3 seeds), quoted in the issue.
 LAB_BASELINE = {
@@ -124,8 +132,9 @@ def study_specs(alphas: Sequence[float], combines: Sequence[str],
   return specs
 
 
-def default_test_sets(ppb: Path = DEFAULT_PPB) -> tuple[dict[str, str], dict[str, str]]:
-  """The PPB crops as extra test sets, with their attribute table, when present.
+def default_test_sets(ppb: Path) -> tuple[dict[str, str], dict[str, str]]:
+  """The PPB crops of the folder ``ppb`` as extra test sets, with their attribute table, when
+  present.
 
   Returns:
     ``({name: folder}, {name: faces.csv})``; empty when the PPB data is missing.
@@ -137,11 +146,13 @@ def default_test_sets(ppb: Path = DEFAULT_PPB) -> tuple[dict[str, str], dict[str
   return sets, ({name: str(table) for name in sets} if table.is_file() else {})
 
 
-def default_whole_images(ppb: Path = DEFAULT_PPB,
-                         photos: Path = DEFAULT_NONFACE_PHOTOS) -> dict[str, str]:
-  """``config.whole_images`` fields for the PPB portraits (SystemExit when the data is absent)."""
+def default_whole_images(data_root: Path) -> dict[str, str]:
+  """``config.whole_images`` fields for the PPB portraits of ``data_root`` (SystemExit naming
+  ``--data_root`` when they or the non-face photos are absent)."""
+  ppb, photos = data_root / PPB, data_root / NONFACE_PHOTOS
   if not (ppb / "portraits").is_dir() or not photos.is_dir():
-    raise SystemExit(f"--whole_images needs {ppb / 'portraits'} and {photos}")
+    raise SystemExit(f"--whole_images needs {ppb / 'portraits'} and {photos}: no such folder "
+                     "(set --data_root or $JAXFACE_SHARED_DATA)")
   return {"sets": f"ppb_portraits={ppb / 'portraits'}",
           "boxes": f"ppb_portraits={ppb / 'faces.csv'}", "non_face_photos": str(photos)}
 
@@ -512,7 +523,11 @@ def checks_markdown(checks: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+  parser.add_argument("--data_root", default=str(shared_data_root()),
+                      help="folder of the real data sets (default: $JAXFACE_SHARED_DATA, else "
+                           "../shared/data beside the repository)")
+  parser.add_argument("--manifest", default=None,
+                      help=f"the training data's manifest (default: DATA_ROOT/{MANIFEST})")
   parser.add_argument("--workdir", default="/tmp/jaxface-study")
   parser.add_argument("--seeds", type=int, default=None,
                       help="number of seeds (0 .. N-1); default 3, 1 with --quick")
@@ -598,9 +613,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from jaxface import train
 
-  manifest = None if args.planted else Path(args.manifest).resolve()
+  data_root = Path(args.data_root)
+  manifest = None if args.planted else Path(args.manifest or data_root / MANIFEST).resolve()
   if manifest is not None and not manifest.is_file():
-    raise SystemExit(f"manifest not found: {manifest}")
+    flag = "--manifest" if args.manifest else "--data_root (or $JAXFACE_SHARED_DATA)"
+    raise SystemExit(f"manifest not found: {manifest}; set {flag}, or pass --planted")
   root = Path(args.workdir)
   specs = study_specs(args.alphas, args.combines,
                       args.group_powers if args.group_balanced else ())
@@ -615,12 +632,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   test_sets = parse_named(args.test_set, "--test_set")
   test_attributes = parse_named(args.test_attributes, "--test_attributes")
   if not test_sets and not args.no_test_sets:
-    test_sets, default_tables = default_test_sets()
+    test_sets, default_tables = default_test_sets(data_root / PPB)
     test_attributes = {**default_tables, **test_attributes}
   unknown = sorted(set(test_attributes) - set(test_sets))
   if unknown:
     raise SystemExit(f"--test_attributes {unknown[0]}: no --test_set of that name")
-  whole_images = default_whole_images() if args.whole_images else None
+  whole_images = default_whole_images(data_root) if args.whole_images else None
   with contextlib.ExitStack() as stack:
     stack.enter_context(shared_datasets())
     for seed in range(args.seeds):  # seed-major: a partial study has every config
