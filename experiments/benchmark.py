@@ -1,7 +1,7 @@
 """CPU benchmark of jaxface: train steps, a DB-VAE epoch, resampling, batcher, devices, XLA options.
 
     python experiments/benchmark.py [--quick] [--sections train xla epoch ...] [--out FILE]
-        [--reference_python /tmp/torch-ref/bin/python]
+        [--torch_python PYTHON] [--peer_script PATH/peer_torch_dbvae.py]
 
 Prints one JSON line per measurement (``"section"`` says which), each with the 1-minute load
 average taken just before it, since absolute numbers on a shared machine drift:
@@ -35,7 +35,11 @@ average taken just before it, since absolute numbers on a shared machine drift:
   subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
 * ``reference``: ``peer_torch_dbvae.py`` (PyTorch) at batch 32 and 256 in the same run, and the
   ratios ours / reference (of the default step and of the ``xla`` variants
-  ``decode_every_row``, the same work as the reference, and ``impl_flax``).
+  ``decode_every_row``, the same work as the reference, and ``impl_flax``). The script is
+  ``--peer_script`` (default ``$JAXFACE_SHARED_BENCH/peer_torch_dbvae.py``, else
+  ``../shared/bench/`` beside the repository), run by ``--torch_python`` (default
+  ``$JAXFACE_TORCH_PYTHON``, else this Python); where that Python cannot import torch or the
+  script is missing, one ``{"section": "reference", "skipped": REASON}`` line says so.
 * ``memory``: peak resident memory of this process (``ru_maxrss`` and VmHWM); each
   ``devices`` worker reports its own.
 """
@@ -63,6 +67,7 @@ if str(HERE) not in sys.path:
   sys.path.insert(0, str(HERE))
 
 from bench_resampling import best_time  # noqa: E402
+from shared_paths import shared_bench_dir, torch_python  # noqa: E402
 from jaxface import config as config_lib  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
 from jaxface import resampling, sharding, train  # noqa: E402
@@ -70,8 +75,7 @@ from jaxface import models  # noqa: E402
 
 SECTIONS = ("train", "xla", "augment", "data_path", "epoch", "resampling", "batcher", "devices",
             "reference", "memory")
-REFERENCE_SCRIPT = HERE.parent.parent / "shared" / "bench" / "peer_torch_dbvae.py"
-DEFAULT_REFERENCE_PYTHON = "/tmp/torch-ref/bin/python"
+REFERENCE_SCRIPT = "peer_torch_dbvae.py"  # in the shared bench folder
 
 # name -> (per-compile XLA options, config.dtype, input kind, config.model.impl, decoded rows);
 # input kind 'float32' feeds [0, 1] floats, 'uint8' feeds bytes that the step converts; impl is
@@ -164,7 +168,9 @@ class Step:
     optimizer = train.make_optimizer(config)
     state = train.create_train_state(jax.random.key(seed), config, optimizer)
     self.state = sharding.replicate(mesh, state)
-    step_fn = train.make_train_step(config, optimizer, mesh, decode_every_row=decode_every_row)
+    step_fn = train.make_train_step(
+        config, optimizer, mesh, step_fn=(train.train_step_decoding_every_row
+                                          if decode_every_row else train.train_step))
     rng = np.random.default_rng(seed)
     shape = (config.batch_size, config.data.image_size, config.data.image_size, 3)
     if input_kind == "uint8":
@@ -456,9 +462,25 @@ def bench_devices(counts: Sequence[int], batch_sizes: Sequence[int], kinds: Sequ
             "ratio_vs_first": round(row["images_per_s"] / base[key], 3)}, out)
 
 
-def bench_reference(python: str, batch_steps: Sequence[tuple[int, int]], n: int, repeats: int,
-                    out: list) -> None:
-  """Runs the PyTorch reference and puts ours / reference ratios beside it."""
+def reference_unavailable(python: str, script: str) -> str:
+  """Why the PyTorch reference cannot run ('' when it can): no script, or no torch in python."""
+  if not Path(script).is_file():
+    return f"no reference script {script} (set --peer_script or $JAXFACE_SHARED_BENCH)"
+  try:
+    result = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True,
+                            check=False)
+  except OSError as error:
+    return f"cannot run {python}: {error} (set --torch_python or $JAXFACE_TORCH_PYTHON)"
+  if result.returncode:
+    last = (result.stderr.strip().splitlines() or ["import failed"])[-1]
+    return f"{python} cannot import torch: {last} (set --torch_python or $JAXFACE_TORCH_PYTHON)"
+  return ""
+
+
+def bench_reference(python: str, script: str, batch_steps: Sequence[tuple[int, int]], n: int,
+                    repeats: int, out: list) -> None:
+  """Runs the PyTorch reference ``script`` with ``python`` and puts ours / reference ratios
+  beside it."""
   ours = {(r["model"], r["batch"]): r for r in out if r.get("section") == "train"}
   variants = {(r["variant"], r["batch"]): r for r in out if r.get("section") == "xla"}
   resampled = {r["n"]: r for r in out if r.get("section") == "resampling"}
@@ -466,7 +488,7 @@ def bench_reference(python: str, batch_steps: Sequence[tuple[int, int]], n: int,
     runs = []
     for _ in range(repeats):
       load = load_average()
-      result = subprocess.run([python, str(REFERENCE_SCRIPT), "--batch", str(batch_size),
+      result = subprocess.run([python, script, "--batch", str(batch_size),
                                "--steps", str(steps), "--n", str(n)],
                               capture_output=True, text=True, check=False)
       if result.returncode:
@@ -522,8 +544,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--resampling_sizes", type=int, nargs="+",
                       default=[10_000, 100_000, 200_000])
   parser.add_argument("--device_counts", type=int, nargs="+", default=[1, 2, 4])
-  parser.add_argument("--reference_python", default=DEFAULT_REFERENCE_PYTHON,
-                      help="python with torch for peer_torch_dbvae.py ('' skips it)")
+  parser.add_argument("--torch_python", "--reference_python", default=torch_python(),
+                      help="python with torch for the reference script ('' skips it; default: "
+                           "$JAXFACE_TORCH_PYTHON, else this python)")
+  parser.add_argument("--peer_script", default=str(shared_bench_dir() / REFERENCE_SCRIPT),
+                      help="the PyTorch reference (default: $JAXFACE_SHARED_BENCH/"
+                           f"{REFERENCE_SCRIPT}, else ../shared/bench/ beside the repository)")
   parser.add_argument("--reference_repeats", type=int, default=2)
   parser.add_argument("--out", default="", help="also write the JSON lines here")
   parser.add_argument("--worker", choices=["devices"], default=None, help=argparse.SUPPRESS)
@@ -570,12 +596,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   if "devices" in sections:
     bench_devices(args.device_counts, args.batch_sizes, args.kinds, args.rounds, args.quick,
                   out)
-  if "reference" in sections and args.reference_python and Path(args.reference_python).exists():
+  if "reference" in sections and args.torch_python:
+    skipped = reference_unavailable(args.torch_python, args.peer_script)
     batch_steps = [(b, 60 if b < 256 else 20) for b in args.batch_sizes]
     if args.quick:
       batch_steps = [(b, max(2, s // 10)) for b, s in batch_steps]
-    bench_reference(args.reference_python, batch_steps, 10_000 if args.quick else 100_000,
-                    args.reference_repeats, out)
+    if skipped:
+      emit({"section": "reference", "skipped": skipped}, out)
+    else:
+      bench_reference(args.torch_python, args.peer_script, batch_steps,
+                      10_000 if args.quick else 100_000, args.reference_repeats, out)
   if "memory" in sections:
     bench_memory(out)
   if args.out:
