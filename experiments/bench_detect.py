@@ -8,7 +8,8 @@ the same windows cut beforehand (the same batches, already on the device) are ti
 same run, in ``--repeats`` interleaved rounds, best of each; both rates (windows per second)
 and their ratio are printed. Without ``--workdir`` the model is a randomly initialised
 standard CNN (the speed does not depend on the weights). Without ``--images`` the PPB
-portraits are used if present, else random photos of 480x320 pixels.
+portraits of the data folder (``$JAXFACE_SHARED_DATA``, else ``../shared/data`` beside the
+repository) are used if present, else random photos of 480x320 pixels.
 """
 
 import json
@@ -21,10 +22,12 @@ import numpy as np
 from absl import app, flags
 
 from jaxface import detect, models
+from shared_paths import shared_data_root
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory of a trained model (default: random CNN).")
-flags.DEFINE_string("images", "../shared/data/ppb-faces/portraits", "Folder of photos.")
+flags.DEFINE_string("images", str(shared_data_root() / "ppb-faces" / "portraits"),
+                    "Folder of photos.")
 flags.DEFINE_integer("n_photos", 8, "Photos scanned per timing.")
 flags.DEFINE_list("batch_sizes", ["256", "1024"], "Window batch sizes.")
 flags.DEFINE_integer("repeats", 5, "Interleaved timing rounds (the best of each is kept).")

@@ -2,17 +2,19 @@
 
     python experiments/detect.py --workdir=RUN --images=PHOTO_OR_FOLDER [MORE ...] --out=DIR
 
-Every photo is scanned with square windows (see jaxface/detect.py); DIR gets one PNG per photo
-(the best window thick: green when it is a detection, red when not; the other windows at or
-above the threshold thin, yellow) and detections.json with every photo's best window and
-detections. A bad input (unreadable, empty, too small, an empty folder) gets a one-line message
-on stderr and the other photos are still processed.
+Every photo is scanned with square windows (see jaxface/detect.py), in the run's dtype and model
+implementation; DIR gets one PNG per photo (the best window thick: green when it is a detection,
+red when not; the other windows above the threshold thin, yellow) and detections.json with
+every photo's best window and detections. A bad input (unreadable, empty, too small, an empty
+folder) gets a one-line message on stderr and the other photos are still processed.
 
 Whole-image evaluation on PPB portraits and non-face photos (threshold calibrated so that at
 most --max_false_rate of the non-face photos have a detection), written to DIR/evaluation.json:
 
     python experiments/detect.py --workdir=RUN --out=DIR \\
-        --ppb=../shared/data/ppb-faces --nonface=../shared/data/nonface-photos/images
+        --ppb=DATA/ppb-faces --nonface=DATA/nonface-photos/images
+
+(DATA: the data sets' folder, e.g. ``$JAXFACE_SHARED_DATA``.)
 """
 
 import json
@@ -27,6 +29,8 @@ from PIL import Image, ImageDraw
 
 from jaxface import detect
 from jaxface.checkpoints import load_run
+from jaxface.data import load_face_boxes
+from jaxface.eval import whole_photos
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
@@ -83,10 +87,13 @@ def _photo_entry(result: detect.ScanResult, photo: np.ndarray, png: str) -> dict
 
 
 def scan_and_draw(variables, paths: list[Path], options: detect.ScanOptions, out: Path,
-                  mesh: Mesh | None, max_drawn: int) -> tuple[dict, dict]:
-  """Scans the photos, writes a PNG for each; returns (JSON entries, errors) by path."""
+                  mesh: Mesh | None, max_drawn: int, model: dict) -> tuple[dict, dict]:
+  """Scans the photos, writes a PNG for each; returns (JSON entries, errors) by path.
+
+  ``model``: the run's ``dtype`` and ``impl`` (:func:`run_model`).
+  """
   results, errors = detect.scan_files(variables, paths, options, mesh,
-                                      progress=len(paths) > 20)
+                                      progress=len(paths) > 20, **model)
   entries, taken = {}, set()
   for path in paths:
     result = results.get(str(path))
@@ -99,14 +106,21 @@ def scan_and_draw(variables, paths: list[Path], options: detect.ScanOptions, out
   return entries, errors
 
 
-def evaluate(variables, options: detect.ScanOptions, mesh: Mesh | None) -> dict:
-  """Runs :func:`jaxface.detect.evaluate_whole_images` on --ppb and --nonface."""
+def run_model(config) -> dict:
+  """The run's compute dtype and model implementation, as the scan's keyword arguments."""
+  return {"dtype": config.get("dtype", "float32"), "impl": config.model.get("impl", "auto")}
+
+
+def evaluate(variables, options: detect.ScanOptions, mesh: Mesh | None, model: dict) -> dict:
+  """The whole-photo figures of --ppb and --nonface (:func:`whole_photos.evaluate_sets`)."""
   ppb = Path(FLAGS.ppb)
-  faces = detect.load_face_boxes(ppb / "faces.csv")
-  portraits = detect.photo_files(ppb / "portraits")
-  non_faces = detect.photo_files(FLAGS.nonface)
-  return detect.evaluate_whole_images(variables, portraits, faces, non_faces, options, mesh,
-                                      max_false_rate=FLAGS.max_false_rate, progress=True)
+  sets = whole_photos.WholeImageSets({"ppb": detect.photo_files(ppb / "portraits")},
+                                     {"ppb": load_face_boxes(ppb / "faces.csv")},
+                                     detect.photo_files(FLAGS.nonface), options)
+  settings = whole_photos.default_whole_images_config()
+  settings.max_false_rate = FLAGS.max_false_rate
+  return whole_photos.evaluate_sets(variables, sets, settings, mesh, progress=True,
+                                    **model)["ppb"]
 
 
 def _summary(result: dict) -> str:
@@ -149,7 +163,8 @@ def main(argv):
         paths.extend(detect.photo_files(item))
       except ValueError as e:
         errors[str(item)] = str(e)
-    entries, scan_errors = scan_and_draw(variables, paths, options, out, mesh, FLAGS.max_drawn)
+    entries, scan_errors = scan_and_draw(variables, paths, options, out, mesh, FLAGS.max_drawn,
+                                         run_model(config))
     errors.update(scan_errors)
     for message in errors.values():
       _error(message)
@@ -163,7 +178,7 @@ def main(argv):
       status = 1
   if FLAGS.ppb:
     try:
-      result = evaluate(variables, options, mesh)
+      result = evaluate(variables, options, mesh, run_model(config))
     except (OSError, ValueError) as e:
       _error(str(e))
       return 1

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import pathlib
 import sys
 import time
@@ -44,8 +43,9 @@ sys.path.insert(0, str(REPO))
 from jaxface import augment, evaluation, models, train  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
 from jaxface.data import GROUPS, test_sets  # noqa: E402
+from shared_paths import shared_data_root  # noqa: E402
 
-DATA = pathlib.Path(os.environ.get("JAXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_root()
 
 
 def _config(seed: int, epochs: int, manifest: str, steps_per_epoch: int = -1):
