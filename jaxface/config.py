@@ -22,7 +22,8 @@ LR_SCHEDULES = ("constant", "cosine")
 
 def get_base_config() -> ml_collections.ConfigDict:
   """All fields of a run, with the DB-VAE lab's defaults (and training-time augmentation)."""
-  from jaxface import augment, data, whole_images  # these groups belong to their modules
+  from jaxface import augment, data  # these groups belong to their modules
+  from jaxface.eval import whole_photos
 
   config = ml_collections.ConfigDict()
   config.name = "dbvae"  # shown in reports and comparisons
@@ -49,8 +50,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Whole-photo test sets, scanned with sliding windows once after the last epoch: faces found
   # per group at the threshold giving at most max_false_rate non-face photos with a detection;
-  # fields and defaults in jaxface.whole_images (sets, boxes, non_face_photos, ...).
-  config.whole_images = whole_images.default_whole_images_config()
+  # fields and defaults in jaxface.eval.whole_photos (sets, boxes, non_face_photos, ...).
+  config.whole_images = whole_photos.default_whole_images_config()
 
   config.loss = ml_collections.ConfigDict()
   config.loss.kl_weight = 5e-4

@@ -2,8 +2,9 @@
 
 A photo is scanned with square windows of a few sides (fractions of its shorter side, by
 default a fifth to all of it) at a stride proportional to the side, and every window is
-classified in batched, jitted calls through :func:`jaxface.models.encode` (eval mode; the
-face probability is the sigmoid of ``y_logit``).
+classified in batched, jitted calls through :func:`jaxface.models.encode` (eval mode, in the
+run's compute ``dtype`` and model ``impl``; the face probability is the sigmoid of
+``y_logit``).
 
 Cutting and resizing, by an image pyramid: for each window side ``S`` the photo is resized
 once, on the device, by ``input_size / S`` (a *level*, :func:`level_matrix`: the antialiased
@@ -29,20 +30,17 @@ variables are replicated.
 
 Boxes are ``(x0, y0, side)`` in photo pixels (x0 from the left, y0 from the top).
 
-Whole-image evaluation: :func:`threshold_for_false_rate` picks the threshold from the non-face
-photos' highest window probabilities, :func:`false_detections` counts non-face photos with a
-detection, and :func:`faces_found` counts portraits whose face is found, by group. Results of
-these measurements are in experiments/results/detect_whole_images.md.
+A window is a detection when its face probability is above the threshold
+(:func:`jaxface.eval.operating_point.detected`, the rule of every evaluation). Whole-photo
+evaluation (faces found on portraits at a threshold calibrated on non-face photos) is
+:mod:`jaxface.eval.whole_photos`.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import math
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +54,7 @@ from PIL import Image
 
 from jaxface import models
 from jaxface.data import IMAGE_EXTENSIONS, DataError
+from jaxface.eval.operating_point import detected
 
 PyTree = Any
 DATA_AXIS = "data"
@@ -78,7 +77,7 @@ class ScanOptions(NamedTuple):
     method: resize filter of the levels: 'lanczos3', 'lanczos5', 'linear' or 'cubic' (the
       ``jax.image.resize`` filters of those names, antialiased).
     batch_size: windows per classifier call (rounded up to a multiple of the device count).
-    threshold: a window whose face probability is >= this is a detection.
+    threshold: a window whose face probability is above this is a detection.
   """
   min_frac: float = 0.2
   max_frac: float = 1.0
@@ -100,7 +99,7 @@ class ScanResult(NamedTuple):
     probs: (N,) float32 face probabilities.
     best_box: (3,) the window with the highest probability.
     best_prob: its probability.
-    face_present: ``best_prob >= threshold``.
+    face_present: whether ``best_prob`` is a detection (above ``threshold``).
     threshold: the detection threshold used.
   """
   boxes: np.ndarray
@@ -307,10 +306,23 @@ def _pad(values: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([values, np.full(size - len(values), values[0], values.dtype)])
 
 
-@jax.jit
-def window_probabilities(variables: PyTree, crops: jax.Array) -> jax.Array:
-  """Face probabilities (B,) of (B, S, S, 3) crops in [0, 1] (eval mode, sigmoid of y_logit)."""
-  return jax.nn.sigmoid(models.encode(variables, crops, train=False).y_logit)
+@functools.partial(jax.jit, static_argnames=("dtype", "impl"))
+def window_probabilities(variables: PyTree, crops: jax.Array, dtype: Any = jnp.float32,
+                         impl: str = "auto") -> jax.Array:
+  """Face probabilities of crops: eval mode, the sigmoid of ``y_logit``.
+
+  Args:
+    variables: model variables.
+    crops: (B, S, S, 3) float32 crops in [0, 1].
+    dtype: compute dtype (the run's ``config.dtype``).
+    impl: the model implementation (:data:`jaxface.models.IMPLS`, the run's
+      ``config.model.impl``).
+
+  Returns:
+    (B,) float32 face probabilities.
+  """
+  y_logit = models.encode(variables, crops, train=False, dtype=dtype, impl=impl).y_logit
+  return jax.nn.sigmoid(y_logit).astype(jnp.float32)
 
 
 def _check_photo(image: np.ndarray, index: int) -> None:
@@ -487,7 +499,8 @@ cut_windows = jax.jit(_gather_windows)
 
 
 def scan_images(variables: PyTree, images: Sequence[np.ndarray],
-                options: ScanOptions = ScanOptions(), mesh: Mesh | None = None) -> list[ScanResult]:
+                options: ScanOptions = ScanOptions(), mesh: Mesh | None = None, *,
+                dtype: Any = jnp.float32, impl: str = "auto") -> list[ScanResult]:
   """Scans photos of any sizes with every window and classifies the windows.
 
   Args:
@@ -495,6 +508,8 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
     images: photos, each (H_i, W_i, 3), uint8 (0-255) or float (0-1).
     options: the scan options.
     mesh: optional one-axis mesh named ``data``; window batches are sharded over it.
+    dtype: compute dtype of the classifier (the run's ``config.dtype``).
+    impl: the model implementation (the run's ``config.model.impl``).
 
   Returns:
     One :class:`ScanResult` per photo, in order.
@@ -514,7 +529,9 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
   place_batch, place_all = _placements(mesh)
   atlas = make_atlas(place_all(pad_to_canvas(images)), layout, options)
   variables = place_all(variables)
-  probs_dev = [window_probabilities(variables, cut_windows(atlas, place_batch(starts)))
+  classify = functools.partial(window_probabilities, dtype=jnp.dtype(dtype),
+                               impl=models.resolve_impl(impl))
+  probs_dev = [classify(variables, cut_windows(atlas, place_batch(starts)))
                for starts in window_batches(layout, options.input_size, batch)]
   probs = np.concatenate(jax.device_get(probs_dev))[:len(layout.boxes)]
   results, start = [], 0
@@ -523,7 +540,7 @@ def scan_images(variables: PyTree, images: Sequence[np.ndarray],
     start += len(b)
     best = int(np.argmax(p))
     results.append(ScanResult(boxes=b, probs=p, best_box=b[best], best_prob=float(p[best]),
-                              face_present=bool(p[best] >= options.threshold),
+                              face_present=bool(detected(p[best], options.threshold)),
                               threshold=float(options.threshold)))
   return results
 
@@ -537,19 +554,20 @@ def _placements(mesh: Mesh | None):
 
 
 def scan_image(variables: PyTree, image: np.ndarray, options: ScanOptions = ScanOptions(),
-               mesh: Mesh | None = None) -> ScanResult:
+               mesh: Mesh | None = None, *, dtype: Any = jnp.float32,
+               impl: str = "auto") -> ScanResult:
   """Scans one (H, W, 3) photo; see :func:`scan_images`."""
-  return scan_images(variables, [image], options, mesh)[0]
+  return scan_images(variables, [image], options, mesh, dtype=dtype, impl=impl)[0]
 
 
 def detections(result: ScanResult, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """The windows at or above ``threshold`` (default: the scan's), highest probability first.
+  """The windows detected at ``threshold`` (default: the scan's), highest probability first.
 
   Returns:
     ``(boxes (D, 3), probs (D,))``.
   """
   threshold = result.threshold if threshold is None else threshold
-  keep = np.flatnonzero(result.probs >= threshold)
+  keep = np.flatnonzero(detected(result.probs, threshold))
   keep = keep[np.argsort(-result.probs[keep], kind="stable")]
   return result.boxes[keep], result.probs[keep]
 
@@ -605,7 +623,8 @@ def photo_files(path: str | os.PathLike) -> list[Path]:
 
 def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
                options: ScanOptions = ScanOptions(), mesh: Mesh | None = None,
-               images_per_call: int = 32, pixels_per_call: int = 1 << 24, progress: bool = False
+               images_per_call: int = 32, pixels_per_call: int = 1 << 24, progress: bool = False,
+               *, dtype: Any = jnp.float32, impl: str = "auto"
                ) -> tuple[dict[str, ScanResult], dict[str, str]]:
   """Reads and scans photo files; a bad file is reported and the others still scanned.
 
@@ -619,6 +638,8 @@ def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
       width; a larger photo is scanned alone); with ``images_per_call`` it bounds the device
       memory of the canvas and its pyramid.
     progress: show a tqdm progress bar (over photos).
+    dtype: compute dtype of the classifier (the run's ``config.dtype``).
+    impl: the model implementation (the run's ``config.model.impl``).
 
   Returns:
     ``(results, errors)``: ScanResults and one-line error messages, keyed by ``str(path)``.
@@ -632,7 +653,8 @@ def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
   names, photos, n_read = [], [], 0
 
   def flush():
-    results.update(zip(names, scan_images(variables, photos, options, mesh)))
+    results.update(zip(names, scan_images(variables, photos, options, mesh, dtype=dtype,
+                                          impl=impl)))
     if bar is not None:
       bar.update(n_read)
     names.clear()
@@ -661,264 +683,3 @@ def scan_files(variables: PyTree, paths: Sequence[str | os.PathLike],
   if bar is not None:
     bar.close()
   return results, errors
-
-
-# --------------------------------------------------------------------------------------------
-# Whole-image evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-  """Intersection over union of one square box with many.
-
-  Args:
-    box: (3,) ``(x0, y0, side)``.
-    boxes: (N, 3) ``(x0, y0, side)``.
-
-  Returns:
-    (N,) float64 IoU in [0, 1].
-  """
-  box = np.asarray(box, np.float64)
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
-  x1, y1 = box[0] + box[2], box[1] + box[2]
-  bx1, by1 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 2]
-  iw = np.clip(np.minimum(x1, bx1) - np.maximum(box[0], boxes[:, 0]), 0, None)
-  ih = np.clip(np.minimum(y1, by1) - np.maximum(box[1], boxes[:, 1]), 0, None)
-  inter = iw * ih
-  union = box[2] ** 2 + boxes[:, 2] ** 2 - inter
-  return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def threshold_for_false_rate(max_probs: Iterable[float], max_rate: float = 0.05) -> float:
-  """The lowest threshold at which at most ``max_rate`` of the non-face photos have a detection.
-
-  A photo has a detection when its highest window probability is >= the threshold.
-
-  Args:
-    max_probs: (n,) highest window probability of each non-face photo.
-    max_rate: the largest allowed share of photos with a detection.
-
-  Returns:
-    The threshold (just above the probability of the photo that would exceed the share).
-  """
-  m = np.sort(np.asarray(list(max_probs), np.float64))[::-1]
-  if m.size == 0:
-    raise ValueError("threshold_for_false_rate needs at least one non-face photo")
-  if not 0 <= max_rate < 1:
-    raise ValueError(f"max_rate must be in [0, 1), got {max_rate}")
-  allowed = int(math.floor(max_rate * m.size + 1e-9))
-  return float(np.nextafter(m[allowed], np.inf))
-
-
-def false_detections(max_probs: Mapping[str, float], threshold: float) -> dict[str, Any]:
-  """Share of non-face photos with a detection (highest window probability >= threshold).
-
-  Returns:
-    ``{'threshold', 'n_photos', 'n_with_detection', 'rate', 'photos_with_detection'}``.
-  """
-  hits = sorted(name for name, p in max_probs.items() if p >= threshold)
-  n = len(max_probs)
-  return {"threshold": float(threshold), "n_photos": n, "n_with_detection": len(hits),
-          "rate": len(hits) / n if n else None, "photos_with_detection": hits}
-
-
-_PPB_NAME = re.compile(r"^\d+_([1-6])_([fm])_", re.IGNORECASE)
-
-
-def portrait_group(name: str) -> str | None:
-  """The PPB group (LF, LM, DF, DM) coded in a portrait's file name, e.g. ``0612_6_f_RW.jpg``.
-
-  Fitzpatrick types 1-3 are lighter (L), 4-6 darker (D). Returns None for other names.
-  """
-  match = _PPB_NAME.match(Path(name).name)
-  if not match:
-    return None
-  tone = "L" if int(match.group(1)) <= 3 else "D"
-  return tone + match.group(2).upper()
-
-
-def load_face_boxes(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-  """Reads ppb-faces' faces.csv: portrait file name -> ``{'group', 'box'}``.
-
-  ``box`` is ``(x0, y0, side)`` in portrait pixels from ``box_cx, box_cy, box_side``, or None
-  where the row has no box.
-
-  Raises:
-    DataError: the file is missing or lacks a column.
-  """
-  csv_path = Path(csv_path)
-  if not csv_path.exists():
-    raise DataError(f"{csv_path}: face-box CSV not found")
-  with csv_path.open(newline="") as f:
-    rows = list(csv.DictReader(f))
-  needed = {"portrait", "group", "box_cx", "box_cy", "box_side"}
-  missing = needed - set(rows[0] if rows else ())
-  if missing:
-    raise DataError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}")
-  faces = {}
-  for row in rows:
-    box = None
-    if row["box_side"].strip():
-      side = float(row["box_side"])
-      box = (float(row["box_cx"]) - side / 2, float(row["box_cy"]) - side / 2, side)
-    faces[row["portrait"]] = {"group": row["group"], "box": box}
-  return faces
-
-
-def _rates(flags: Mapping[str, list[bool]]) -> dict[str, dict[str, Any]]:
-  out = {}
-  for group in sorted(flags):
-    hits = flags[group]
-    out[group] = {"n": len(hits), "found": int(sum(hits)),
-                  "rate": sum(hits) / len(hits) if hits else None}
-  return out
-
-
-def faces_found(scans: Mapping[str, ScanResult], faces: Mapping[str, Mapping[str, Any]],
-                threshold: float, min_iou: float = 0.3) -> dict[str, Any]:
-  """Portraits whose face is found, per group.
-
-  A portrait listed in ``faces`` with a box counts as found when a window at or above
-  ``threshold`` overlaps the box with IoU >= ``min_iou``; one without a box, when any window is
-  at or above ``threshold``. Portraits absent from ``faces`` (no box: the cascade missed them)
-  count as found with any window at or above the threshold and take their group from the file
-  name (:func:`portrait_group`); they are reported on their own and in ``all``.
-
-  Args:
-    scans: scan results keyed by portrait path or file name.
-    faces: :func:`load_face_boxes` output, keyed by file name.
-    threshold: detection threshold.
-    min_iou: overlap needed with the face box.
-
-  Returns:
-    ``{'threshold', 'min_iou', 'with_box', 'without_box', 'all', 'missed'}``; each of the
-    first three maps group -> ``{'n', 'found', 'rate'}`` (plus ``'overall'``), and ``missed``
-    lists the portraits not found.
-  """
-  with_box: dict[str, list[bool]] = {}
-  without_box: dict[str, list[bool]] = {}
-  missed = []
-  for key, scan in scans.items():
-    name = Path(key).name
-    above = scan.probs >= threshold
-    entry = faces.get(name)
-    if entry is not None and entry.get("box") is not None:
-      found = bool(np.any(above & (iou(entry["box"], scan.boxes) >= min_iou)))
-      with_box.setdefault(entry["group"], []).append(found)
-    else:
-      group = entry["group"] if entry is not None else (portrait_group(name) or "unknown")
-      found = bool(np.any(above))
-      without_box.setdefault(group, []).append(found)
-    if not found:
-      missed.append(name)
-  combined = {g: with_box.get(g, []) + without_box.get(g, [])
-              for g in set(with_box) | set(without_box)}
-
-  def section(flags):
-    rates = _rates(flags)
-    every = [f for hits in flags.values() for f in hits]
-    rates["overall"] = {"n": len(every), "found": int(sum(every)),
-                        "rate": sum(every) / len(every) if every else None}
-    return rates
-
-  return {"threshold": float(threshold), "min_iou": float(min_iou),
-          "with_box": section(with_box), "without_box": section(without_box),
-          "all": section(combined), "missed": sorted(missed)}
-
-
-def non_face_max_probs(variables: PyTree, photos: Sequence[str | os.PathLike],
-                       options: ScanOptions = ScanOptions(), mesh: Mesh | None = None,
-                       progress: bool = False) -> tuple[dict[str, float], dict[str, str]]:
-  """Scans the non-face photos that calibrate the threshold.
-
-  Returns:
-    ``(max_probs, errors)``: file name -> highest window probability of each readable photo,
-    and the unreadable photos' messages by path.
-
-  Raises:
-    DataError: none of the photos could be read.
-  """
-  scans, errors = scan_files(variables, photos, options, mesh, progress=progress)
-  if not scans:
-    raise DataError(f"none of the {len(photos)} non-face photos could be read to calibrate "
-                    "the threshold")
-  return {Path(k).name: r.best_prob for k, r in scans.items()}, errors
-
-
-def whole_image_figures(scans: Mapping[str, ScanResult], faces: Mapping[str, Mapping[str, Any]],
-                        non_face_max_probs: Mapping[str, float], default_threshold: float = 0.5,
-                        max_false_rate: float = 0.05, min_iou: float = 0.3) -> dict[str, Any]:
-  """The figures of a whole-image evaluation from finished scans (no device work).
-
-  Args:
-    scans: the portraits' scan results, keyed by path or file name.
-    faces: :func:`load_face_boxes` of their faces.csv (``{}``: groups from the file names).
-    non_face_max_probs: file name -> highest window probability of each non-face photo.
-    default_threshold: the scan's own threshold, reported beside the calibrated one.
-    max_false_rate: largest allowed share of non-face photos with a detection.
-    min_iou: overlap needed with a face box.
-
-  Returns:
-    ``threshold`` (:func:`threshold_for_false_rate`), ``max_false_rate``,
-    ``false_detections``, ``faces_found`` (at that threshold), ``faces_found_at_default``,
-    ``false_detections_at_default``, ``n_windows_per_portrait`` and ``portraits``: per file
-    name ``{'file', 'group', 'best_box', 'best_prob', 'found'}`` (found at the calibrated
-    threshold).
-  """
-  if not non_face_max_probs:
-    raise DataError("no readable non-face photo to calibrate the threshold")
-  threshold = threshold_for_false_rate(non_face_max_probs.values(), max_false_rate)
-  found = faces_found(scans, faces, threshold, min_iou)
-  missed = set(found["missed"])
-  portraits = {}
-  for key, scan in scans.items():
-    name = Path(key).name
-    entry = faces.get(name)
-    group = entry["group"] if entry is not None else (portrait_group(name) or "unknown")
-    portraits[name] = {"file": str(key), "group": group,
-                       "best_box": [int(v) for v in scan.best_box],
-                       "best_prob": float(scan.best_prob), "found": name not in missed}
-  return {
-      "threshold": threshold, "max_false_rate": max_false_rate,
-      "false_detections": false_detections(non_face_max_probs, threshold),
-      "faces_found": found,
-      "false_detections_at_default": false_detections(non_face_max_probs, default_threshold),
-      "faces_found_at_default": faces_found(scans, faces, default_threshold, min_iou),
-      "n_windows_per_portrait": (float(np.mean([len(r.boxes) for r in scans.values()]))
-                                 if scans else None),
-      "portraits": portraits,
-  }
-
-
-def evaluate_whole_images(variables: PyTree, portraits: Sequence[str | os.PathLike],
-                          faces: Mapping[str, Mapping[str, Any]],
-                          non_face_photos: Sequence[str | os.PathLike],
-                          options: ScanOptions = ScanOptions(), mesh: Mesh | None = None,
-                          max_false_rate: float = 0.05, min_iou: float = 0.3,
-                          progress: bool = False) -> dict[str, Any]:
-  """Scans portraits and non-face photos; faces found per group at the calibrated threshold.
-
-  The threshold is :func:`threshold_for_false_rate` of the non-face photos' highest window
-  probabilities; faces found are also given at ``options.threshold``.
-
-  Args:
-    variables: model variables.
-    portraits: portrait files (e.g. ppb-faces/portraits/*.jpg).
-    faces: :func:`load_face_boxes` of their faces.csv.
-    non_face_photos: photo files without faces (e.g. nonface-photos/images/*.jpg).
-    options: the scan options.
-    mesh: optional device mesh.
-    max_false_rate: largest allowed share of non-face photos with a detection.
-    min_iou: overlap needed with a face box.
-    progress: show progress bars.
-
-  Returns:
-    :func:`whole_image_figures`, plus ``options`` and ``errors`` (unreadable files, by path).
-  """
-  max_probs, errors = non_face_max_probs(variables, non_face_photos, options, mesh, progress)
-  scans, portrait_errors = scan_files(variables, portraits, options, mesh, progress=progress)
-  errors.update(portrait_errors)
-  result = whole_image_figures(scans, faces, max_probs, options.threshold, max_false_rate,
-                               min_iou)
-  result.update(options=options._asdict(), errors=errors)
-  return result

@@ -1,4 +1,5 @@
-"""Whole-photo detection: windows, on-device crops, batching, evaluation helpers and the CLI."""
+"""The whole-photo scanner: windows, pyramid levels, on-device crops, batching, the model's
+dtype and implementation, photos on disk and the CLI."""
 
 import json
 import os
@@ -9,16 +10,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import forced_devices_flags, shared_data_dir, tiny_config
+from helpers import forced_devices_flags, tiny_config
 from PIL import Image
 
-from jaxface import detect, models
+from jaxface import detect, inference, models
 from jaxface.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = shared_data_dir()
-PPB = DATA / "ppb-faces"
-NON_FACE = DATA / "nonface-photos" / "images"
 
 # A small model and scan: 32-pixel inputs, 4 base filters.
 TINY = detect.ScanOptions(input_size=32, batch_size=16)
@@ -193,10 +191,27 @@ def test_best_box_decision_and_detections_follow_the_threshold(tiny_variables):
   cut = float(np.median(probe.probs))
   result = detect.scan_image(tiny_variables, photo, TINY._replace(threshold=cut))
   boxes, probs = detect.detections(result)
-  assert len(probs) == int((result.probs >= cut).sum()) and (np.diff(probs) <= 0).all()
+  assert len(probs) == int((result.probs > cut).sum()) and (np.diff(probs) <= 0).all()
   assert result.face_present and boxes[0].tolist() == result.best_box.tolist()
   above_all = detect.scan_image(tiny_variables, photo, TINY._replace(threshold=1.5))
   assert not above_all.face_present and len(detect.detections(above_all)[0]) == 0
+
+
+@pytest.mark.parametrize("impl", ["flax", "cpu_fast"])
+def test_scan_classifies_in_the_run_s_dtype_and_impl_as_inference_does(tiny_variables, impl):
+  photos = [_photo(70, 100, seed=6)]
+  _, crops = _device_windows(photos, TINY)
+  probs = {}
+  for dtype in ("float32", "bfloat16"):
+    probs[dtype] = detect.scan_images(tiny_variables, photos, TINY, dtype=dtype, impl=impl)[0].probs
+    expected = inference.infer(tiny_variables, crops, ("face_prob",), batch_size=TINY.batch_size,
+                               dtype=dtype, impl=impl)["face_prob"]
+    np.testing.assert_allclose(probs[dtype], expected, atol=1e-6)
+  assert not np.allclose(probs["float32"], probs["bfloat16"], atol=1e-6)  # bfloat16 honoured
+  default = detect.scan_images(tiny_variables, photos, TINY)[0].probs
+  same_impl = detect.scan_images(tiny_variables, photos, TINY,
+                                 impl=models.resolve_impl("auto"))[0].probs
+  np.testing.assert_array_equal(default, same_impl)  # float32 and the run's impl: unchanged
 
 
 def test_scan_on_a_two_device_mesh_matches_one_device(tmp_path):
@@ -223,87 +238,6 @@ print('ok', sum(len(x.probs) for x in a))
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith("ok")
-
-
-# ---------------------------------------------------------------------------------- evaluation
-
-
-def test_iou_of_squares():
-  boxes = np.array([(0, 0, 10), (5, 0, 10), (20, 20, 5), (0, 0, 20), (2, 2, 5)])
-  np.testing.assert_allclose(detect.iou((0, 0, 10), boxes), [1.0, 50 / 150, 0.0, 0.25, 0.25])
-
-
-@pytest.mark.parametrize("n", [10, 20, 40, 112])
-def test_threshold_keeps_at_most_the_allowed_share_of_photos_with_a_detection(n):
-  max_probs = np.random.default_rng(n).random(n)
-  t = detect.threshold_for_false_rate(max_probs, 0.05)
-  hits = int((max_probs >= t).sum())
-  assert hits <= 0.05 * n
-  lower = max_probs[max_probs < t].max()  # the next lower threshold lets one more through
-  assert int((max_probs >= lower).sum()) > 0.05 * n
-  assert hits == int(np.floor(0.05 * n))
-
-
-def test_threshold_with_tied_probabilities_stays_under_the_share():
-  max_probs = [0.9] * 3 + [0.1] * 37  # 5% of 40 is 2, but three photos tie at 0.9
-  t = detect.threshold_for_false_rate(max_probs, 0.05)
-  assert t > 0.9
-  assert detect.false_detections(dict(enumerate(max_probs)), t)["n_with_detection"] == 0
-
-
-def test_false_detections_counts_photos_at_or_above_the_threshold():
-  out = detect.false_detections({"a.jpg": 0.2, "b.jpg": 0.7, "c.jpg": 0.5}, 0.5)
-  assert out["n_with_detection"] == 2 and out["rate"] == pytest.approx(2 / 3)
-  assert out["photos_with_detection"] == ["b.jpg", "c.jpg"]
-  json.dumps(out)
-
-
-def test_portrait_group_from_the_file_name():
-  assert detect.portrait_group("0612_6_f_RW.jpg") == "DF"
-  assert detect.portrait_group("x/0002_1_m_FL.jpg") == "LM"
-  assert detect.portrait_group("0800_4_M_SE.jpg") == "DM"
-  assert detect.portrait_group("0003_3_f_SW.jpg") == "LF"
-  assert detect.portrait_group("n01498041_stingray.jpg") is None
-
-
-def _result(boxes, probs) -> detect.ScanResult:
-  boxes, probs = np.asarray(boxes, np.int32), np.asarray(probs, np.float32)
-  best = int(np.argmax(probs))
-  return detect.ScanResult(boxes, probs, boxes[best], float(probs[best]), True, 0.5)
-
-
-def test_faces_found_needs_the_overlap_where_there_is_a_box():
-  faces = {"0001_1_f_FL.jpg": {"group": "LF", "box": (10.0, 10.0, 40.0)},
-           "0002_2_m_FL.jpg": {"group": "LM", "box": (10.0, 10.0, 40.0)},
-           "0003_5_f_RW.jpg": {"group": "DF", "box": None}}
-  scans = {
-      "p/0001_1_f_FL.jpg": _result([(12, 12, 40), (100, 100, 40)], [0.9, 0.1]),  # found
-      "p/0002_2_m_FL.jpg": _result([(12, 12, 40), (100, 100, 40)], [0.1, 0.9]),  # wrong place
-      "p/0003_5_f_RW.jpg": _result([(0, 0, 40)], [0.6]),  # no box: any window
-      "p/0004_6_m_SE.jpg": _result([(0, 0, 40)], [0.4]),  # not in the CSV, below threshold
-      "p/0005_5_m_SE.jpg": _result([(0, 0, 40)], [0.7]),  # not in the CSV, found
-  }
-  out = detect.faces_found(scans, faces, threshold=0.5)
-  assert out["with_box"]["LF"] == {"n": 1, "found": 1, "rate": 1.0}
-  assert out["with_box"]["LM"] == {"n": 1, "found": 0, "rate": 0.0}
-  assert out["without_box"]["DF"]["found"] == 1
-  assert out["without_box"]["DM"] == {"n": 2, "found": 1, "rate": 0.5}
-  assert out["all"]["overall"] == {"n": 5, "found": 3, "rate": 0.6}
-  assert out["missed"] == ["0002_2_m_FL.jpg", "0004_6_m_SE.jpg"]
-  json.dumps(out)
-  assert detect.faces_found(scans, faces, 0.5, min_iou=0.95)["with_box"]["LF"]["found"] == 0
-
-
-def test_load_face_boxes_turns_centres_into_corners(tmp_path):
-  csv_path = tmp_path / "faces.csv"
-  csv_path.write_text("file,portrait,group,box_cx,box_cy,box_side\n"
-                      "a.png,a.jpg,LF,50,60,20\nb.png,b.jpg,DM,,,\n")
-  faces = detect.load_face_boxes(csv_path)
-  assert faces["a.jpg"] == {"group": "LF", "box": (40.0, 50.0, 20.0)}
-  assert faces["b.jpg"] == {"group": "DM", "box": None}
-  (tmp_path / "bad.csv").write_text("portrait,group\na.jpg,LF\n")
-  with pytest.raises(DataError, match="bad.csv: missing column"):
-    detect.load_face_boxes(tmp_path / "bad.csv")
 
 
 # --------------------------------------------------------------------------------- bad inputs
@@ -373,8 +307,8 @@ def test_scan_files_splits_calls_by_canvas_pixels_with_the_same_results(tmp_path
   together, _ = detect.scan_files(tiny_variables, paths, TINY)
   calls = []
   scan = detect.scan_images
-  monkeypatch.setattr(detect, "scan_images", lambda v, photos, *a: calls.append(
-      [p.shape[:2] for p in photos]) or scan(v, photos, *a))
+  monkeypatch.setattr(detect, "scan_images", lambda v, photos, *a, **kw: calls.append(
+      [p.shape[:2] for p in photos]) or scan(v, photos, *a, **kw))
   apart, _ = detect.scan_files(tiny_variables, paths, TINY, pixels_per_call=2 * 70 * 60)
   # Each call's canvas (photos x tallest x widest) stays within the budget, or holds one photo.
   assert len(calls) > 1 and sum(map(len, calls)) == len(paths)
@@ -434,36 +368,3 @@ def test_cli_with_only_bad_inputs_fails_with_messages(tmp_path, smoke_run):
               f"--images={tmp_path / 'empty'}")
   assert proc.returncode == 1
   assert "error: " in proc.stderr and "folder holds no image" in proc.stderr
-
-
-# ------------------------------------------------------------------------------ PPB and photos
-
-
-needs_ppb = pytest.mark.skipif(not (PPB / "faces.csv").exists() or not NON_FACE.exists(),
-                               reason="ppb-faces / nonface-photos data not available")
-
-
-@needs_ppb
-def test_ppb_groups_in_the_csv_agree_with_the_file_names():
-  faces = detect.load_face_boxes(PPB / "faces.csv")
-  assert all(detect.portrait_group(name) == f["group"] for name, f in faces.items())
-  portraits = detect.photo_files(PPB / "portraits")
-  absent = [p.name for p in portraits if p.name not in faces]
-  assert absent and all(detect.portrait_group(name) for name in absent)
-
-
-@needs_ppb
-def test_whole_image_evaluation_on_a_few_portraits_and_photos(tiny_variables):
-  faces = detect.load_face_boxes(PPB / "faces.csv")
-  portraits = detect.photo_files(PPB / "portraits")
-  absent = [p for p in portraits if p.name not in faces]
-  chosen = portraits[:2] + absent[:1]
-  non_faces = detect.photo_files(NON_FACE)[:4]
-  out = detect.evaluate_whole_images(tiny_variables, chosen, faces, non_faces,
-                                     TINY._replace(batch_size=256, stride_frac=0.5, n_scales=3))
-  json.dumps(out)
-  assert out["false_detections"]["n_photos"] == 4
-  assert out["false_detections"]["n_with_detection"] == 0  # 5% of 4 photos allows none
-  found = out["faces_found"]
-  assert found["with_box"]["overall"]["n"] == 2 and found["without_box"]["overall"]["n"] == 1
-  assert found["all"]["overall"]["n"] == 3

@@ -1,15 +1,21 @@
-"""Whole-image test sets in a run: checks before training, figures in metrics.json, summary."""
+"""Whole-photo evaluation: the figures from scans, the PPB table, the sets of a run (checks
+before training, figures in metrics.json, summary, report, study)."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import detect, train, whole_images
+from jaxface import data, detect, models, train
 from jaxface.data import DataError
+from jaxface.eval import operating_point, whole_photos
 
-from helpers import load_experiment, report_of_two_runs, tiny_config
+from helpers import load_experiment, report_of_two_runs, shared_data_dir, tiny_config
+
+PPB = shared_data_dir() / "ppb-faces"
+NON_FACE = shared_data_dir() / "nonface-photos" / "images"
 
 PORTRAITS = ("0001_1_f_AA.jpg", "0002_2_m_AA.jpg", "0003_5_f_BB.jpg", "0004_6_m_BB.jpg",
              "0005_6_m_CC.jpg")
@@ -54,11 +60,96 @@ def test_group_figures_over_the_groups_only():
   found = {"DF": {"n": 4, "found": 2, "rate": 0.5}, "LF": {"n": 2, "found": 2, "rate": 1.0},
            "unknown": {"n": 1, "found": 0, "rate": 0.0},
            "overall": {"n": 7, "found": 4, "rate": 4 / 7}}
-  g = whole_images.group_figures(found)
+  g = whole_photos.group_figures(found)
   assert g["group_order"] == ["LF", "DF"]
   assert g["E_A"] == pytest.approx(75.0) and g["Var_A"] == pytest.approx(625.0)
   assert g["worst_group"] == "DF" and g["worst_rate"] == pytest.approx(50.0)
-  assert whole_images.group_figures({})["E_A"] is None
+  assert whole_photos.group_figures({})["E_A"] is None
+
+
+def test_iou_of_squares():
+  boxes = np.array([(0, 0, 10), (5, 0, 10), (20, 20, 5), (0, 0, 20), (2, 2, 5)])
+  np.testing.assert_allclose(whole_photos.iou((0, 0, 10), boxes),
+                             [1.0, 50 / 150, 0.0, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("n", [10, 20, 40, 112])
+def test_threshold_keeps_at_most_the_allowed_share_of_photos_with_a_detection(n):
+  max_probs = np.random.default_rng(n).random(n)
+  t = whole_photos.whole_image_figures({}, {}, dict(enumerate(max_probs)), 0.5, 0.05)["threshold"]
+  assert t == operating_point.threshold_at_fpr(max_probs, 0.05)[0]  # the crops' rule
+  hits = int(operating_point.detected(max_probs, t).sum())
+  assert hits == int(np.floor(0.05 * n))
+  lower = max_probs[max_probs < t].max()  # the next lower threshold lets one more through
+  assert int(operating_point.detected(max_probs, lower).sum()) > 0.05 * n
+
+
+def test_threshold_with_tied_probabilities_stays_under_the_share():
+  max_probs = [0.9] * 3 + [0.1] * 37  # 5% of 40 is 2, but three photos tie at 0.9
+  figures = whole_photos.whole_image_figures({}, {}, dict(enumerate(max_probs)), 0.5, 0.05)
+  assert figures["threshold"] == 0.9
+  assert figures["false_detections"]["n_with_detection"] == 0
+
+
+def test_false_detections_counts_photos_above_the_threshold():
+  out = whole_photos.false_detections({"a.jpg": 0.2, "b.jpg": 0.7, "c.jpg": 0.5}, 0.5)
+  assert out["n_with_detection"] == 1 and out["rate"] == pytest.approx(1 / 3)
+  assert out["photos_with_detection"] == ["b.jpg"]  # 0.5 is not above 0.5
+  json.dumps(out)
+
+
+def test_portrait_group_from_the_table_or_the_file_name():
+  assert data.portrait_group("0612_6_f_RW.jpg") == "DF"
+  assert data.portrait_group("x/0002_1_m_FL.jpg") == "LM"
+  assert data.portrait_group("0800_4_M_SE.jpg") == "DM"
+  assert data.portrait_group("0003_3_f_SW.jpg") == "LF"
+  assert data.portrait_group("n01498041_stingray.jpg") is None
+  faces = {"0612_6_f_RW.jpg": {"group": "LM", "box": None}}
+  assert data.group_of_portrait("p/0612_6_f_RW.jpg", faces) == "LM"  # the table wins
+  assert data.group_of_portrait("0800_4_M_SE.jpg", faces) == "DM"
+  assert data.group_of_portrait("stingray.jpg", faces) == "unknown"
+
+
+def _result(boxes, probs) -> detect.ScanResult:
+  boxes, probs = np.asarray(boxes, np.int32), np.asarray(probs, np.float32)
+  best = int(np.argmax(probs))
+  return detect.ScanResult(boxes, probs, boxes[best], float(probs[best]), True, 0.5)
+
+
+def test_faces_found_needs_the_overlap_where_there_is_a_box():
+  faces = {"0001_1_f_FL.jpg": {"group": "LF", "box": (10.0, 10.0, 40.0)},
+           "0002_2_m_FL.jpg": {"group": "LM", "box": (10.0, 10.0, 40.0)},
+           "0003_5_f_RW.jpg": {"group": "DF", "box": None}}
+  scans = {
+      "p/0001_1_f_FL.jpg": _result([(12, 12, 40), (100, 100, 40)], [0.9, 0.1]),  # found
+      "p/0002_2_m_FL.jpg": _result([(12, 12, 40), (100, 100, 40)], [0.1, 0.9]),  # wrong place
+      "p/0003_5_f_RW.jpg": _result([(0, 0, 40)], [0.6]),  # no box: any window
+      "p/0004_6_m_SE.jpg": _result([(0, 0, 40)], [0.4]),  # not in the CSV, below threshold
+      "p/0005_5_m_SE.jpg": _result([(0, 0, 40)], [0.7]),  # not in the CSV, found
+  }
+  out = whole_photos.faces_found(scans, faces, threshold=0.5)
+  assert out["with_box"]["LF"] == {"n": 1, "found": 1, "rate": 1.0}
+  assert out["with_box"]["LM"] == {"n": 1, "found": 0, "rate": 0.0}
+  assert out["without_box"]["DF"]["found"] == 1
+  assert out["without_box"]["DM"] == {"n": 2, "found": 1, "rate": 0.5}
+  assert out["all"]["overall"] == {"n": 5, "found": 3, "rate": 0.6}
+  assert out["missed"] == ["0002_2_m_FL.jpg", "0004_6_m_SE.jpg"]
+  json.dumps(out)
+  assert whole_photos.faces_found(scans, faces, 0.5, min_iou=0.95)["with_box"]["LF"]["found"] == 0
+
+
+def test_load_face_boxes_turns_centres_into_corners(tmp_path):
+  csv_path = tmp_path / "faces.csv"
+  csv_path.write_text("file,portrait,group,box_cx,box_cy,box_side\n"
+                      "a.png,a.jpg,LF,50,60,20\nb.png,b.jpg,DM,,,\n")
+  faces = data.load_face_boxes(csv_path)
+  assert faces["a.jpg"] == {"group": "LF", "box": (40.0, 50.0, 20.0)}
+  assert faces["b.jpg"] == {"group": "DM", "box": None}
+  (tmp_path / "bad.csv").write_text("portrait,group\na.jpg,LF\n")
+  with pytest.raises(DataError, match="bad.csv: missing column"):
+    data.load_face_boxes(tmp_path / "bad.csv")
+  with pytest.raises(DataError, match="absent.csv: face-box CSV not found"):
+    data.load_face_boxes(tmp_path / "absent.csv")
 
 
 def test_run_scans_the_sets_once_at_the_end(tmp_path, capsys):
@@ -77,10 +168,12 @@ def test_run_scans_the_sets_once_at_the_end(tmp_path, capsys):
   assert {g for g in figures["faces_found"]["with_box"] if g != "overall"} == {"LF", "LM", "DF"}
   assert figures["faces_found"]["without_box"]["DM"]["n"] == 1
   # Recomputed from the returned model with the library function: the same figures.
-  again = detect.evaluate_whole_images(
-      result.variables, detect.photo_files(tmp_path / "portraits"),
-      detect.load_face_boxes(tmp_path / "faces.csv"), detect.photo_files(tmp_path / "nonface"),
-      whole_images.scan_options(config.whole_images, config.data.image_size))
+  sets = whole_photos.WholeImageSets(
+      {"portraits": detect.photo_files(tmp_path / "portraits")},
+      {"portraits": data.load_face_boxes(tmp_path / "faces.csv")},
+      detect.photo_files(tmp_path / "nonface"),
+      whole_photos.scan_options(config.whole_images, config.data.image_size))
+  again = whole_photos.evaluate_sets(result.variables, sets, config.whole_images)["portraits"]
   assert again["threshold"] == pytest.approx(figures["threshold"], rel=1e-6)
   assert again["faces_found"]["all"] == figures["faces_found"]["all"]
   for name, entry in figures["portraits"].items():
@@ -92,7 +185,7 @@ def test_run_scans_the_sets_once_at_the_end(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "-- whole images portraits: 4 photos scanned, 2 unreadable skipped" not in out
   assert "-- whole images portraits: 4 photos scanned, 1 unreadable skipped" in out
-  assert "non-face photos with a detection" in out and "found at p >= 0.5" in out
+  assert "non-face photos with a detection" in out and "found at p > 0.5" in out
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -116,10 +209,10 @@ def test_empty_folder_and_name_clash_with_an_extra_test_set(tmp_path):
   config = _config(tmp_path, sets=f"portraits={tmp_path / 'empty'}", boxes="")
   with pytest.raises(DataError, match=r"config.whole_images.sets: set 'portraits': .*holds no "
                      r"image"):
-    whole_images.load_whole_image_sets(config.whole_images, 32)
+    whole_photos.load_whole_image_sets(config.whole_images, 32)
   config.whole_images.sets = f"ppb={tmp_path / 'portraits'}"
   with pytest.raises(DataError, match=r"name 'ppb' is already a test set"):
-    whole_images.load_whole_image_sets(config.whole_images, 32, taken={"train", "ppb"})
+    whole_photos.load_whole_image_sets(config.whole_images, 32, taken={"train", "ppb"})
 
 
 def test_report_has_a_whole_image_section_with_examples(tmp_path):
@@ -129,7 +222,7 @@ def test_report_has_a_whole_image_section_with_examples(tmp_path):
   other.name, other.seed = "cnn-b", 1
   result, index = report_of_two_runs(tmp_path, config, other)
   html = index.read_text()
-  assert "Whole images portraits" in html and "DM: found at p &gt;= 0.5 %" in html
+  assert "Whole images portraits" in html and "DM: found at p &gt; 0.5 %" in html
   found = json.loads((index.parent / "metrics.json").read_text())
   section = found["whole_images"]["portraits"]
   assert list(section) == ["cnn-a", "cnn-b"]
@@ -163,3 +256,38 @@ def test_study_has_a_table_per_whole_image_set(tmp_path):
       np.mean([100 * m["false_detections"]["rate"] for m in per_seed]))
   md = (tmp_path / "runs" / "study.md").read_text()
   assert "Whole images `pp`:" in md and "DM found @0.5 %" in md
+
+
+# ------------------------------------------------------------------------------ PPB and photos
+
+
+needs_ppb = pytest.mark.skipif(not (PPB / "faces.csv").exists() or not NON_FACE.exists(),
+                               reason="ppb-faces / nonface-photos data not available")
+
+
+@needs_ppb
+def test_ppb_groups_in_the_csv_agree_with_the_file_names():
+  faces = data.load_face_boxes(PPB / "faces.csv")
+  assert all(data.portrait_group(name) == f["group"] for name, f in faces.items())
+  portraits = detect.photo_files(PPB / "portraits")
+  absent = [p.name for p in portraits if p.name not in faces]
+  assert absent and all(data.portrait_group(name) for name in absent)
+
+
+@needs_ppb
+def test_whole_image_evaluation_on_a_few_portraits_and_photos():
+  variables = models.init_variables(jax.random.key(0), latent_dim=0, n_filters=4, image_size=32)
+  faces = data.load_face_boxes(PPB / "faces.csv")
+  portraits = detect.photo_files(PPB / "portraits")
+  absent = [p for p in portraits if p.name not in faces]
+  options = detect.ScanOptions(input_size=32, batch_size=256, stride_frac=0.5, n_scales=3)
+  sets = whole_photos.WholeImageSets({"ppb": portraits[:2] + absent[:1]}, {"ppb": faces},
+                                     detect.photo_files(NON_FACE)[:4], options)
+  out = whole_photos.evaluate_sets(variables, sets, whole_photos.default_whole_images_config())
+  out = out["ppb"]
+  json.dumps(out)
+  assert out["false_detections"]["n_photos"] == 4
+  assert out["false_detections"]["n_with_detection"] == 0  # 5% of 4 photos allows none
+  found = out["faces_found"]
+  assert found["with_box"]["overall"]["n"] == 2 and found["without_box"]["overall"]["n"] == 1
+  assert found["all"]["overall"]["n"] == 3

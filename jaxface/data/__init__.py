@@ -21,6 +21,7 @@ from jaxface.data.test_sets import (LAYOUTS, attach_attributes, detect_layout,
                                     groups_from_attribute, load_test_set, load_test_sets,
                                     read_attribute_table)
 from jaxface.data.planted import GROUPS, NON_FACE_KINDS, make_planted_bias
+from jaxface.data.ppb import group_of_portrait, load_face_boxes, portrait_group
 
 __all__ = [
     "Batch", "Batcher", "DataError", "FaceData", "concatenate", "to_float", "DEFAULT_URL",
@@ -31,5 +32,6 @@ __all__ = [
     "SPLITS", "load_extra_test_sets", "parse_named_paths", "LAYOUTS", "attach_attributes",
     "detect_layout", "groups_from_attribute", "load_test_set", "load_test_sets",
     "read_attribute_table",
-    "GROUPS", "NON_FACE_KINDS", "make_planted_bias",
+    "GROUPS", "NON_FACE_KINDS", "make_planted_bias", "group_of_portrait",
+    "load_face_boxes", "portrait_group",
 ]

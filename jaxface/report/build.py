@@ -396,9 +396,9 @@ def whole_image_rows(figures_list: Sequence[dict]) -> list[tuple[str, list]]:
           lambda f: f"{f['false_detections']['n_with_detection']}/"
                     f"{f['false_detections']['n_photos']}")),
   ]
-  rows += [(f"{g}: found at p >= 0.5 %", cells(found("faces_found_at_default", g)))
+  rows += [(f"{g}: found at p > 0.5 %", cells(found("faces_found_at_default", g)))
            for g in groups]
-  rows += [("non-face photos with a detection at p >= 0.5", cells(
+  rows += [("non-face photos with a detection at p > 0.5", cells(
       lambda f: f"{f['false_detections_at_default']['n_with_detection']}/"
                 f"{f['false_detections_at_default']['n_photos']}"))]
   return rows
@@ -440,9 +440,9 @@ def _whole_image_section(page: page_lib.Page, name: str, runs: Sequence[RunArtif
             f"of the shorter side, stride {options['stride_frac']:g} of the side, about "
             f"{first['n_windows_per_portrait']:.0f} windows per photo). The threshold is set "
             f"so that at most {100 * first['max_false_rate']:g}% of the "
-            f"{first['false_detections']['n_photos']} non-face photos have a window at or above "
-            "it; a portrait counts as found when such a window overlaps its face box with IoU "
-            f">= {first['faces_found']['min_iou']:g} (any window where it has no box).")
+            f"{first['false_detections']['n_photos']} non-face photos have a window above it "
+            "(a detection); a portrait counts as found when such a window overlaps its face box "
+            f"with IoU >= {first['faces_found']['min_iou']:g} (any window where it has no box).")
   header = ["", *(fnd.display_name(r.name, r.kind) for r in runs)]
   page.raw(page_lib.table(header, [[label, *cells]
                                    for label, cells in whole_image_rows(figures_list)]))
