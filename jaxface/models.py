@@ -8,12 +8,15 @@ for a VAE, split into ``y_logit (B,)``, ``z_mean (B, k)`` and ``z_logvar (B, k)`
 mirrors it with stride-2 transposed convolutions (:data:`DECODER_CONVS`) back to the input size.
 Images are channels-last ``(B, H, W, 3)`` floats in [0, 1].
 
-Two implementations share this layer table, the parameter names and shapes (checkpoints are
-interchangeable) and, to float rounding, the outputs and gradients; ``impl`` chooses:
+:class:`Encoder` and :class:`Decoder` are stock Linen networks with injectable layers (as in
+Flax's ResNet example); ``impl`` chooses what :func:`networks` injects, and every choice makes the
+same parameter names and shapes (checkpoints are interchangeable) and, to float rounding, the
+same outputs and gradients:
 
-* ``'flax'``: :class:`Encoder` / :class:`Decoder` below, stock Linen layers (``conv`` / ``norm``
-  injectable); the one for accelerators and for ``jax.jvp`` / ``jax.hessian``.
-* ``'cpu_fast'``: :mod:`jaxface.cpu_fast`, the XLA:CPU fast path (reverse mode only).
+* ``'flax'``: the stock layers (``nn.Conv``, ``nn.ConvTranspose``, ``nn.BatchNorm``); the one for
+  accelerators and for ``jax.jvp`` / ``jax.hessian``.
+* ``'cpu_fast'``: the XLA:CPU layers of :mod:`jaxface.cpu_fast` on batch chunks (reverse mode
+  only).
 * ``'auto'``: ``'cpu_fast'`` on the CPU backend, ``'flax'`` elsewhere.
 
 Other code calls the pure functions :func:`init_variables`, :func:`encode`, :func:`decode`,
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxface import cpu_fast
 
 Array = jax.Array
 PyTree = Any
@@ -40,7 +45,7 @@ BN_MOMENTUM = 0.9  # running-statistics momentum of the encoder's batch norms (P
 BN_EPSILON = 1e-5
 IMPLS = ("auto", "flax", "cpu_fast")
 
-# The layer table of both implementations. (filter multiplier, kernel size) of the encoder's
+# The layer table of the networks. (filter multiplier, kernel size) of the encoder's
 # stride-2 convolutions and of the decoder's stride-2 transposed convolutions before the RGB one.
 ENCODER_CONVS = ((1, 5), (2, 5), (4, 3), (6, 3))
 DECODER_CONVS = ((4, 3), (2, 3), (1, 5))
@@ -77,66 +82,91 @@ def lecun_normal(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> 
   return matrix.reshape(shape)
 
 
+def whole_batch(x: PyTree) -> PyTree:
+  """The stock batch layout: the batch stays one array from layer to layer (the identity)."""
+  return x
+
+
 class Encoder(nn.Module):
-  """Convolutional face classifier / VAE encoder (stock Linen layers).
+  """Convolutional face classifier / VAE encoder.
+
+  The layers are injectable (as ``conv`` in Flax's ResNet example); the defaults are stock
+  Linen. Between ``split_batch`` and ``join_batch`` the activation is whatever the injected
+  layers take: one array by default, or e.g. a list of batch chunks
+  (:mod:`jaxface.cpu_fast`); the element-wise steps map over it with ``jax.tree.map``.
 
   Attributes:
     n_outputs: width of the last Dense layer (1 for the standard CNN, 2k+1 for a VAE).
     n_filters: base number of filters (12 in the labs).
     dtype: compute dtype (parameters stay float32).
-    conv: the convolution (``nn.Conv`` signature; by default ``nn.Conv`` with its default
-      initializer drawn by :func:`lecun_normal`).
+    conv: the stride-2 convolution (``nn.Conv`` signature; the kernels are drawn by
+      :func:`lecun_normal`).
     norm: the batch norm (``nn.BatchNorm`` signature).
+    split_batch: images (B, H, W, 3) -> the activation the first layer takes.
+    join_batch: the last batch norm's activation, flattened -> (B, D) for the Dense layers.
     axis_name: batch-norm statistics also over this mapped axis (``pmap`` / ``shard_map``).
   """
   n_outputs: int
   n_filters: int = 12
   dtype: Any = jnp.float32
-  conv: ModuleDef = functools.partial(nn.Conv, kernel_init=lecun_normal)
+  conv: ModuleDef = nn.Conv
   norm: ModuleDef = nn.BatchNorm
+  split_batch: Callable[[Array], PyTree] = whole_batch
+  join_batch: Callable[[PyTree], Array] = whole_batch
   axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     """Maps images (B, H, W, 3) to raw outputs (B, n_outputs), in float32."""
+    conv = functools.partial(self.conv, strides=(2, 2), padding="SAME", dtype=self.dtype,
+                             kernel_init=lecun_normal)
     norm = functools.partial(self.norm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name)
-    x = x.astype(self.dtype)
+    x = self.split_batch(x.astype(self.dtype))
     for i, (features, k) in enumerate(encoder_convs(self.n_filters)):
-      x = self.conv(features, (k, k), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                    name=f"Conv_{i}")(x)
-      x = norm(name=f"BatchNorm_{i}")(nn.relu(x))
-    x = nn.relu(nn.Dense(DENSE_FEATURES, dtype=self.dtype)(x.reshape((x.shape[0], -1))))
+      x = conv(features, (k, k), name=f"Conv_{i}")(x)
+      x = norm(name=f"BatchNorm_{i}")(jax.tree.map(nn.relu, x))
+    x = self.join_batch(jax.tree.map(lambda a: a.reshape((a.shape[0], -1)), x))
+    x = nn.relu(nn.Dense(DENSE_FEATURES, dtype=self.dtype)(x))
     return nn.Dense(self.n_outputs, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class Decoder(nn.Module):
-  """Transposed-convolution decoder from a latent code to an image (stock Linen layers).
+  """Transposed-convolution decoder from a latent code to an image.
+
+  Injectable layers and batch layout as for :class:`Encoder` (stock Linen by default); the
+  first Dense layer runs on the activation ``split_batch`` makes.
 
   Attributes:
     n_filters: base number of filters (mirrors the encoder).
     image_size: output height and width; a multiple of 16.
     dtype: compute dtype.
-    conv: the transposed convolution (``nn.ConvTranspose`` signature; the default as for
-      :class:`Encoder`).
+    conv_transpose: the stride-2 transposed convolution (``nn.ConvTranspose`` signature; the
+      kernels are drawn by :func:`lecun_normal`).
+    split_batch: latent codes (B, k) -> the activation the first Dense layer takes.
+    join_batch: the last layer's activation -> images (B, S, S, 3).
   """
   n_filters: int = 12
   image_size: int = 64
   dtype: Any = jnp.float32
-  conv: ModuleDef = functools.partial(nn.ConvTranspose, kernel_init=lecun_normal)
+  conv_transpose: ModuleDef = nn.ConvTranspose
+  split_batch: Callable[[Array], PyTree] = whole_batch
+  join_batch: Callable[[PyTree], Array] = whole_batch
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     """Maps latent codes (B, k) to images (B, S, S, 3), linear output, float32."""
+    conv_transpose = functools.partial(self.conv_transpose, strides=(2, 2), padding="SAME",
+                                       dtype=self.dtype, kernel_init=lecun_normal)
     side, channels = decoder_grid(self.n_filters, self.image_size)
-    x = nn.Dense(side * side * channels, dtype=self.dtype)(z.astype(self.dtype))
-    x = nn.relu(x).reshape((z.shape[0], side, side, channels))
+    dense = nn.Dense(side * side * channels, dtype=self.dtype)
+    x = jax.tree.map(lambda a: nn.relu(dense(a)).reshape((a.shape[0], side, side, channels)),
+                     self.split_batch(z.astype(self.dtype)))
     layers = decoder_convs(self.n_filters)
     for i, (features, k) in enumerate(layers):
-      x = self.conv(features, (k, k), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                    name=f"ConvTranspose_{i}")(x)
-      x = nn.relu(x) if i < len(layers) - 1 else x
-    return x.astype(jnp.float32)
+      x = conv_transpose(features, (k, k), name=f"ConvTranspose_{i}")(x)
+      x = jax.tree.map(nn.relu, x) if i < len(layers) - 1 else x
+    return self.join_batch(x).astype(jnp.float32)
 
 
 def resolve_impl(impl: str) -> str:
@@ -152,15 +182,19 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def networks(impl: str = "auto") -> tuple[type[nn.Module], type[nn.Module]]:
-  """The (encoder, decoder) module classes of an implementation (see :data:`IMPLS`).
+def networks(impl: str = "auto") -> tuple[Callable[..., Encoder], Callable[..., Decoder]]:
+  """The (encoder, decoder) constructors of an implementation (see :data:`IMPLS`).
 
-  Both take the attributes of :class:`Encoder` / :class:`Decoder` without ``conv`` / ``norm``.
+  ``'flax'``: :class:`Encoder` and :class:`Decoder` with their stock layers. ``'cpu_fast'``: the
+  same classes with the layers and the chunked batch layout of :mod:`jaxface.cpu_fast` injected.
+  Both take the other attributes of :class:`Encoder` / :class:`Decoder`.
   """
   if resolve_impl(impl) == "flax":
     return Encoder, Decoder
-  from jaxface import cpu_fast  # noqa: PLC0415 -- cpu_fast builds on this module's layer table
-  return cpu_fast.Encoder, cpu_fast.Decoder
+  layout = {"split_batch": cpu_fast.split_batch, "join_batch": cpu_fast.join_batch}
+  return (functools.partial(Encoder, conv=cpu_fast.StridedConv, norm=cpu_fast.ChunkedBatchNorm,
+                            **layout),
+          functools.partial(Decoder, conv_transpose=cpu_fast.StridedConvTranspose, **layout))
 
 
 class EncoderOutput(NamedTuple):

@@ -399,14 +399,30 @@ def test_impls_are_checked_and_match_the_config_field():
     config_lib.validate_config(config, num_devices=1)
 
 
+def _injected_layers(impl):
+  """The layers and batch layout an implementation injects into the one Encoder / Decoder."""
+  encoder_cls, decoder_cls = models.networks(impl)
+  encoder, decoder = encoder_cls(n_outputs=1), decoder_cls()
+  assert type(encoder) is models.Encoder and type(decoder) is models.Decoder
+  return (encoder.conv, encoder.norm, encoder.split_batch, encoder.join_batch,
+          decoder.conv_transpose, decoder.split_batch, decoder.join_batch)
+
+
 def test_auto_is_cpu_fast_on_cpu_and_flax_elsewhere(monkeypatch):
+  stock = (nn.Conv, nn.BatchNorm, models.whole_batch, models.whole_batch, nn.ConvTranspose,
+           models.whole_batch, models.whole_batch)
+  fast = (cpu_fast.StridedConv, cpu_fast.ChunkedBatchNorm, cpu_fast.split_batch,
+          cpu_fast.join_batch, cpu_fast.StridedConvTranspose, cpu_fast.split_batch,
+          cpu_fast.join_batch)
+  assert _injected_layers("flax") == stock
+  assert _injected_layers("cpu_fast") == fast
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert models.resolve_impl("auto") == "cpu_fast"
-  assert models.networks("auto") == (cpu_fast.Encoder, cpu_fast.Decoder)
+  assert _injected_layers("auto") == fast
   for backend in ("gpu", "tpu"):
     monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
     assert models.resolve_impl("auto") == "flax"
-    assert models.networks("auto") == (models.Encoder, models.Decoder)
+    assert _injected_layers("auto") == stock
   assert models.resolve_impl("cpu_fast") == "cpu_fast"  # explicit choices are kept
 
 
@@ -558,23 +574,25 @@ def test_hessian_through_flax_encode_and_decode_matches_reverse_over_reverse():
     assert float(jnp.max(jnp.abs(hessian))) > 0
 
 
-def test_axis_name_pools_batch_norm_statistics_over_the_mapped_axis():
+@pytest.mark.parametrize("impl", ["flax", "cpu_fast"])
+def test_axis_name_pools_batch_norm_statistics_over_the_mapped_axis(impl):
   """Encoder(axis_name=...) under a mapped axis normalises with the statistics of all shards."""
   variables = _variables(2, n_filters=2, image_size=16)
   enc_vars = {"params": variables["params"]["encoder"],
               "batch_stats": variables["batch_stats"]["encoder"]}
   x = _images(8, 16, seed=7)
+  encoder_cls = models.networks(impl)[0]
 
   def run(encoder, images):
     return encoder.apply(enc_vars, images, train=True, mutable=["batch_stats"])
 
-  whole, whole_stats = run(models.Encoder(n_outputs=5, n_filters=2), x)
+  whole, whole_stats = run(encoder_cls(n_outputs=5, n_filters=2), x)
   shards = x.reshape((2, 4) + x.shape[1:])
   pooled, pooled_stats = jax.vmap(
-      lambda s: run(models.Encoder(n_outputs=5, n_filters=2, axis_name="batch"), s),
+      lambda s: run(encoder_cls(n_outputs=5, n_filters=2, axis_name="batch"), s),
       axis_name="batch")(shards)
   _rel_close(whole, pooled.reshape(whole.shape))
   for a, b in zip(jax.tree.leaves(whole_stats), jax.tree.leaves(pooled_stats)):
     _rel_close(np.broadcast_to(a, b.shape), b)
-  alone, _ = jax.vmap(lambda s: run(models.Encoder(n_outputs=5, n_filters=2), s))(shards)
+  alone, _ = jax.vmap(lambda s: run(encoder_cls(n_outputs=5, n_filters=2), s))(shards)
   assert not np.allclose(whole, alone.reshape(whole.shape), atol=1e-4)

@@ -1,7 +1,9 @@
 """The XLA:CPU fast-path machinery against the stock layers it replaces: the sub-pixel stride-2
 convolutions of jaxface.ops and the batch chunks and chunked batch norm of jaxface.cpu_fast."""
 
+import ast
 import functools
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -84,6 +86,15 @@ def test_conv_transpose_s2_chunks_equals_each_array_on_its_own():
 # ----------------------------------------------------------------------------------------------
 
 
+def test_cpu_fast_builds_on_ops_alone():
+  """The layers know nothing of the networks they are injected into (no import cycle)."""
+  tree = ast.parse(Path(cpu_fast.__file__).read_text())
+  modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+  names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+           and node.module == "jaxface" for alias in node.names}
+  assert names == {"ops"} and not any(m.startswith("jaxface.") for m in modules if m)
+
+
 def test_batch_chunks_cover_the_batch(monkeypatch):
   monkeypatch.setattr(cpu_fast, "CPU_BATCH_CHUNK", 32)
   x = jnp.arange(70.0)[:, None]
@@ -96,14 +107,30 @@ def test_batch_chunks_cover_the_batch(monkeypatch):
 def test_strided_conv_on_chunks_equals_flax_layers():
   key_x, key_w = jax.random.split(jax.random.key(4))
   x = jax.random.normal(key_x, (5, 8, 8, 3))
-  for transpose, layer in ((False, nn.Conv), (True, nn.ConvTranspose)):
-    ours = cpu_fast.StridedConv(4, 3, transpose=transpose)
+  for ours_cls, layer in ((cpu_fast.StridedConv, nn.Conv),
+                          (cpu_fast.StridedConvTranspose, nn.ConvTranspose)):
+    # Built with the arguments the networks give the stock layer.
+    kwargs = {"strides": (2, 2), "padding": "SAME"}
+    ours = ours_cls(4, (3, 3), **kwargs)
     variables = ours.init(key_w, [x])
+    ref_layer = layer(4, (3, 3), **kwargs)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, ref_layer.init(key_w, x))
+    np.testing.assert_array_equal(variables["params"]["kernel"],
+                                  ref_layer.init(key_w, x)["params"]["kernel"])
     variables = {"params": {**variables["params"], "bias": jnp.linspace(-1.0, 1.0, 4)}}
     out = ours.apply(variables, [x[:2], x[2:]])
-    ref = layer(4, (3, 3), strides=(2, 2), padding="SAME").apply(variables, x)
+    ref = ref_layer.apply(variables, x)
     assert [c.shape[0] for c in out] == [2, 3]
     assert _rel(ref, jnp.concatenate(out)) < 1e-5
+
+
+@pytest.mark.parametrize("kwargs", [{"strides": (1, 1)}, {"padding": "VALID"},
+                                    {"kernel_size": (3, 5)}])
+def test_strided_conv_refuses_what_it_does_not_compute(kwargs):
+  layer = cpu_fast.StridedConv(**{"features": 4, "kernel_size": (3, 3), **kwargs})
+  with pytest.raises(ValueError, match="StridedConv computes"):
+    layer.init(jax.random.key(0), [jnp.zeros((1, 8, 8, 3))])
 
 
 def test_decoder_runs_batch_chunks(monkeypatch):
@@ -131,8 +158,10 @@ def test_decoder_runs_batch_chunks(monkeypatch):
 def test_chunked_batch_norm_equals_flax_batch_norm_on_the_whole_batch(dtype):
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (5, 4, 4, 6))
   chunks = [x[:2], x[2:4], x[4:]]
-  ours = cpu_fast.ChunkedBatchNorm(use_running_average=False, dtype=dtype)
-  flax_bn = nn.BatchNorm(use_running_average=False, momentum=models.BN_MOMENTUM, dtype=dtype)
+  # Built with the arguments the encoder gives the stock batch norm.
+  kwargs = {"momentum": models.BN_MOMENTUM, "epsilon": models.BN_EPSILON, "dtype": dtype}
+  ours = cpu_fast.ChunkedBatchNorm(use_running_average=False, **kwargs)
+  flax_bn = nn.BatchNorm(use_running_average=False, **kwargs)
   variables = ours.init(jax.random.key(1), chunks)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
       jnp.shape, flax_bn.init(jax.random.key(1), x))
