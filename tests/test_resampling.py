@@ -1,27 +1,29 @@
 """Tests of jaxface.resampling against independent NumPy references and hand-computed values.
 
+The lab's NumPy loop is experiments/bench_resampling.py's (the loop that benchmark times).
+
 Speed: every (shape, bins, combine, histogram_impl) compiles the jitted kernels once, so the
 random-input tests share one shape, (N, K) = (120, 5), and the default 10 bins wherever they can.
 """
 
-import importlib.util
 import math
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import forced_devices_flags
+from helpers import REPO, forced_devices_flags, load_experiment
 
 from jaxface import config as config_lib
 from jaxface import resampling
 
 IMPLS = ("vmap", "scatter")
+bench = load_experiment("bench_resampling", "_experiments_bench_resampling")
+lab_loop = bench.lab_sampling_probabilities_numpy
 
 # ----------------------------------------------------------------------------------------------
 # Independent NumPy references.
@@ -117,12 +119,12 @@ def test_max_matches_numpy_lab_loop(bins, alpha, data, seed, impl):
                                                    histogram_impl=impl))
   expected = ref_max(z, bins, alpha)
   np.testing.assert_allclose(p, expected, rtol=1e-4, atol=1e-7)
-  # And the package's own NumPy transcription of the lab.
+  # And the benchmark's NumPy transcription of the lab.
   np.testing.assert_allclose(
-      p, resampling.lab_sampling_probabilities_numpy(z, bins=bins, smoothing_fac=alpha),
+      p, lab_loop(z, bins=bins, smoothing_fac=alpha),
       rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(
-      resampling.lab_sampling_probabilities_numpy(z, bins=bins, smoothing_fac=alpha), expected,
+      lab_loop(z, bins=bins, smoothing_fac=alpha), expected,
       rtol=1e-10)
 
 
@@ -150,7 +152,7 @@ def test_max_alpha_zero_with_an_empty_bin():
   z = np.array([[0.0], [0.0], [0.0], [1.0]], np.float32)
   expected = [1 / 6, 1 / 6, 1 / 6, 1 / 2]
   np.testing.assert_allclose(ref_max(z, 3, 0.0), expected, rtol=1e-6)
-  np.testing.assert_allclose(resampling.lab_sampling_probabilities_numpy(z, 3, 0.0), expected,
+  np.testing.assert_allclose(lab_loop(z, 3, 0.0), expected,
                              rtol=1e-6)
   p = np.asarray(resampling.sampling_probabilities(z, bins=3, alpha=0.0, combine="max"))
   np.testing.assert_allclose(p, expected, rtol=1e-5)
@@ -446,7 +448,7 @@ def test_effective_sample_size_refuses_non_vectors():
 
 def test_lab_loop_refuses_non_matrices():
   with pytest.raises(ValueError, match="z_mean must be a non-empty"):
-    resampling.lab_sampling_probabilities_numpy(np.zeros(10, np.float32))
+    lab_loop(np.zeros(10, np.float32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,7 +476,7 @@ def test_edge_bins_match_the_lab_loop(impl):
   for alpha in (0.0, 1e-3):
     p = np.asarray(resampling.sampling_probabilities(z, bins=4, alpha=alpha, combine="max",
                                                      histogram_impl=impl))
-    np.testing.assert_allclose(p, resampling.lab_sampling_probabilities_numpy(z, 4, alpha),
+    np.testing.assert_allclose(p, lab_loop(z, 4, alpha),
                                rtol=1e-5)
     np.testing.assert_allclose(p, ref_max(z, 4, alpha), rtol=1e-5)
     p = np.asarray(resampling.sampling_probabilities(z, bins=4, alpha=alpha, combine="product",
@@ -499,7 +501,7 @@ def test_constant_dimension_beside_varying_ones(impl):
   z[:, -1] = -2.5
   # max: the constant dimension gives every code 1/N, a floor under the other dimensions'.
   p = np.asarray(resampling.sampling_probabilities(z, histogram_impl=impl))
-  np.testing.assert_allclose(p, resampling.lab_sampling_probabilities_numpy(z), rtol=1e-4,
+  np.testing.assert_allclose(p, lab_loop(z), rtol=1e-4,
                              atol=1e-7)
   np.testing.assert_allclose(p, ref_max(z), rtol=1e-4, atol=1e-7)
   # product: every code in the same bin of the constant dimension, a factor that cancels.
@@ -558,10 +560,11 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
     from jaxface import resampling
+    from bench_resampling import lab_sampling_probabilities_numpy
     mesh = jax.make_mesh((2,), ("batch",), axis_types=(jax.sharding.AxisType.Explicit,))
     z = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     z_sharded = jax.device_put(z, NamedSharding(mesh, PartitionSpec("batch")))
-    ref = resampling.lab_sampling_probabilities_numpy(z)
+    ref = lab_sampling_probabilities_numpy(z)
     for impl in ("vmap", "scatter"):
       p = np.asarray(resampling.sampling_probabilities(z_sharded, histogram_impl=impl))
       np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-7)
@@ -570,8 +573,9 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_batch_sharded_codes_on_two_devices():
-  env = dict(os.environ, XLA_FLAGS=forced_devices_flags(2),
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=forced_devices_flags(2), JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([str(REPO / "experiments"),
+                                         os.environ.get("PYTHONPATH", "")]))
   out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -656,10 +660,6 @@ def test_traced_alpha_of_the_wrong_shape_raises():
 
 
 def test_bench_resampling_quick_run():
-  path = Path(__file__).resolve().parent.parent / "experiments" / "bench_resampling.py"
-  spec = importlib.util.spec_from_file_location("_experiments_bench_resampling", path)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
   # The shape and bins the tests above compile already.
   (row,) = bench.main(["--sizes", str(N), "--dims", str(K), "--repeats", "1"])
   assert row["auto_impl"] == resampling.resolve_histogram_impl("auto")

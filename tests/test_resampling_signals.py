@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxface import resampling
+from jaxface.resampling import latent_axes
 
 
 def _oblique_minority(n=2000, k=32, share=0.05, shift=4.0, seed=0):
@@ -76,7 +77,7 @@ def test_latent_pca_finds_an_oblique_minority_that_per_dimension_max_misses():
 def test_latent_pca_jits_with_static_sizes():
   z, _ = _oblique_minority(n=300)
   active = resampling.active_dimensions(z)
-  fn = jax.jit(resampling._latent_pca_probabilities, static_argnames=("m", "bins"))
+  fn = jax.jit(latent_axes._latent_pca_probabilities, static_argnames=("m", "bins"))
   p = fn(jnp.asarray(z), active, jnp.float32(1e-3), m=2, bins=10)
   np.testing.assert_allclose(p, resampling.latent_pca_probabilities(z, m=2), rtol=1e-5)
 

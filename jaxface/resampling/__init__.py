@@ -1,0 +1,20 @@
+"""Resampling of the training faces (DB-VAE and label-free alternatives) and per-face scores.
+
+* :mod:`~jaxface.resampling.histograms`: per-dimension latent histograms (the lab's and the
+  paper's DB-VAE weights, :func:`sampling_probabilities`; :func:`bias_score`).
+* :mod:`~jaxface.resampling.latent_axes`: the whitened principal components of the active
+  latent dimensions, their density (:func:`latent_pca_probabilities`) and k-means clusters
+  (:func:`cluster_probabilities`).
+* :mod:`~jaxface.resampling.weights`: reconstruction-error, classifier-error and group weights;
+  blends, tempering to an effective sample size and caps.
+"""
+
+from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array, bias_score,
+                                           resolve_histogram_impl, sampling_probabilities)
+from jaxface.resampling.latent_axes import (ACTIVE_VARIANCE, active_dimensions,
+                                            cluster_probabilities, kmeans,
+                                            latent_pca_probabilities, whitened_components)
+from jaxface.resampling.weights import (ERROR_KINDS, blend, blend_probabilities, cap_weights,
+                                        effective_sample_size, epistemic_probabilities,
+                                        epistemic_score, error_probabilities,
+                                        group_balanced_probabilities, temper_to_ess)
