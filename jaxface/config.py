@@ -7,15 +7,38 @@ before anything is compiled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import ml_collections
+
+from jaxface.resampling import HISTOGRAM_IMPLS
+from jaxface.resampling import registry as signal_registry
+from jaxface.resampling.registry import blend_weights, signal_parts  # noqa: F401 (public here)
 
 MODEL_KINDS = ("cnn", "ssvae", "dbvae")
 MODEL_IMPLS = ("auto", "flax", "cpu_fast")  # jaxface.models.IMPLS
-# Resampling signals. 'none' and 'groups' stand alone; the others can be blended, e.g.
-# 'latent_pca+errors' (weights in resampling.blend_weights, equal by default).
-BLEND_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters", "errors")
-SIGNALS = ("none", "groups") + BLEND_SIGNALS
-LATENT_SIGNALS = ("latent", "epistemic", "latent_pca", "clusters")  # need a VAE
+NO_SIGNAL = "none"  # resampling.signal of a run that samples its faces uniformly
+
+
+def signal_names(registry: Mapping[str, signal_registry.Signal] = signal_registry.SIGNALS
+                 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+  """The values of ``resampling.signal``'s parts: all, those that blend, those that need a VAE.
+
+  Args:
+    registry: the signals by name (``jaxface.resampling.SIGNALS``).
+
+  Returns:
+    ``(signals, blend_signals, latent_signals)``; ``signals`` starts with ``'none'``.
+  """
+  return ((NO_SIGNAL,) + tuple(registry),
+          tuple(name for name, signal in registry.items() if signal.blendable),
+          tuple(name for name, signal in registry.items() if signal.needs_latent))
+
+
+# Resampling signals (jaxface.resampling.SIGNALS). 'none' and 'groups' stand alone; the others
+# can be blended, e.g. 'latent_pca+errors' (weights in resampling.blend_weights, equal by
+# default). LATENT_SIGNALS need a VAE.
+SIGNALS, BLEND_SIGNALS, LATENT_SIGNALS = signal_names()
 DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -125,46 +148,22 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
       _check_keys(config[key], schema[key], name + ".")
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
+                    registry: Mapping[str, signal_registry.Signal] = signal_registry.SIGNALS
+                    ) -> None:
   """Raises ValueError naming the field for an unknown field or a bad value.
 
   Args:
     config: a run configuration.
     num_devices: the number of devices the batch is sharded over.
+    registry: the resampling signals by name (``jaxface.resampling.SIGNALS``).
   """
   _check_keys(config, get_base_config())
 
   def fail(field, why):
     raise ValueError(f"config.{field} = {config_get(config, field)!r}: {why}")
 
-  kind = config.model.kind
-  if kind not in MODEL_KINDS:
-    fail("model.kind", f"must be one of {MODEL_KINDS}")
-  signal = config.resampling.signal
-  parts = signal_parts(signal)
-  if not parts or any(p not in SIGNALS for p in parts):
-    fail("resampling.signal", f"must be one of {SIGNALS}, or several of {BLEND_SIGNALS} "
-         "joined by '+'")
-  if len(parts) > 1 and any(p not in BLEND_SIGNALS for p in parts):
-    fail("resampling.signal", f"only {BLEND_SIGNALS} can be blended")
-  if len(set(parts)) != len(parts):
-    fail("resampling.signal", "names a signal twice")
-  # model.kind names what latent_dim and resampling.signal already say; they must agree.
-  if kind == "cnn":
-    if config.model.latent_dim != 0:
-      fail("model.latent_dim", "must be 0 for config.model.kind = 'cnn' (the standard CNN)")
-    if any(p in LATENT_SIGNALS for p in parts):
-      fail("resampling.signal", "the standard CNN has no latent space: use 'none', 'groups' "
-           "or 'errors'")
-  else:
-    if config.model.latent_dim < 1:
-      fail("model.latent_dim", f"must be >= 1 for config.model.kind = {kind!r} (a VAE)")
-    if kind == "ssvae" and signal != "none":
-      fail("resampling.signal", "config.model.kind = 'ssvae' trains without resampling: use "
-           "'none', or config.model.kind = 'dbvae' to resample")
-    if kind == "dbvae" and signal == "none":
-      fail("resampling.signal", "config.model.kind = 'dbvae' resamples the faces: use a signal "
-           f"of {SIGNALS[1:]}, or config.model.kind = 'ssvae' for none")
+  parts = _validate_model_and_signal(config, fail, registry)
   if config.model.n_filters < 1:
     fail("model.n_filters", "must be >= 1")
   if config.model.impl not in MODEL_IMPLS:
@@ -201,7 +200,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     fail("resampling.group_power", "must be in [0, 1]")
   if config.resampling.combine not in ("max", "product"):
     fail("resampling.combine", "must be 'max' or 'product'")
-  from jaxface.resampling import HISTOGRAM_IMPLS  # jax is only imported when a run is checked
   if config.resampling.histogram_impl not in HISTOGRAM_IMPLS:
     fail("resampling.histogram_impl", f"must be one of {HISTOGRAM_IMPLS}")
   if config.loss.recon not in ("l1", "l2"):
@@ -239,6 +237,46 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _validate_augment(config, fail)
 
 
+def _validate_model_and_signal(config: ml_collections.ConfigDict, fail,
+                               registry: Mapping[str, signal_registry.Signal]) -> list[str]:
+  """Checks ``model.kind``, ``model.latent_dim`` and ``resampling.signal`` and that they agree.
+
+  Returns:
+    The parts of ``resampling.signal`` (:func:`signal_parts`).
+  """
+  kind = config.model.kind
+  if kind not in MODEL_KINDS:
+    fail("model.kind", f"must be one of {MODEL_KINDS}")
+  signal = config.resampling.signal
+  signals, blend_signals, latent_signals = signal_names(registry)
+  parts = signal_parts(signal)
+  if not parts or any(p not in signals for p in parts):
+    fail("resampling.signal", f"must be one of {signals}, or several of {blend_signals} "
+         "joined by '+'")
+  if len(parts) > 1 and any(p not in blend_signals for p in parts):
+    fail("resampling.signal", f"only {blend_signals} can be blended")
+  if len(set(parts)) != len(parts):
+    fail("resampling.signal", "names a signal twice")
+  # model.kind names what latent_dim and resampling.signal already say; they must agree.
+  if kind == "cnn":
+    if config.model.latent_dim != 0:
+      fail("model.latent_dim", "must be 0 for config.model.kind = 'cnn' (the standard CNN)")
+    if any(p in latent_signals for p in parts):
+      others = [repr(name) for name in signals if name not in latent_signals]
+      fail("resampling.signal", "the standard CNN has no latent space: use "
+           f"{', '.join(others[:-1])} or {others[-1]}")
+  else:
+    if config.model.latent_dim < 1:
+      fail("model.latent_dim", f"must be >= 1 for config.model.kind = {kind!r} (a VAE)")
+    if kind == "ssvae" and signal != NO_SIGNAL:
+      fail("resampling.signal", "config.model.kind = 'ssvae' trains without resampling: use "
+           "'none', or config.model.kind = 'dbvae' to resample")
+    if kind == "dbvae" and signal == NO_SIGNAL:
+      fail("resampling.signal", "config.model.kind = 'dbvae' resamples the faces: use a signal "
+           f"of {signals[1:]}, or config.model.kind = 'ssvae' for none")
+  return parts
+
+
 def _validate_augment(config: ml_collections.ConfigDict, fail) -> None:
   """Checks ``config.augment`` (also when disabled); errors name ``config.augment.<field>``."""
   from jaxface.augment import check_augment_config  # imports jax
@@ -257,18 +295,6 @@ def _validate_augment(config: ml_collections.ConfigDict, fail) -> None:
     check_augment_config(aug)
   except ValueError as err:
     raise ValueError(f"config.{err}") from None
-
-
-def signal_parts(signal: str) -> list[str]:
-  """``'latent_pca+errors'`` -> ``['latent_pca', 'errors']``."""
-  return [part.strip() for part in str(signal).split("+")]
-
-
-def blend_weights(resampling: ml_collections.ConfigDict) -> list[float]:
-  """The blend's weights, one per signal of ``resampling.signal`` (equal when unset)."""
-  if not resampling.blend_weights:
-    return [1.0] * len(signal_parts(resampling.signal))
-  return [float(w) for w in str(resampling.blend_weights).split(",")]
 
 
 def config_get(config: ml_collections.ConfigDict, dotted: str):

@@ -7,6 +7,8 @@
   (:func:`cluster_probabilities`).
 * :mod:`~jaxface.resampling.weights`: reconstruction-error, classifier-error and group weights;
   blends, tempering to an effective sample size and caps.
+* :mod:`~jaxface.resampling.registry`: the signals of ``config.resampling.signal`` by name
+  (:data:`SIGNALS`) and the epoch-start pass's computation (:func:`face_probabilities`).
 """
 
 from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array, bias_score,
@@ -14,6 +16,8 @@ from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array
 from jaxface.resampling.latent_axes import (ACTIVE_VARIANCE, active_dimensions,
                                             cluster_probabilities, kmeans,
                                             latent_pca_probabilities, whitened_components)
+from jaxface.resampling.registry import (SIGNALS, Signal, blend_weights, face_probabilities,
+                                         needed_outputs, signal_parts)
 from jaxface.resampling.weights import (ERROR_KINDS, blend, blend_probabilities, cap_weights,
                                         effective_sample_size, epistemic_probabilities,
                                         epistemic_score, error_probabilities,
