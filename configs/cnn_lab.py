@@ -1,11 +1,11 @@
 """The lab's standard CNN exactly: no training-time augmentation, 2 epochs at a constant rate.
 
     python experiments/run.py --config=configs/cnn_lab.py --workdir=/tmp/jaxface/cnn_lab
+    python experiments/run.py --config=configs/cnn_lab.py:smoke --workdir=/tmp/jaxface/smoke
 
 The MIT 6.S191 lab trains on the face chips as they are (batch 32, Adam 5e-4 at a constant
-rate, 2 epochs). Without augmentation the detector learns the chips' framing and colour as
-well as the face, and it finds few faces in crops framed otherwise
-(experiments/results/probe_augment.md). Smoke run: ``--config=configs/cnn_lab.py:smoke``.
+rate, 2 epochs). Without augmentation the detector learns the chips' framing and colour as well
+as the face; results: experiments/results/probe_augment.md.
 """
 
 from jaxface import config as config_lib

@@ -1,12 +1,12 @@
 """The lab's DB-VAE exactly: latent histograms, no augmentation, 2 epochs at a constant rate.
 
     python experiments/run.py --config=configs/dbvae_lab.py --workdir=/tmp/jaxface/dbvae_lab
+    python experiments/run.py --config=configs/dbvae_lab.py:smoke --workdir=/tmp/jaxface/smoke
 
 Latent 100, per-dimension latent histograms (10 bins, smoothing alpha 1e-3, combined by the
 maximum over dimensions, the MIT 6.S191 lab), faces resampled at the start of every epoch;
 batch 32, Adam 5e-4 at a constant rate, 2 epochs, trained on the face chips as they are.
-Compare with configs/dbvae.py (augmentation, the errors signal, 4 epochs on a cosine decay;
-experiments/results/README.md). Smoke run: ``--config=configs/dbvae_lab.py:smoke``.
+Results beside configs/dbvae.py's: experiments/results/README.md (the "DB-VAE lab" rows).
 """
 
 from jaxface import config as config_lib

@@ -2,12 +2,11 @@
 Adam 5e-4 on a cosine decay, 4 epochs, augmentation on.
 
     python experiments/run.py --config=configs/ssvae.py --workdir=/tmp/jaxface/ssvae
+    python experiments/run.py --config=configs/ssvae.py:smoke --workdir=/tmp/jaxface/smoke
 
-Expected: the report (WORKDIR/report/index.html) shows which faces the model reconstructs
-worst and finds rarest, and the risk scores per group; the classifier shares the standard
-CNN's bias. The same VAE (latent 100) trained without resampling is the DB-VAE's ablation in
-experiments/results/study_utkface_ppb_scan_augment.md (PPB tight / loose E[A] 93.2 / 95.8%,
-worst group 85.2 / 90.6%, 5 seeds, UTKFace training). Smoke run: ``--config=configs/ssvae.py:smoke``.
+The report (WORKDIR/report/index.html) shows which faces the model reconstructs worst and finds
+rarest, and the risk scores per group. The same VAE (latent 100) trained without resampling is
+the DB-VAE's ablation: experiments/results/study_utkface_ppb_scan_augment.md.
 """
 
 from jaxface import config as config_lib
