@@ -303,10 +303,12 @@ def _check_report_dir(report_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
   """The run directory of a real tiny training and its report (as experiments/run.py writes)."""
-  from jaxface import train
+  from jaxface import data, train
   workdir = tmp_path_factory.mktemp("trained") / "dbvae"
-  result = train.train_and_evaluate(_tiny_report_config(), workdir)
-  report.write_report(workdir, datasets=result.datasets)
+  config = _tiny_report_config()
+  datasets = data.load_datasets(config.data)
+  train.train_and_evaluate(config, workdir, datasets)
+  report.write_report(workdir, datasets=datasets)
   return workdir
 
 

@@ -98,16 +98,6 @@ def json_safe(value: Any) -> Any:
   return value
 
 
-def pct(x: float | None, digits: int = 1) -> str:
-  """A number with ``digits`` decimals, '–' for None."""
-  return "–" if x is None else f"{x:.{digits}f}"
-
-
-def frac_pct(x: float | None, digits: int = 1) -> str:
-  """A fraction in [0, 1] as a percentage string, '–' for None."""
-  return pct(None if x is None else 100 * x, digits)
-
-
 def distinct_decimals(values: Sequence[float] | np.ndarray, min_decimals: int = 2,
                       max_decimals: int = 8) -> int:
   """Fewest decimals (at least ``min_decimals``) at which distinct values get distinct labels.

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxface.eval.formatting import frac_pct, pct
 from jaxface.report import findings as fnd
 
 CSS = """
@@ -103,9 +104,9 @@ def summary_rows(names: Sequence[str], kinds: Sequence[str], metrics: Sequence[d
   """
   rows = []
   for name, kind, m in zip(names, kinds, metrics):
-    rows.append([fnd.display_name(name, kind), fnd.frac_pct(m.get("accuracy"), 2),
-                 fnd.frac_pct(m.get("face_detection_rate"), 2),
-                 fnd.frac_pct(m.get("non_face_accuracy"), 2), fnd.pct(m["E_A"], 2),
-                 fnd.pct(m["Var_A"], 2), fnd.pct(m.get("Var_A_noise"), 2),
-                 m["worst_group"] or "–", fnd.pct(m["worst_rate"], 2), fnd.pct(m["gap"], 2)])
+    rows.append([fnd.display_name(name, kind), frac_pct(m.get("accuracy"), 2),
+                 frac_pct(m.get("face_detection_rate"), 2),
+                 frac_pct(m.get("non_face_accuracy"), 2), pct(m["E_A"], 2),
+                 pct(m["Var_A"], 2), pct(m.get("Var_A_noise"), 2),
+                 m["worst_group"] or "–", pct(m["worst_rate"], 2), pct(m["gap"], 2)])
   return rows
