@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from jaxface import detect, models
+from jaxface import detect, models, pyramid
 from shared_paths import shared_data_root
 
 FLAGS = flags.FLAGS
@@ -58,10 +58,10 @@ def _best_times(fns: dict, repeats: int) -> dict[str, float]:
 
 def _precut(photos: list[np.ndarray], options: detect.ScanOptions) -> list[jax.Array]:
   """The scan's batches of windows, cut beforehand (the same levels, batches and padding)."""
-  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
-  atlas = detect.make_atlas(jax.device_put(detect.pad_to_canvas(photos)), layout, options)
-  batches = [detect.cut_windows(atlas, starts) for starts in
-             detect.window_batches(layout, options.input_size, options.batch_size)]
+  layout = pyramid.scan_layout([p.shape[:2] for p in photos], options)
+  atlas = pyramid.make_atlas(jax.device_put(pyramid.pad_to_canvas(photos)), layout, options)
+  batches = [pyramid.cut_windows(atlas, starts) for starts in
+             pyramid.window_batches(layout, options.input_size, options.batch_size)]
   return jax.block_until_ready(batches)
 
 

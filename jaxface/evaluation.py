@@ -38,7 +38,8 @@ from jaxface import inference, losses, models, resampling
 # The figures at a threshold live in jaxface.eval; they are importable from here as well.
 from jaxface.eval.metrics import rate_figures, var_a_sampling_noise  # noqa: F401
 from jaxface.eval.operating_point import (detected, group_metrics,  # noqa: F401
-                                          operating_point, roc_auc, roc_curve, threshold_at_fpr)
+                                          operating_point, roc_auc, roc_curve,  # noqa: F401
+                                          threshold_at_fpr)  # noqa: F401
 
 Array = jax.Array
 PyTree = Any

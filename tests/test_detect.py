@@ -13,7 +13,7 @@ import pytest
 from helpers import forced_devices_flags, tiny_config
 from PIL import Image
 
-from jaxface import detect, inference, models
+from jaxface import detect, inference, models, pyramid
 from jaxface.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,8 @@ def reference_windows(photo: np.ndarray, options: detect.ScanOptions) -> np.ndar
   levels, crops = {}, []
   for (_, _, side), (lx, ly) in zip(boxes, cells):
     if side not in levels:
-      rows = detect.level_matrix(photo.shape[0], side, size, options.method)
-      cols = detect.level_matrix(photo.shape[1], side, size, options.method)
+      rows = pyramid.level_matrix(photo.shape[0], side, size, options.method)
+      cols = pyramid.level_matrix(photo.shape[1], side, size, options.method)
       levels[side] = np.einsum("yh,hwc,xw->yxc", rows, image, cols)
     crops.append(levels[side][ly:ly + size, lx:lx + size])
   return np.stack(crops).astype(np.float32)
@@ -106,8 +106,8 @@ def test_invalid_options_raise_naming_the_field(field, value):
 @pytest.mark.parametrize("length,side,size", [(75, 20, 32), (90, 70, 32), (460, 96, 64),
                                               (97, 33, 64), (320, 320, 64), (50, 64, 64)])
 def test_level_matrix_is_jax_scale_and_translate(method, length, side, size):
-  matrix = detect.level_matrix(length, side, size, method)
-  n_out = detect.level_length(length, side, size)
+  matrix = pyramid.level_matrix(length, side, size, method)
+  n_out = pyramid.level_length(length, side, size)
   assert matrix.shape == (n_out, length)
   reference = jax.image.scale_and_translate(np.eye(length, dtype=np.float32), (n_out, length),
                                             (0,), np.array([size / side], np.float32),
@@ -117,11 +117,11 @@ def test_level_matrix_is_jax_scale_and_translate(method, length, side, size):
 
 def _device_windows(photos, options):
   """The layout of one scan call of ``photos`` and all its windows, cut on the device."""
-  layout = detect.scan_layout([p.shape[:2] for p in photos], options)
-  atlas = detect.make_atlas(jax.numpy.asarray(detect.pad_to_canvas(photos)), layout, options)
+  layout = pyramid.scan_layout([p.shape[:2] for p in photos], options)
+  atlas = pyramid.make_atlas(jax.numpy.asarray(pyramid.pad_to_canvas(photos)), layout, options)
   idx = np.arange(len(layout.boxes))
   size = options.input_size
-  return layout, np.asarray(detect.cut_windows(atlas, detect.window_starts(layout, idx, size,
+  return layout, np.asarray(pyramid.cut_windows(atlas, pyramid.window_starts(layout, idx, size,
                                                                            len(idx))))
 
 
@@ -156,9 +156,9 @@ def test_windows_of_the_input_size_are_the_photo_s_own_pixels():
 
 def test_an_atlas_refuses_a_canvas_of_other_photos():
   options = detect.ScanOptions(input_size=32)
-  layout = detect.scan_layout([(70, 50)], options)
+  layout = pyramid.scan_layout([(70, 50)], options)
   with pytest.raises(ValueError, match="layout was made for"):
-    detect.make_atlas(jax.numpy.zeros((1, 64, 64, 3), jax.numpy.uint8), layout, options)
+    pyramid.make_atlas(jax.numpy.zeros((1, 64, 64, 3), jax.numpy.uint8), layout, options)
 
 
 # --------------------------------------------------------------------------------------- scans
