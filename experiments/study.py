@@ -332,7 +332,7 @@ def whole_image_summary(figures: dict[str, Any]) -> dict[str, Any]:
 
   Args:
     figures: ``metrics["eval"]["whole_images"][name]``
-      (:func:`jaxface.whole_images.evaluate_sets`).
+      (:func:`jaxface.eval.whole_photos.evaluate_sets`).
 
   Returns:
     ``found_<g>`` (at the threshold set on the non-face photos) and ``found05_<g>`` (at 0.5),

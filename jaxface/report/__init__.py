@@ -4,7 +4,10 @@
 * :mod:`jaxface.report.figures`: one matplotlib figure per ``plot_*`` function;
 * :mod:`jaxface.report.page`: the HTML page;
 * :mod:`jaxface.report.build`: :func:`build_report` (from in-memory runs) and
-  :func:`write_report` (from run directories, which it only reads).
+  :func:`write_report` (from run directories, which it only reads), with the sections of
+  :mod:`jaxface.report.run_sections` (one run's training and diagnostics) and
+  :mod:`jaxface.report.set_sections` (the extra test sets and whole-photo sets, runs side by
+  side).
 
 The names of :mod:`~jaxface.report.figures` and :mod:`~jaxface.report.build` are imported on
 first use, so ``jaxface.report.findings`` works without matplotlib.
