@@ -100,16 +100,15 @@ def test_join_halves_keeps_each_shard_and_split_halves_inverts_it():
 
 
 def _step_inputs(kind: str, batch: int):
-  """A tiny config's state, one batcher batch and the unjitted step."""
+  """A tiny config's state, one batcher batch and the step's keyword arguments."""
   config = tiny_config(kind, batch_size=batch)
   optimizer = train.make_optimizer(config)
   state = train.create_train_state(jax.random.key(0), config, optimizer)
   data = data_lib.make_planted_bias(64, image_size=32, seed=1)
   batch = jax.tree.map(jnp.asarray, data_lib.Batcher(data, batch, seed=2).batch(0, 0))
-  step = functools.partial(train.train_step, optimizer=optimizer,
-                           kl_weight=config.loss.kl_weight, recon=config.loss.recon,
-                           dtype=jnp.float32)
-  return config, optimizer, state, batch, step
+  settings = dict(optimizer=optimizer, kl_weight=config.loss.kl_weight,
+                  recon=config.loss.recon, dtype=jnp.float32)
+  return config, optimizer, state, batch, settings
 
 
 def _reference_step(config, optimizer, state, batch, key):
@@ -131,18 +130,19 @@ def _reference_step(config, optimizer, state, batch, key):
       state.params, updates), batch_stats
 
 
-# (num_shards, decode_every_row) variants: the joined batch's row order and the rows decoded.
-@pytest.mark.parametrize("kind,variants", [("ssvae", [(2, False)]),
-                                           ("dbvae", [(4, False), (2, True)])])
+# (num_shards, step) variants: the joined batch's row order and the rows decoded.
+@pytest.mark.parametrize("kind,variants", [
+    ("ssvae", [(2, train.train_step)]),
+    ("dbvae", [(4, train.train_step), (2, train.train_step_decoding_every_row)])])
 def test_step_decoding_faces_only_takes_the_step_of_decoding_every_row(kind, variants):
   key = jax.random.key(3)
-  config, optimizer, state, batch, step = _step_inputs(kind, 16)
+  config, optimizer, state, batch, settings = _step_inputs(kind, 16)
   ref_loss, ref_vae, ref_params, ref_stats = jax.jit(functools.partial(
       _reference_step, config, optimizer))(state, batch, key)
-  for num_shards, every_row in variants:
+  for num_shards, step in variants:
     new_state, metrics = jax.jit(functools.partial(
-        step, num_shards=num_shards, decode_every_row=every_row))(state, batch, key)
-    where = f"num_shards={num_shards}, decode_every_row={every_row}"
+        step, num_shards=num_shards, **settings))(state, batch, key)
+    where = f"num_shards={num_shards}, {step.__name__}"
     np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=2e-5, err_msg=where)
     np.testing.assert_allclose(metrics["vae_loss_faces"], ref_vae, rtol=2e-5, err_msg=where)
     np.testing.assert_allclose(flat_params(new_state.params), flat_params(ref_params),
@@ -285,22 +285,16 @@ def test_groups_signal_balances_the_labelled_groups_without_a_model(monkeypatch)
     assert info["mass_by_group"][g] == pytest.approx(info["share_by_group"][g])
 
 
-def test_groups_signal_trains_a_cnn_and_refuses_unlabelled_faces(tmp_path, monkeypatch):
+def test_groups_signal_trains_a_cnn_and_refuses_unlabelled_faces(tmp_path):
   config = tiny_config("cnn", **{"resampling.signal": "groups", "num_epochs": 1})
   metrics = train.train_and_evaluate(config, tmp_path / "run").metrics
   masses = metrics["resampling"][0]["mass_by_group"]
   assert set(masses) == set(metrics["resampling"][0]["share_by_group"])
   assert max(masses.values()) == pytest.approx(min(masses.values()))
-  original = data_lib.load_datasets
-
-  def unlabelled(data_config):
-    datasets = original(data_config)
-    datasets["train"].groups[datasets["train"].face_indices()[:3]] = ""
-    return datasets
-
-  monkeypatch.setattr(data_lib, "load_datasets", unlabelled)
+  unlabelled = data_lib.load_datasets(config.data)
+  unlabelled["train"].groups[unlabelled["train"].face_indices()[:3]] = ""
   with pytest.raises(ValueError, match="'groups': 3 of .* faces have no group label"):
-    train.train_and_evaluate(config, tmp_path / "unlabelled")
+    train.train_and_evaluate(config, tmp_path / "unlabelled", unlabelled)
   assert not (tmp_path / "unlabelled" / "checkpoints").exists()
 
 
@@ -514,8 +508,8 @@ COLLECTIVES_SCRIPT = textwrap.dedent("""
         found = re.findall(pattern, step.lower(*args).compile().as_text())
         return {{op: found.count(op) for op in set(found)}}
     out = {{"faces_only": collectives(train.make_train_step(config, optimizer, mesh)),
-           "every_row": collectives(train.make_train_step(config, optimizer, mesh,
-                                                          decode_every_row=True))}}
+           "every_row": collectives(train.make_train_step(
+               config, optimizer, mesh, step_fn=train.train_step_decoding_every_row))}}
     # For contrast: the same step joining the halves by a plain concatenation (num_shards=1).
     concatenating = functools.partial(
         train.train_step, optimizer=optimizer, kl_weight=config.loss.kl_weight,

@@ -18,6 +18,7 @@ import pytest
 from jaxface import augment, checkpoints, train
 from jaxface import config as config_lib
 from jaxface import data as data_lib
+from jaxface.train import start as train_start
 
 from helpers import run_on_four_devices, tiny_config
 
@@ -117,7 +118,7 @@ def test_shipped_configs_augment_and_lab_configs_do_not():
 def test_bad_augment_field_fails_by_name_before_compile(tmp_path, monkeypatch, field, value,
                                                         message):
   compiled = []
-  monkeypatch.setattr(train, "make_train_step", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(train_start, "make_train_step", lambda *a, **k: compiled.append(1))
   config = tiny_config("cnn", **{field: value})
   with pytest.raises(ValueError, match=re.escape(message)):
     train.train_and_evaluate(config, tmp_path)
@@ -254,8 +255,10 @@ def test_fill_cue_check_scores_plain_and_zoomed_sets(tmp_path):
   np.testing.assert_allclose(zoomed[:, 0, 0], 0.0, atol=1e-6)
   np.testing.assert_allclose(zoomed[:4, 16, 16], 1.0, atol=1e-6)
   np.testing.assert_allclose(check.zoom_out(images, labels, 1.0, "reflect"), images, atol=1e-6)
-  run = train.train_and_evaluate(tiny_config("cnn", num_epochs=1), tmp_path)
-  test = run.datasets["test"]
+  config = tiny_config("cnn", num_epochs=1)
+  datasets = data_lib.load_datasets(config.data)
+  run = train.train_and_evaluate(config, tmp_path, datasets)
+  test = datasets["test"]
   result = check.fill_cue(run.variables, test.images, test.labels, 1.6, "reflect")
   plain, zoomed = result["plain"], result["zoomed"]
   assert plain["non_face"]["n"] == int(np.sum(test.labels == 0))
