@@ -126,6 +126,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # of this many uniformly drawn training batches (half faces) of eval_batch_size; 0 keeps the
   # running averages (jaxface.train.recalibrate_batch_norm says why).
   config.bn_recalibration_batches = 32
+  # What every epoch's evaluation computes, in this order (jaxface.eval.EVALUATORS): 'val'
+  # (validation accuracy and per-group figures), 'test' (the test split's per-group figures),
+  # 'test_sets' (the extra test sets of data.extra_test_sets).
+  config.evaluators = ("val", "test", "test_sets")
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500  # also at every epoch end; 0 = epoch ends only
@@ -215,6 +219,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
     fail("eval_batch_size", "must be >= 1")
   if config.bn_recalibration_batches < 0:
     fail("bn_recalibration_batches", "must be >= 0")
+  _validate_evaluators(config, fail)
   if config.num_epochs < 1:
     fail("num_epochs", "must be >= 1")
   if config.steps_per_epoch == 0 or config.steps_per_epoch < -1:
@@ -235,6 +240,19 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
   if not isinstance(size, int) or size < 16 or size % 16:
     fail("data.image_size", "must be a positive multiple of 16")
   _validate_augment(config, fail)
+
+
+def _validate_evaluators(config: ml_collections.ConfigDict, fail) -> None:
+  """Checks that ``config.evaluators`` names each evaluator of jaxface.eval at most once."""
+  from jaxface.eval import EVALUATORS  # imports jax
+  names = config.evaluators
+  if not isinstance(names, (tuple, list)) or not all(isinstance(name, str) for name in names):
+    fail("evaluators", f"must be a tuple of evaluator names, of {tuple(EVALUATORS)}")
+  unknown = [name for name in names if name not in EVALUATORS]
+  if unknown:
+    fail("evaluators", f"unknown evaluator {unknown[0]!r}: must be of {tuple(EVALUATORS)}")
+  if len(set(names)) != len(names):
+    fail("evaluators", "names an evaluator twice")
 
 
 def _validate_model_and_signal(config: ml_collections.ConfigDict, fail,
