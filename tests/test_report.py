@@ -19,12 +19,10 @@ from jaxface import evaluation, models, report, resampling
 from jaxface.report import figures
 
 from helpers import tiny_config
+# The architecture and variables of test_evaluation.py, so the compiled functions are shared.
+from test_evaluation import IMAGE_SIZE, LATENT_DIM, make_variables
 from test_report_findings import RESAMPLING, _log
 
-# The architecture of test_evaluation.py, so the compiled functions are shared.
-IMAGE_SIZE = 32
-LATENT_DIM = 8
-N_FILTERS = 4
 GROUPS = ("LF", "LM", "DF", "DM")
 VAE_FIGURES = ("groups", "reconstruction", "latent_traversal", "accuracy_vs_latent",
                "faces_bias", "faces_epistemic", "faces_aleatoric", "scores_by_group", "deciles",
@@ -32,26 +30,6 @@ VAE_FIGURES = ("groups", "reconstruction", "latent_traversal", "accuracy_vs_late
 CNN_FIGURES = ("groups", "faces_aleatoric", "scores_by_group")
 TRAINING_FIGURES = ("training", "sampling_mass")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_variables(latent_dim: int, seed: int) -> dict:
-  """Model variables with LeCun-normal kernels drawn in NumPy.
-
-  ``models.init_variables`` is traced only for its shapes (``jax.eval_shape``), which spares
-  each test session an XLA compile of the initialisers.
-  """
-  shapes = jax.eval_shape(lambda: models.init_variables(
-      jax.random.key(0), latent_dim=latent_dim, n_filters=N_FILTERS, image_size=IMAGE_SIZE))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape).astype(np.float32)
-    return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
-
-  return jax.tree.map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
