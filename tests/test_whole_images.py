@@ -2,6 +2,7 @@
 before training, figures in metrics.json, summary, report, study)."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -173,7 +174,8 @@ def test_run_scans_the_sets_once_at_the_end(tmp_path, capsys):
       {"portraits": data.load_face_boxes(tmp_path / "faces.csv")},
       detect.photo_files(tmp_path / "nonface"),
       whole_photos.scan_options(config.whole_images, config.data.image_size))
-  again = whole_photos.evaluate_sets(result.variables, sets, config.whole_images)["portraits"]
+  again = whole_photos.evaluate_sets(result.variables, sets, config.whole_images,
+                                     dtype=config.dtype, impl=config.model.impl)["portraits"]
   assert again["threshold"] == pytest.approx(figures["threshold"], rel=1e-6)
   assert again["faces_found"]["all"] == figures["faces_found"]["all"]
   for name, entry in figures["portraits"].items():
@@ -186,6 +188,23 @@ def test_run_scans_the_sets_once_at_the_end(tmp_path, capsys):
   assert "-- whole images portraits: 4 photos scanned, 2 unreadable skipped" not in out
   assert "-- whole images portraits: 4 photos scanned, 1 unreadable skipped" in out
   assert "non-face photos with a detection" in out and "found at p > 0.5" in out
+
+
+def test_evaluation_scans_in_the_given_dtype(tmp_path):
+  portraits, table, non_faces = _sets(tmp_path)
+  variables = models.init_variables(jax.random.key(0), latent_dim=0, n_filters=4, image_size=32)
+  options = detect.ScanOptions(input_size=32, batch_size=64)
+  sets = whole_photos.WholeImageSets({"pp": detect.photo_files(portraits)},
+                                     {"pp": data.load_face_boxes(table)},
+                                     detect.photo_files(non_faces), options)
+  settings = whole_photos.default_whole_images_config()
+  best = {}
+  for dtype in ("float32", "bfloat16"):
+    figures = whole_photos.evaluate_sets(variables, sets, settings, dtype=dtype)["pp"]
+    scans, _ = detect.scan_files(variables, sets.photos["pp"], options, dtype=dtype)
+    best[dtype] = {name: entry["best_prob"] for name, entry in figures["portraits"].items()}
+    assert best[dtype] == {Path(k).name: r.best_prob for k, r in scans.items()}
+  assert best["float32"] != best["bfloat16"]
 
 
 @pytest.mark.parametrize("field, value, message", [

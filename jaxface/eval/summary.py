@@ -7,6 +7,7 @@ from typing import Any
 import ml_collections
 
 from jaxface.eval import whole_photos
+from jaxface.eval.formatting import frac_pct, percent
 
 
 def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> str:
@@ -20,7 +21,7 @@ def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> 
   if test:
     lines.append(f"{'group':<10}{'n':>6}{'detection %':>14}{'mean p(face)':>14}")
     for name, g in test["groups"].items():
-      rate = "-" if g["detection_rate"] is None else f"{100 * g['detection_rate']:.2f}"
+      rate = frac_pct(g["detection_rate"], 2, missing="-")
       prob = "-" if g["mean_face_prob"] is None else f"{g['mean_face_prob']:.3f}"
       lines.append(f"{name:<10}{g['n']:>6}{rate:>14}{prob:>14}")
     if test.get("E_A") is not None:
@@ -37,10 +38,6 @@ def format_summary(config: ml_collections.ConfigDict, final: dict[str, Any]) -> 
   return "\n".join(lines)
 
 
-def _rate(x: float | None) -> str:
-  return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def _test_set_lines(name: str, figures: dict[str, Any]) -> list[str]:
   """The summary lines of one extra test set (see :func:`jaxface.eval.splits.test_set_metrics`)."""
   source = {"own": "its own", "test": "the test split's"}.get(figures.get("non_faces_from"))
@@ -49,18 +46,18 @@ def _test_set_lines(name: str, figures: dict[str, Any]) -> list[str]:
   lines = [f"-- test set {name}: {figures['n_faces']} faces, {figures['n_non_faces']} non-faces"
            f"{skipped}" + (f"; operating point on {source} non-faces" if source else "")]
   op = figures.get("operating_point")
-  lines.append(f"  all faces detected {_rate(figures['face_detection_rate'])}"
-               + ("" if op is None else f" ({_rate(op['detection_rate'])} at "
+  lines.append(f"  all faces detected {percent(figures['face_detection_rate'])}"
+               + ("" if op is None else f" ({percent(op['detection_rate'])} at "
                   f"{100 * op['fpr_target']:g}% false positives, AUC {op['auc']:.3f})")
                + ("" if figures.get("non_face_accuracy") is None else
-                  f"; non-face accuracy {_rate(figures['non_face_accuracy'])}"))
+                  f"; non-face accuracy {percent(figures['non_face_accuracy'])}"))
   for label, m in [("group", figures)] + [(c, by) for c, by in
                                           figures.get("by_attribute", {}).items()]:
     op = m.get("operating_point")
     rates = "  ".join(
-        f"{g} {_rate(v['detection_rate'])}"
+        f"{g} {percent(v['detection_rate'])}"
         + ("" if op is None or g not in op["groups"] else
-           f" ({_rate(op['groups'][g]['detection_rate'])} @{100 * op['fpr_target']:g}%FP, "
+           f" ({percent(op['groups'][g]['detection_rate'])} @{100 * op['fpr_target']:g}%FP, "
            f"AUC {op['groups'][g]['auc']:.3f})")
         for g, v in m["groups"].items())
     if not rates:

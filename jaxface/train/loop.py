@@ -179,7 +179,8 @@ def _finish(run: Run, position: Position, log: metric_log.StepLog,
     logging.info("scanning the whole-image test sets %s", list(run.whole_image_sets.photos))
     final_eval["whole_images"] = whole_photos.evaluate_sets(
         position.state.variables, run.whole_image_sets, config.whole_images, run.mesh,
-        progress=run.is_main and config.progress_bar)
+        progress=run.is_main and config.progress_bar, dtype=config.dtype,
+        impl=config.model.impl)
   final = {
       "name": config.name, "kind": config.model.kind,
       "steps": int(jax.device_get(position.state.step)),
