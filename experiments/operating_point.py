@@ -5,9 +5,9 @@ shift where the faces and the non-faces meet without separating them better. Thi
 run (``WORKDIR/<config>/seed<k>/``, e.g. the folders of ``experiments/study.py``; read only),
 scores its test split again and reports, per config (runs grouped by their parent folder's
 name), the per-group detection rates at the threshold that lets ``--fpr`` of the test
-non-faces through (:func:`jaxface.evaluation.operating_point`), E[A], Var[A], the worst group
-and each group's ROC AUC, beside the worst group and the non-face accuracy at 0.5. Measured
-results: experiments/results/README.md.
+non-faces through (:func:`jaxface.eval.operating_point.operating_point`), E[A], Var[A], the
+worst group and each group's ROC AUC, beside the worst group and the non-face accuracy at 0.5
+(both by the one rule: detected when p > 0.5). Measured results: experiments/results/README.md.
 
 Usage::
 
@@ -55,7 +55,7 @@ def run_figures(run: str | Path, fpr: float, cache: dict | None = None) -> dict[
           "rates": {g: 100 * v["detection_rate"] for g, v in op["groups"].items()},
           "auc": {g: v["auc"] for g, v in op["groups"].items()},
           "worst_rate_at_0.5": at_half["worst_rate"],
-          "non_face_accuracy_at_0.5": 100 * float(np.mean(prob[~face] < 0.5))}
+          "non_face_accuracy_at_0.5": 100 * at_half["non_face_accuracy"]}
 
 
 def _cell(values: Sequence[float], digits: int = 1) -> str:
