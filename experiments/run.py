@@ -18,7 +18,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxface import cli, report, train
+from jaxface import cli, data, report, train
+from jaxface import config as config_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (optionally ':smoke').",
@@ -30,9 +31,9 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the re
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path | None:
   """Trains, then (process 0, with ``config.write_report``) writes the report.
 
-  Every process of a multi-host run trains; the report is written by process 0 from the
-  datasets already loaded while the others wait at one barrier, so all processes leave
-  together.
+  The data are loaded once, here, for the training and the report. Every process of a
+  multi-host run trains; the report is written by process 0 while the others wait at one
+  barrier, so all processes leave together.
 
   Args:
     config: the run config.
@@ -41,10 +42,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path |
   Returns:
     The report's ``index.html``, or None when no report was written (by this process).
   """
-  result = train.train_and_evaluate(config, workdir)
+  # A bad config value fails before the data are loaded; the trainer checks the config again
+  # against its device mesh.
+  config_lib.validate_config(config, num_devices=1)
+  datasets = data.load_datasets(config.data)
+  result = train.train_and_evaluate(config, workdir, datasets)
   path = None
   if config.write_report and jax.process_index() == 0:
-    path = report.write_report(result.workdir, datasets=result.datasets)
+    path = report.write_report(result.workdir, datasets=datasets)
     print(f"report: {path}", flush=True)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

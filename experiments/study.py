@@ -37,14 +37,13 @@ repository (``experiments/shared_paths.py``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,25 +219,15 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
   return config
 
 
-@contextlib.contextmanager
-def shared_datasets() -> Iterator[None]:
-  """Decodes each distinct ``config.data`` once for all runs of this process."""
+def shared_datasets(cache: dict[str, Any], data_config) -> dict[str, Any]:
+  """The data sets of ``data_config``, decoded once per distinct data config into ``cache``
+  (the runs of a study share them)."""
   from jaxface import data as data_lib
 
-  original = data_lib.load_datasets
-  cache: dict[str, Any] = {}
-
-  def load(data_config):
-    key = data_config.to_json()
-    if key not in cache:
-      cache[key] = original(data_config)
-    return cache[key]
-
-  data_lib.load_datasets = load
-  try:
-    yield
-  finally:
-    data_lib.load_datasets = original
+  key = data_config.to_json()
+  if key not in cache:
+    cache[key] = data_lib.load_datasets(data_config)
+  return cache[key]
 
 
 def _add_var_a_noise(row: dict[str, Any], counts: dict[str, Any]) -> None:
@@ -638,36 +627,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if unknown:
     raise SystemExit(f"--test_attributes {unknown[0]}: no --test_set of that name")
   whole_images = default_whole_images(data_root) if args.whole_images else None
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(shared_datasets())
-    for seed in range(args.seeds):  # seed-major: a partial study has every config
-      for spec in specs:
-        workdir = root / spec.name / f"seed{seed}"
-        done = workdir / "metrics.json"
-        if args.aggregate_only and not done.exists():
-          continue
-        if not done.exists():
-          config = run_config(spec, seed, None if manifest is None else str(manifest),
-                              epochs=args.epochs,
-                              batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              steps_per_epoch=args.steps_per_epoch,
-                              val_fraction=args.val_fraction,
-                              bn_recalibration_batches=args.bn_recalibration_batches,
-                              test_sets=test_sets, test_attributes=test_attributes,
-                              whole_images=whole_images)
-          start = time.perf_counter()
-          train.train_and_evaluate(config, workdir)
-          print(json.dumps({"run": spec.name, "seed": seed,
-                            "seconds": round(time.perf_counter() - start, 1),
-                            "load": round(os.getloadavg()[0], 2)}), flush=True)
-        final = json.loads(done.read_text())
-        summary = run_summary(final)
-        summary["seed"] = seed
-        summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
-                                final["eval"].get("test_sets", {}).items()}
-        summary["whole_images"] = {name: whole_image_summary(figures) for name, figures in
-                                   final["eval"].get("whole_images", {}).items()}
-        runs[spec.name].append(summary)
+  datasets_by_config: dict[str, Any] = {}
+  for seed in range(args.seeds):  # seed-major: a partial study has every config
+    for spec in specs:
+      workdir = root / spec.name / f"seed{seed}"
+      done = workdir / "metrics.json"
+      if args.aggregate_only and not done.exists():
+        continue
+      if not done.exists():
+        config = run_config(spec, seed, None if manifest is None else str(manifest),
+                            epochs=args.epochs,
+                            batch_size=args.batch_size, learning_rate=args.learning_rate,
+                            steps_per_epoch=args.steps_per_epoch,
+                            val_fraction=args.val_fraction,
+                            bn_recalibration_batches=args.bn_recalibration_batches,
+                            test_sets=test_sets, test_attributes=test_attributes,
+                            whole_images=whole_images)
+        start = time.perf_counter()
+        train.train_and_evaluate(config, workdir,
+                                 shared_datasets(datasets_by_config, config.data))
+        print(json.dumps({"run": spec.name, "seed": seed,
+                          "seconds": round(time.perf_counter() - start, 1),
+                          "load": round(os.getloadavg()[0], 2)}), flush=True)
+      final = json.loads(done.read_text())
+      summary = run_summary(final)
+      summary["seed"] = seed
+      summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
+                              final["eval"].get("test_sets", {}).items()}
+      summary["whole_images"] = {name: whole_image_summary(figures) for name, figures in
+                                 final["eval"].get("whole_images", {}).items()}
+      runs[spec.name].append(summary)
 
   rows = {name: aggregate(r) for name, r in runs.items() if r}
   reference = reference_runs(args.reference_log) if args.reference_log else {}

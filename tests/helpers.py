@@ -81,9 +81,10 @@ def load_experiment(name: str, module_name: str):
 def report_of_two_runs(tmp_path: Path, config, other):
   """Trains ``config`` in ``tmp_path/run`` and ``other`` in ``tmp_path/run_other``, then writes
   the report of the first compared with the second; returns (the first's TrainResult, index)."""
-  from jaxface import report, train
-  result = train.train_and_evaluate(config, tmp_path / "run")
+  from jaxface import data, report, train
+  datasets = data.load_datasets(config.data)
+  result = train.train_and_evaluate(config, tmp_path / "run", datasets)
   train.train_and_evaluate(other, tmp_path / "run_other")
   index = report.write_report(tmp_path / "run", compare=[tmp_path / "run_other"],
-                              datasets=result.datasets)
+                              datasets=datasets)
   return result, index

@@ -212,7 +212,8 @@ def _tiny_run_config(tmp_path, kind="cnn"):
 
 def test_tiny_run_reports_every_extra_set(tmp_path, capsys):
   config = _tiny_run_config(tmp_path)
-  result = train.train_and_evaluate(config, tmp_path / "run")
+  datasets = data_lib.load_datasets(config.data)
+  result = train.train_and_evaluate(config, tmp_path / "run", datasets)
   final = json.loads((tmp_path / "run" / "metrics.json").read_text())
   sets = final["eval"]["test_sets"]
   assert list(sets) == ["grp", "mix"]
@@ -227,9 +228,8 @@ def test_tiny_run_reports_every_extra_set(tmp_path, capsys):
   assert set(grp["operating_point"]["groups"]) == {"A", "B"}
   # Recomputed from the returned model: the same figures.
   variables = result.variables
-  prob = evaluation.predict(variables, result.datasets["grp"].images).face_prob
-  again = evaluation.group_metrics(prob, result.datasets["grp"].labels,
-                                   result.datasets["grp"].groups)
+  prob = evaluation.predict(variables, datasets["grp"].images).face_prob
+  again = evaluation.group_metrics(prob, datasets["grp"].labels, datasets["grp"].groups)
   assert again["groups"]["A"]["detection_rate"] == grp["groups"]["A"]["detection_rate"]
   # every epoch's evaluation has them, and the log line has their E[A]
   assert all("test_sets" in e for e in final["epochs"])

@@ -427,6 +427,28 @@ def test_unknown_field_and_indivisible_batch():
     config_lib.validate_config(tiny_config("dbvae", **{"resampling.signal": "group"}), 1)
   with pytest.raises(ValueError, match="resampling.group_power"):
     config_lib.validate_config(tiny_config("cnn", **{"resampling.group_power": 2.0}), 1)
+  with pytest.raises(ValueError, match=r"config\.evaluators = \('val', 'tset'\): unknown "
+                                       "evaluator 'tset'"):
+    config_lib.validate_config(tiny_config("cnn", evaluators=("val", "tset")), 1)
+  with pytest.raises(ValueError, match="config.evaluators .* names an evaluator twice"):
+    config_lib.validate_config(tiny_config("cnn", evaluators=("test", "test")), 1)
+
+
+def test_evaluate_runs_the_evaluators_the_config_lists_in_order():
+  config = tiny_config("cnn")
+  datasets = data_lib.load_datasets(config.data)
+  variables, mesh = random_variables(config), sharding.make_mesh()
+  every = train.evaluate(variables, datasets, mesh, config)
+  assert list(every) == ["val_accuracy", "val_face_accuracy", "val_non_face_accuracy", "val",
+                         "test"]
+  config.evaluators = ("test", "val")
+  assert list(train.evaluate(variables, datasets, mesh, config)) == [
+      "test", "val_accuracy", "val_face_accuracy", "val_non_face_accuracy", "val"]
+  config.evaluators = ("test",)
+  only_test = train.evaluate(variables, datasets, mesh, config)
+  assert only_test == {"test": every["test"]}
+  config.evaluators = ()
+  assert train.evaluate(variables, datasets, mesh, config) == {}
 
 
 def test_config_files_and_smoke_option():

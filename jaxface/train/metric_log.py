@@ -175,8 +175,9 @@ def progress_bar(total: int, initial: int, active: bool):
 
 
 def eval_fields(epoch: int, ev: dict[str, Any]) -> dict[str, Any]:
-  """The 'eval' line of an epoch's evaluation: its figures but the per-group ones, and E[A]
-  and Var[A] of the test split and of each extra test set."""
+  """The 'eval' line of an epoch's evaluation (:func:`jaxface.eval.evaluate`): its figures
+  without the test and validation splits' per-group ones, plus E[A] and Var[A] of the test
+  split (``test_E_A``, ``test_Var_A``) and of each extra test set (``<name>_E_A``, ...)."""
   return {"epoch": epoch, **{k: v for k, v in ev.items() if k not in ("test", "val")},
           **({"test_E_A": ev["test"]["E_A"], "test_Var_A": ev["test"]["Var_A"]}
              if ev.get("test") and ev["test"].get("E_A") is not None else {}),
