@@ -105,6 +105,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # model at the end of the previous epoch (uniform in the first epoch).
   config.resampling.error_kind = "mistakes"
   config.resampling.error_upweight = 5.0
+  # signal 'error_axis' (a VAE): inverse density (bins, alpha, combine) along this many whitened
+  # latent directions that predict those errors (jaxface.resampling.error_axes says which).
+  config.resampling.error_axes = 1
+  # Each epoch's probabilities: momentum * the previous epoch's + (1 - momentum) * the signal's,
+  # in [0, 1) (0 = the signal alone).
+  config.resampling.momentum = 0.0
   # Blends ('a+b'): comma-separated weights, one per signal ('' = equal weights).
   config.resampling.blend_weights = ""
   # After the signal: temper the probabilities (p ** t) so that the Kish effective sample size
@@ -172,40 +178,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
     fail("model.n_filters", "must be >= 1")
   if config.model.impl not in MODEL_IMPLS:
     fail("model.impl", f"must be one of {MODEL_IMPLS}")
-  if config.resampling.blend_weights:
-    try:
-      weights = blend_weights(config.resampling)
-    except ValueError:
-      fail("resampling.blend_weights", "must be comma-separated numbers")
-    if len(weights) != len(parts):
-      fail("resampling.blend_weights", f"needs one weight per signal ({len(parts)})")
-    if min(weights) < 0 or sum(weights) <= 0:
-      fail("resampling.blend_weights", "must be >= 0 with a positive sum")
-  rs = config.resampling
-  if not isinstance(rs.components, int) or rs.components < 1:
-    fail("resampling.components", "must be an integer >= 1")
-  if not isinstance(rs.clusters, int) or rs.clusters < 1:
-    fail("resampling.clusters", "must be an integer >= 1")
-  if not rs.active_variance >= 0:
-    fail("resampling.active_variance", "must be >= 0")
-  if rs.error_kind not in ("mistakes", "loss"):
-    fail("resampling.error_kind", "must be 'mistakes' or 'loss'")
-  if not rs.error_upweight >= 1:
-    fail("resampling.error_upweight", "must be >= 1")
-  if not 0 <= rs.target_ess <= 1:
-    fail("resampling.target_ess", "must be in (0, 1], or 0 for no tempering")
-  if not (rs.max_weight == 0 or rs.max_weight >= 1):
-    fail("resampling.max_weight", "must be >= 1 (times the uniform probability), or 0 for no cap")
-  if config.resampling.bins < 1:
-    fail("resampling.bins", "must be >= 1")
-  if not config.resampling.alpha >= 0:
-    fail("resampling.alpha", "must be >= 0")
-  if not 0 <= config.resampling.group_power <= 1:
-    fail("resampling.group_power", "must be in [0, 1]")
-  if config.resampling.combine not in ("max", "product"):
-    fail("resampling.combine", "must be 'max' or 'product'")
-  if config.resampling.histogram_impl not in HISTOGRAM_IMPLS:
-    fail("resampling.histogram_impl", f"must be one of {HISTOGRAM_IMPLS}")
+  _validate_resampling(config, fail, parts)
   if config.loss.recon not in ("l1", "l2"):
     fail("loss.recon", "must be 'l1' or 'l2'")
   if not config.loss.kl_weight >= 0:
@@ -240,6 +213,48 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
   if not isinstance(size, int) or size < 16 or size % 16:
     fail("data.image_size", "must be a positive multiple of 16")
   _validate_augment(config, fail)
+
+
+def _validate_resampling(config: ml_collections.ConfigDict, fail, parts: list[str]) -> None:
+  """Checks the values of ``config.resampling`` (its signal is checked with the model)."""
+  if config.resampling.blend_weights:
+    try:
+      weights = blend_weights(config.resampling)
+    except ValueError:
+      fail("resampling.blend_weights", "must be comma-separated numbers")
+    if len(weights) != len(parts):
+      fail("resampling.blend_weights", f"needs one weight per signal ({len(parts)})")
+    if min(weights) < 0 or sum(weights) <= 0:
+      fail("resampling.blend_weights", "must be >= 0 with a positive sum")
+  rs = config.resampling
+  if not isinstance(rs.components, int) or rs.components < 1:
+    fail("resampling.components", "must be an integer >= 1")
+  if not isinstance(rs.clusters, int) or rs.clusters < 1:
+    fail("resampling.clusters", "must be an integer >= 1")
+  if not rs.active_variance >= 0:
+    fail("resampling.active_variance", "must be >= 0")
+  if rs.error_kind not in ("mistakes", "loss"):
+    fail("resampling.error_kind", "must be 'mistakes' or 'loss'")
+  if not rs.error_upweight >= 1:
+    fail("resampling.error_upweight", "must be >= 1")
+  if not 0 <= rs.target_ess <= 1:
+    fail("resampling.target_ess", "must be in (0, 1], or 0 for no tempering")
+  if not (rs.max_weight == 0 or rs.max_weight >= 1):
+    fail("resampling.max_weight", "must be >= 1 (times the uniform probability), or 0 for no cap")
+  if config.resampling.bins < 1:
+    fail("resampling.bins", "must be >= 1")
+  if not config.resampling.alpha >= 0:
+    fail("resampling.alpha", "must be >= 0")
+  if not 0 <= config.resampling.group_power <= 1:
+    fail("resampling.group_power", "must be in [0, 1]")
+  if config.resampling.combine not in ("max", "product"):
+    fail("resampling.combine", "must be 'max' or 'product'")
+  if config.resampling.histogram_impl not in HISTOGRAM_IMPLS:
+    fail("resampling.histogram_impl", f"must be one of {HISTOGRAM_IMPLS}")
+  if isinstance(rs.error_axes, bool) or not isinstance(rs.error_axes, int) or rs.error_axes < 1:
+    fail("resampling.error_axes", "must be an integer >= 1")
+  if isinstance(rs.momentum, bool) or not 0 <= rs.momentum < 1:
+    fail("resampling.momentum", "must be in [0, 1) (0 = no momentum)")
 
 
 def _validate_evaluators(config: ml_collections.ConfigDict, fail) -> None:

@@ -46,9 +46,11 @@ def _float64(p):
 def test_the_registry_holds_the_configs_signals():
   assert config_lib.SIGNALS == ("none",) + tuple(resampling.SIGNALS)
   assert config_lib.SIGNALS == ("none", "groups", "latent", "epistemic", "latent_pca",
-                                "clusters", "errors")
-  assert config_lib.BLEND_SIGNALS == ("latent", "epistemic", "latent_pca", "clusters", "errors")
-  assert config_lib.LATENT_SIGNALS == ("latent", "epistemic", "latent_pca", "clusters")
+                                "clusters", "errors", "error_axis")
+  assert config_lib.BLEND_SIGNALS == ("latent", "epistemic", "latent_pca", "clusters", "errors",
+                                      "error_axis")
+  assert config_lib.LATENT_SIGNALS == ("latent", "epistemic", "latent_pca", "clusters",
+                                       "error_axis")
   with pytest.raises(TypeError):
     resampling.SIGNALS["toy"] = resampling.SIGNALS["errors"]  # read-only: copy to extend
 
@@ -65,6 +67,8 @@ def test_each_entry_is_the_function_it_wraps_bit_for_bit():
       "latent_pca": resampling.latent_pca_probabilities(z, 3, 8, 0.01, 0.05),
       "clusters": resampling.cluster_probabilities(z, 4, 3, 0.05, seed=3),
       "errors": resampling.error_probabilities(inputs["face_prob"], 3.0, "loss"),
+      "error_axis": resampling.error_axis_probabilities(z, inputs["face_prob"], 1, 8, 0.01,
+                                                        "product", "loss", 0.05),
   }
   assert set(expected) == set(resampling.SIGNALS)
   for name, want in expected.items():
@@ -118,7 +122,7 @@ def test_blend_temper_and_cap_compose_in_that_order():
 def test_non_finite_codes_are_one_error_naming_z_mean():
   inputs = _inputs()
   inputs["z_mean"][5, 2] = np.nan
-  for signal in ("latent", "latent_pca", "clusters", "latent+errors"):
+  for signal in ("latent", "latent_pca", "clusters", "latent+errors", "error_axis"):
     with pytest.raises(FloatingPointError, match=r"non-finite latent means \(z_mean\)"):
       _probabilities(signal, inputs)
   inputs = _inputs()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
+from jaxface import checkpoints, inference, resampling, sharding, train
 from jaxface import config as config_lib
 from jaxface import data as data_lib
-from jaxface import inference, resampling, sharding, train
 
 from helpers import tiny_config
 
@@ -22,14 +23,20 @@ def _fake_pass(monkeypatch, z_mean, face_prob):
                       lambda *a, **k: {"z_mean": z_mean, "face_prob": face_prob})
 
 
+def _faked_faces(monkeypatch, config, seed):
+  """The training faces, with random codes and p(face) that the inference pass returns."""
+  faces = _faces(config)
+  rng = np.random.default_rng(seed)
+  z_mean = rng.normal(size=(len(faces), 16)).astype(np.float32)
+  face_prob = rng.random(len(faces)).astype(np.float32)
+  _fake_pass(monkeypatch, z_mean, face_prob)
+  return faces, z_mean, face_prob
+
+
 def test_each_signal_reaches_the_batcher_as_its_resampling_function_gives(monkeypatch):
   config = tiny_config("dbvae")
-  faces = _faces(config)
+  faces, z_mean, face_prob = _faked_faces(monkeypatch, config, 0)
   n = len(faces)
-  rng = np.random.default_rng(0)
-  z_mean = rng.normal(size=(n, 16)).astype(np.float32)
-  face_prob = rng.random(n).astype(np.float32)
-  _fake_pass(monkeypatch, z_mean, face_prob)
   rs = config.resampling
   expected = {
       "latent_pca": resampling.latent_pca_probabilities(z_mean, rs.components, rs.bins, rs.alpha),
@@ -51,12 +58,8 @@ def test_blend_temper_and_cap_compose(monkeypatch):
   config = tiny_config("dbvae", **{"resampling.signal": "latent_pca+errors",
                                    "resampling.blend_weights": "3,1",
                                    "resampling.target_ess": 0.5})
-  faces = _faces(config)
+  faces, z_mean, face_prob = _faked_faces(monkeypatch, config, 1)
   n = len(faces)
-  rng = np.random.default_rng(1)
-  z_mean = rng.normal(size=(n, 16)).astype(np.float32)
-  face_prob = rng.random(n).astype(np.float32)
-  _fake_pass(monkeypatch, z_mean, face_prob)
   p, info = train.resampling_probabilities(config, None, faces, sharding.make_mesh(), epoch=2)
   mix = resampling.blend(np.stack([
       np.asarray(resampling.latent_pca_probabilities(z_mean, 4)),
@@ -68,6 +71,50 @@ def test_blend_temper_and_cap_compose(monkeypatch):
   config.resampling.max_weight = 2.0
   p, _ = train.resampling_probabilities(config, None, faces, sharding.make_mesh(), epoch=2)
   assert p.max() <= 2.0 / n * (1 + 1e-4)
+
+
+def test_momentum_mixes_in_the_batchers_probabilities(monkeypatch):
+  config = tiny_config("dbvae", **{"resampling.signal": "error_axis",
+                                   "resampling.momentum": 0.25})
+  faces, z_mean, face_prob = _faked_faces(monkeypatch, config, 2)
+  n = len(faces)
+  previous = np.random.default_rng(3).random(n)
+  previous /= previous.sum()
+  p, info = train.resampling_probabilities(config, None, faces, sharding.make_mesh(), epoch=1,
+                                           previous=previous)
+  signal = np.asarray(resampling.error_axis_probabilities(z_mean, face_prob), np.float64)
+  want = 0.25 * previous + 0.75 * signal / signal.sum()
+  np.testing.assert_allclose(p, want / want.sum(), rtol=1e-6)
+  assert info["ess"] == pytest.approx(resampling.effective_sample_size(p))
+
+
+def _last_checkpoint(workdir, config):
+  """(face probabilities, parameters) of a run's latest checkpoint."""
+  n_faces = len(_faces(config))
+  ckpts = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+  abstract = jax.eval_shape(lambda: train.create_train_state(
+      jax.random.key(0), config, train.make_optimizer(config)))
+  state, probs, _ = ckpts.restore_latest(abstract, n_faces)
+  ckpts.close()
+  return probs, np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+
+
+def test_a_run_with_momentum_resumes_exactly(tmp_path):
+  config = tiny_config("dbvae", **{"resampling.signal": "latent+error_axis",
+                                   "resampling.momentum": 0.5})
+  datasets = data_lib.load_datasets(config.data)
+  full = train.train_and_evaluate(config, tmp_path / "full", datasets).metrics
+  # Killed at epoch 1's first step: the run resumes from epoch 0's last checkpoint (step 6),
+  # and epoch 1's resampling mixes in the probabilities that checkpoint holds.
+  train.train_and_evaluate(config, tmp_path / "resumed", datasets, stop_at_step=7)
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed", datasets).metrics
+  assert resumed["steps"] == full["steps"] == 12
+  assert resumed["resampling"] == full["resampling"]
+  probs_full, params_full = _last_checkpoint(tmp_path / "full", config)
+  probs_resumed, params_resumed = _last_checkpoint(tmp_path / "resumed", config)
+  assert probs_full.std() > 0  # not uniform
+  np.testing.assert_allclose(probs_resumed, probs_full, rtol=1e-12)
+  np.testing.assert_allclose(params_resumed, params_full, rtol=1e-6, atol=1e-7)
 
 
 def test_a_cnn_trains_with_the_errors_signal(tmp_path):
@@ -89,6 +136,9 @@ def test_a_cnn_trains_with_the_errors_signal(tmp_path):
     ("resampling.max_weight", 0.5, ">= 1"),
     ("resampling.components", 0, ">= 1"),
     ("resampling.error_kind", "hinge", "'mistakes' or 'loss'"),
+    ("resampling.error_axes", 0, "integer >= 1"),
+    ("resampling.momentum", 1.0, r"\[0, 1\)"),
+    ("resampling.momentum", -0.1, r"\[0, 1\)"),
 ])
 def test_bad_signal_settings_are_refused_by_field(field, value, message):
   config = tiny_config("dbvae", **{"resampling.signal": "latent_pca+errors", field: value})

@@ -5,12 +5,16 @@
 * :mod:`~jaxface.resampling.latent_axes`: the whitened principal components of the active
   latent dimensions, their density (:func:`latent_pca_probabilities`) and k-means clusters
   (:func:`cluster_probabilities`).
+* :mod:`~jaxface.resampling.error_axes`: the whitened latent directions that predict the
+  classifier's errors, and the density along them (:func:`error_axis_probabilities`).
 * :mod:`~jaxface.resampling.weights`: reconstruction-error, classifier-error and group weights;
   blends, tempering to an effective sample size and caps.
 * :mod:`~jaxface.resampling.registry`: the signals of ``config.resampling.signal`` by name
   (:data:`SIGNALS`) and the epoch-start pass's computation (:func:`face_probabilities`).
 """
 
+from jaxface.resampling.error_axes import (error_axis_probabilities, error_axis_weights,
+                                           error_directions, error_score)
 from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array, bias_score,
                                            resolve_histogram_impl, sampling_probabilities)
 from jaxface.resampling.latent_axes import (ACTIVE_VARIANCE, active_dimensions,

@@ -5,8 +5,8 @@ A signal turns what the current model says about the training faces (inference o
 sampling weights. :data:`SIGNALS` maps each name ``config.resampling.signal`` may take to a
 :class:`Signal`: its function and what it needs. :func:`needed_outputs` names the inference
 outputs a signal reads; :func:`face_probabilities` computes the signal (``'a+b'`` blends
-several), tempers and caps it as ``config.resampling`` says and returns the probabilities the
-batcher draws from.
+several), tempers and caps it as ``config.resampling`` says, mixes in the probabilities of the
+previous epoch (``resampling.momentum``) and returns the probabilities the batcher draws from.
 
 A new signal is one function ``fn(inputs, resampling, seed) -> (n_faces,)`` and one entry in
 :data:`SIGNALS`; ``jaxface.config`` takes the names it accepts, and which of them can be
@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxface.resampling import histograms, latent_axes, weights
+from jaxface.resampling import error_axes, histograms, latent_axes, weights
 
 Inputs = Mapping[str, Any]  # name -> (n_faces, ...) array: inference outputs and 'groups'
 
@@ -80,6 +80,12 @@ def _errors(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
   return weights.error_probabilities(inputs["face_prob"], rs.error_upweight, rs.error_kind)
 
 
+def _error_axis(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
+  return error_axes.error_axis_probabilities(inputs["z_mean"], inputs["face_prob"], rs.error_axes,
+                                             rs.bins, rs.alpha, rs.combine, rs.error_kind,
+                                             rs.active_variance)
+
+
 SIGNALS: Mapping[str, Signal] = types.MappingProxyType({
     # Mass by labelled group (group_power): a known-groups baseline, not a latent method.
     "groups": Signal(_groups, needs_groups=True, blendable=False),
@@ -93,6 +99,10 @@ SIGNALS: Mapping[str, Signal] = types.MappingProxyType({
     "clusters": Signal(_clusters, ("z_mean",), needs_latent=True),
     # The classifier's mistakes at the end of the previous epoch (error_kind, error_upweight).
     "errors": Signal(_errors, ("face_prob",), uniform_in_first_epoch=True),
+    # Density along the whitened latent directions that predict those mistakes (error_axes,
+    # error_kind, bins, alpha, combine, active_variance).
+    "error_axis": Signal(_error_axis, ("z_mean", "face_prob"), needs_latent=True,
+                         uniform_in_first_epoch=True),
 })
 
 
@@ -166,16 +176,32 @@ def _normalised(p: Any, signal: str) -> np.ndarray:
   return p / p.sum()
 
 
+def _with_momentum(p: np.ndarray, previous: Any, momentum: float) -> np.ndarray:
+  """``normalize(momentum * previous + (1 - momentum) * p)``, float64; None is uniform."""
+  if not 0 <= momentum < 1:
+    raise ValueError(f"resampling.momentum must be in [0, 1), got {momentum!r}")
+  if previous is None:
+    previous = np.full(p.shape, 1.0 / p.size)
+  previous = np.asarray(previous, np.float64)
+  if previous.shape != p.shape:
+    raise ValueError(f"the previous face probabilities have shape {previous.shape}, the "
+                     f"signal's {p.shape}")
+  return _normalised(momentum * _normalised(previous, "previous probabilities")
+                     + (1.0 - momentum) * p, "momentum")
+
+
 def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *, epoch: int,
-                       seed: int, registry: Mapping[str, Signal] = SIGNALS
-                       ) -> tuple[np.ndarray, dict[str, float]]:
-  """The faces' sampling probabilities for an epoch: signal, blend, tempering, cap.
+                       seed: int, registry: Mapping[str, Signal] = SIGNALS,
+                       previous: Any = None) -> tuple[np.ndarray, dict[str, float]]:
+  """The faces' sampling probabilities for an epoch: signal, blend, tempering, cap, momentum.
 
   Each part of ``resampling.signal`` is computed (uniform in epoch 0 for a signal that is
   :attr:`Signal.uniform_in_first_epoch`), the parts are blended with
   ``resampling.blend_weights`` (:func:`jaxface.resampling.blend`), tempered to
   ``resampling.target_ess`` (:func:`jaxface.resampling.temper_to_ess`) and capped at
-  ``resampling.max_weight`` (:func:`jaxface.resampling.cap_weights`) when those are set.
+  ``resampling.max_weight`` (:func:`jaxface.resampling.cap_weights`) when those are set. With
+  ``resampling.momentum`` m > 0 the result is ``normalize(m * previous + (1 - m) * p)``: the
+  mixture keeps the cap (both sides are under it) but not the tempering's exact ESS.
 
   Args:
     resampling: ``config.resampling``.
@@ -185,6 +211,8 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
     epoch: the epoch about to start.
     seed: the run's seed (signals with a random initialisation, e.g. k-means).
     registry: the signals by name.
+    previous: ``(n_faces,)`` the probabilities the batcher draws from now (read only when
+      ``resampling.momentum`` > 0); None is uniform (no resampling yet).
 
   Returns:
     ``(n_faces,)`` float64 probabilities summing to 1 (float64 NumPy: the batcher draws from
@@ -192,8 +220,8 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
     ``{'power': t}``, the tempering power, when ``target_ess`` is set (else ``{}``).
 
   Raises:
-    ValueError: an unknown signal, a blend of a signal that cannot be blended, or inputs that
-      miss what the signal reads.
+    ValueError: an unknown signal, a blend of a signal that cannot be blended, inputs that
+      miss what the signal reads, or ``previous`` of another length.
     FloatingPointError: non-finite inputs (e.g. ``z_mean`` of a diverged encoder), or a signal
       that gives non-finite probabilities or no positive mass.
   """
@@ -209,4 +237,6 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
     details["power"] = float(power)
   if resampling.max_weight:
     p = weights.cap_weights(p, resampling.max_weight)
-  return _normalised(p, resampling.signal), details
+  p = _normalised(p, resampling.signal)
+  momentum = resampling.get("momentum", 0.0)  # runs configured before it have none
+  return (_with_momentum(p, previous, momentum) if momentum else p), details

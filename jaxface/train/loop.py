@@ -111,7 +111,7 @@ def _resample(run: Run, position: Position) -> None:
   """The epoch-start pass: new face probabilities for the batcher, logged and kept."""
   epoch = position.epoch
   probs, info = resampling_probabilities(run.config, position.state.variables, run.train_faces,
-                                         run.mesh, epoch)
+                                         run.mesh, epoch, previous=run.batcher.face_probabilities)
   run.batcher.set_face_probabilities(probs)
   info["epoch"] = epoch
   position.history["resampling"].append(info)

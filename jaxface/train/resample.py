@@ -17,13 +17,15 @@ PyTree = Any
 
 
 def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
-                             train_faces: data_lib.FaceData, mesh: Mesh,
-                             epoch: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+                             train_faces: data_lib.FaceData, mesh: Mesh, epoch: int = 0,
+                             previous: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, dict[str, Any]]:
   """New face sampling probabilities from the current model (the epoch-start pass).
 
   The signal (``config.resampling.signal``, see ``jaxface.resampling.SIGNALS``) reads the
   inference outputs it needs (none for 'groups', which reads the group labels) and
-  ``jaxface.resampling.face_probabilities`` blends, tempers and caps it.
+  ``jaxface.resampling.face_probabilities`` blends, tempers and caps it, and mixes in
+  ``previous`` by ``config.resampling.momentum``.
 
   Args:
     config: the run config (``resampling``, ``seed``, ``eval_batch_size``, ``loss.recon`` and
@@ -33,6 +35,8 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     mesh: device mesh for the encoding pass.
     epoch: the epoch about to start (signal 'errors' samples uniformly in epoch 0, before the
       model has learnt anything).
+    previous: (n_faces,) the batcher's current face probabilities (read when
+      ``resampling.momentum`` > 0); None is uniform.
 
   Returns:
     ``(n_faces,)`` float64 probabilities and a summary: the effective sample size (Kish) and,
@@ -46,7 +50,8 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     inputs.update(inference.infer(variables, train_faces.images, outputs, mesh=mesh,
                                   batch_size=config.eval_batch_size, dtype=compute_dtype(config),
                                   recon=config.loss.recon, impl=config.model.impl))
-  p, info = resampling.face_probabilities(rs, inputs, epoch=epoch, seed=config.seed)
+  p, info = resampling.face_probabilities(rs, inputs, epoch=epoch, seed=config.seed,
+                                          previous=previous)
   info.update(ess=resampling.effective_sample_size(p), n_faces=int(p.size))
   info["ess_fraction"] = info["ess"] / p.size
   if info["ess"] < max(0.01 * p.size, config.batch_size // 2):  # < 1%, or < one batch's faces
