@@ -167,7 +167,7 @@ def test_fallbacks_are_uniform_with_one_warning(case, caplog):
 
 def test_bad_inputs_are_refused():
   z, face_prob, _ = _codes()
-  with pytest.raises(ValueError, match=r"face_prob must be \(N,\) or \(N, 1\) with the N = 300 faces"):
+  with pytest.raises(ValueError, match=r"face_prob must be \(N,\) or \(N, 1\) with the N = 300"):
     resampling.error_axis_probabilities(z, face_prob[1:])
   with pytest.raises(ValueError, match="combine must be one of"):
     resampling.error_axis_probabilities(z, face_prob, combine="sum")
