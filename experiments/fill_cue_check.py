@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from jaxface import augment, inference, sharding, train  # noqa: E402
+from jaxface import data as data_lib  # noqa: E402
 from jaxface.data import to_float  # noqa: E402
 
 
@@ -111,9 +112,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   config.augment.fill = args.fill
   config.seed = args.seed
   config.progress_bar = False
+  datasets = data_lib.load_datasets(config.data)
   with tempfile.TemporaryDirectory() as workdir:
-    run = train.train_and_evaluate(config, workdir)
-  test = run.datasets["test"]
+    run = train.train_and_evaluate(config, workdir, datasets)
+  test = datasets["test"]
   result = fill_cue(run.variables, test.images, test.labels, args.scale, args.fill)
   result.update(config=args.config, fill=args.fill, scale=args.scale, seed=args.seed)
   print(json.dumps(result, indent=2))

@@ -246,7 +246,7 @@ def random_variables(config, seed: int = 0):
   return jax.tree.map_with_path(leaf, abstract)
 
 
-def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
+def test_resampling_pass_computes_only_what_the_signal_reads(monkeypatch):
   config = tiny_config("dbvae")
   datasets = data_lib.load_datasets(config.data)
   faces = datasets["train"].subset(datasets["train"].face_indices())
@@ -265,7 +265,7 @@ def test_resampling_pass_decodes_only_for_the_epistemic_signal(monkeypatch):
     config.resampling.signal = signal
     p, _ = train.resampling_probabilities(config, variables, faces, mesh)
     assert p.shape == (len(faces),) and np.isfinite(p).all()
-  assert seen == [{"face_prob", "z_mean"}, {"face_prob", "z_mean", "recon_error"}]
+  assert seen == [{"z_mean"}, {"z_mean", "recon_error"}]
 
 
 def test_groups_signal_balances_the_labelled_groups_without_a_model(monkeypatch):
