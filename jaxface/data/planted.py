@@ -81,59 +81,24 @@ def make_planted_bias(n_faces: int = 6000, n_non_faces: int | None = None, *,
     ``gender``, ``accessory`` (int8, -1 for non-faces; ``skin`` is the tone of hard-negative
     heads) and ``kind`` (``'face'`` or a non-face kind).
   """
-  if not isinstance(image_size, (int, np.integer)) or image_size < 16 or image_size % 16:
-    raise DataError(f"image_size must be a positive multiple of 16, got {image_size!r}")
-  for name, value in (("dark_fraction", dark_fraction), ("accessory_fraction", accessory_fraction),
-                      ("female_fraction", female_fraction),
-                      ("hard_negative_fraction", hard_negative_fraction),
-                      ("hard_negative_dark_fraction", hard_negative_dark_fraction),
-                      ("dark_feature_contrast", dark_feature_contrast)):
-    if not 0.0 <= value <= 1.0:
-      raise DataError(f"{name} must be in [0, 1], got {value}")
+  _check_planted_args(image_size, dark_fraction=dark_fraction,
+                      accessory_fraction=accessory_fraction, female_fraction=female_fraction,
+                      hard_negative_fraction=hard_negative_fraction,
+                      hard_negative_dark_fraction=hard_negative_dark_fraction,
+                      dark_feature_contrast=dark_feature_contrast)
   balanced = n_per_group is not None
   plan_seq, face_seq, non_face_seq = np.random.SeedSequence([seed, int(balanced)]).spawn(3)
   plan_rng = np.random.Generator(np.random.PCG64(plan_seq))
-
-  if balanced:
-    if n_per_group < 0:
-      raise DataError(f"n_per_group must be >= 0, got {n_per_group}")
-    n_faces = 4 * n_per_group
-    dark = np.repeat(np.array([0, 0, 1, 1], np.int8), n_per_group)
-    female = np.repeat(np.array([1, 0, 1, 0], np.int8), n_per_group)
-    # The same share of glasses in every group.
-    glasses = np.concatenate([_exact_flags(plan_rng, n_per_group, accessory_fraction)
-                              for _ in GROUPS])
-  else:
-    if n_faces < 0:
-      raise DataError(f"n_faces must be >= 0, got {n_faces}")
-    dark = _exact_flags(plan_rng, n_faces, dark_fraction)
-    female = _exact_flags(plan_rng, n_faces, female_fraction)
-    glasses = _exact_flags(plan_rng, n_faces, accessory_fraction)
+  dark, female, glasses = _face_plan(plan_rng, n_faces, n_per_group, dark_fraction,
+                                     female_fraction, accessory_fraction)
+  n_faces = dark.size
   n_non_faces = n_faces if n_non_faces is None else n_non_faces
   if n_non_faces < 0:
     raise DataError(f"n_non_faces must be >= 0, got {n_non_faces}")
-  n_hard = int(round(hard_negative_fraction * n_non_faces))
-  n_rest = n_non_faces - n_hard
-  kinds = np.concatenate([np.full(n_hard, 3, np.int8),
-                          plan_rng.choice(3, size=n_rest, p=[0.3, 0.25, 0.45]).astype(np.int8)])
-  kinds = plan_rng.permutation(kinds)
-  hard_dark = np.full(n_non_faces, -1, np.int8)
-  hard_dark[kinds == 3] = _exact_flags(plan_rng, n_hard, hard_negative_dark_fraction)
-
-  # Images are drawn in fixed-size chunks, each from its own stream keyed by its start index.
-  image_size = int(image_size)
-  images = np.empty((n_faces + n_non_faces, image_size, image_size, 3), np.uint8)
-  face_key, non_face_key = face_seq.generate_state(2), non_face_seq.generate_state(2)
-  for start in range(0, n_faces, _CHUNK):
-    sl = slice(start, min(start + _CHUNK, n_faces))
-    rng = np.random.Generator(np.random.PCG64([*face_key, start]))
-    images[sl] = _render_faces(rng, image_size, dark[sl], female[sl], glasses[sl],
-                               dark_feature_contrast)
-  for start in range(0, n_non_faces, _CHUNK):
-    sl = slice(start, min(start + _CHUNK, n_non_faces))
-    rng = np.random.Generator(np.random.PCG64([*non_face_key, start]))
-    images[n_faces + sl.start:n_faces + sl.stop] = _render_non_faces(
-        rng, image_size, kinds[sl], hard_dark[sl])
+  kinds, hard_dark = _non_face_plan(plan_rng, n_non_faces, hard_negative_fraction,
+                                    hard_negative_dark_fraction)
+  images = _render_all(face_seq, non_face_seq, int(image_size), dark, female, glasses,
+                       dark_feature_contrast, kinds, hard_dark)
 
   groups = np.char.add(np.where(dark == 1, "D", "L"), np.where(female == 1, "F", "M"))
   kind_names = np.asarray(NON_FACE_KINDS)[kinds]
@@ -154,6 +119,74 @@ def make_planted_bias(n_faces: int = 6000, n_non_faces: int | None = None, *,
 # Rendering works channels-first, (n, 3, S, S) float32 canvases and (n, S, S) coverage maps, so
 # that numpy's inner loops run over image rows rather than over 3 colour channels, and mostly in
 # place; the result is transposed to (n, S, S, 3) uint8 at the end.
+
+
+def _check_planted_args(image_size, **fractions: float) -> None:
+  """Raises DataError for an image size that is not a positive multiple of 16 or a fraction
+  outside [0, 1]."""
+  if not isinstance(image_size, (int, np.integer)) or image_size < 16 or image_size % 16:
+    raise DataError(f"image_size must be a positive multiple of 16, got {image_size!r}")
+  for name, value in fractions.items():
+    if not 0.0 <= value <= 1.0:
+      raise DataError(f"{name} must be in [0, 1], got {value}")
+
+
+def _face_plan(plan_rng: np.random.Generator, n_faces: int, n_per_group: int | None,
+               dark_fraction: float, female_fraction: float, accessory_fraction: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The faces' ``dark``, ``female`` and ``glasses`` flags, (n_faces,) int8 each: a skewed set
+  of ``n_faces``, or ``n_per_group`` faces in each group (then with the same share of glasses
+  in every group)."""
+  if n_per_group is not None:
+    if n_per_group < 0:
+      raise DataError(f"n_per_group must be >= 0, got {n_per_group}")
+    dark = np.repeat(np.array([0, 0, 1, 1], np.int8), n_per_group)
+    female = np.repeat(np.array([1, 0, 1, 0], np.int8), n_per_group)
+    glasses = np.concatenate([_exact_flags(plan_rng, n_per_group, accessory_fraction)
+                              for _ in GROUPS])
+    return dark, female, glasses
+  if n_faces < 0:
+    raise DataError(f"n_faces must be >= 0, got {n_faces}")
+  dark = _exact_flags(plan_rng, n_faces, dark_fraction)
+  female = _exact_flags(plan_rng, n_faces, female_fraction)
+  glasses = _exact_flags(plan_rng, n_faces, accessory_fraction)
+  return dark, female, glasses
+
+
+def _non_face_plan(plan_rng: np.random.Generator, n_non_faces: int, hard_negative_fraction: float,
+                   hard_negative_dark_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """The non-faces' kinds (indices into NON_FACE_KINDS, 3 = featureless head) and the heads'
+  darker-tone flags (-1 for other kinds), (n_non_faces,) int8 each."""
+  n_hard = int(round(hard_negative_fraction * n_non_faces))
+  n_rest = n_non_faces - n_hard
+  kinds = np.concatenate([np.full(n_hard, 3, np.int8),
+                          plan_rng.choice(3, size=n_rest, p=[0.3, 0.25, 0.45]).astype(np.int8)])
+  kinds = plan_rng.permutation(kinds)
+  hard_dark = np.full(n_non_faces, -1, np.int8)
+  hard_dark[kinds == 3] = _exact_flags(plan_rng, n_hard, hard_negative_dark_fraction)
+  return kinds, hard_dark
+
+
+def _render_all(face_seq: np.random.SeedSequence, non_face_seq: np.random.SeedSequence,
+                image_size: int, dark: np.ndarray, female: np.ndarray, glasses: np.ndarray,
+                dark_feature_contrast: float, kinds: np.ndarray, hard_dark: np.ndarray
+                ) -> np.ndarray:
+  """(n_faces + n_non_faces, S, S, 3) uint8 images, faces first, drawn in fixed-size chunks,
+  each from its own stream keyed by its start index."""
+  n_faces, n_non_faces = dark.size, kinds.size
+  images = np.empty((n_faces + n_non_faces, image_size, image_size, 3), np.uint8)
+  face_key, non_face_key = face_seq.generate_state(2), non_face_seq.generate_state(2)
+  for start in range(0, n_faces, _CHUNK):
+    sl = slice(start, min(start + _CHUNK, n_faces))
+    rng = np.random.Generator(np.random.PCG64([*face_key, start]))
+    images[sl] = _render_faces(rng, image_size, dark[sl], female[sl], glasses[sl],
+                               dark_feature_contrast)
+  for start in range(0, n_non_faces, _CHUNK):
+    sl = slice(start, min(start + _CHUNK, n_non_faces))
+    rng = np.random.Generator(np.random.PCG64([*non_face_key, start]))
+    images[n_faces + sl.start:n_faces + sl.stop] = _render_non_faces(
+        rng, image_size, kinds[sl], hard_dark[sl])
+  return images
 
 
 def _exact_flags(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray:
