@@ -46,7 +46,7 @@ LR_SCHEDULES = ("constant", "cosine")
 def get_base_config() -> ml_collections.ConfigDict:
   """All fields of a run, with the DB-VAE lab's defaults (and training-time augmentation)."""
   from jaxface import augment, data  # these groups belong to their modules
-  from jaxface.eval import whole_photos
+  from jaxface.eval import operating_point, whole_photos
 
   config = ml_collections.ConfigDict()
   config.name = "dbvae"  # shown in reports and comparisons
@@ -136,6 +136,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (validation accuracy and per-group figures), 'test' (the test split's per-group figures),
   # 'test_sets' (the extra test sets of data.extra_test_sets).
   config.evaluators = ("val", "test", "test_sets")
+  # The operating point every evaluation reports beside p = 0.5: the threshold at which this
+  # share of the validation non-faces (the test split's where it has none) is detected, in
+  # (0, 1), applied to the test split and every extra test set (jaxface.eval.operating_point).
+  config.operating_fpr = operating_point.OPERATING_FPR
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500  # also at every epoch end; 0 = epoch ends only
@@ -193,6 +197,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
   if config.bn_recalibration_batches < 0:
     fail("bn_recalibration_batches", "must be >= 0")
   _validate_evaluators(config, fail)
+  fpr = config.operating_fpr
+  if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0 < fpr < 1:
+    fail("operating_fpr", "must be a false-positive rate in (0, 1), e.g. 0.01")
   if config.num_epochs < 1:
     fail("num_epochs", "must be >= 1")
   if config.steps_per_epoch == 0 or config.steps_per_epoch < -1:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 from jaxface import data as data_lib
 from jaxface import evaluation, train
 from jaxface.data import DataError
+from jaxface.eval import operating_point as op_lib
 
 from helpers import load_experiment, report_of_two_runs, shared_data_dir, tiny_config
 
@@ -173,12 +175,15 @@ def test_test_set_metrics_scores_a_faces_only_set_against_the_fallback_non_faces
   data = _faces_only(groups, fitz)
   face_prob = np.concatenate([rng.uniform(0.3, 1, 50), rng.uniform(0, 0.8, 50)])
   non_face_prob = rng.uniform(0, 0.6, 200)
-  m = train.test_set_metrics(face_prob, data, non_face_prob, ("fitzpatrick", "absent"))
+  val_non_face_prob = rng.uniform(0, 0.9, 300)  # the threshold's non-faces: not these
+  threshold = op_lib.validation_threshold(val_non_face_prob, non_face_prob, 0.01)
+  m = train.test_set_metrics(face_prob, data, non_face_prob, ("fitzpatrick", "absent"),
+                             threshold=threshold)
   assert m["non_faces_from"] == "test" and m["n_skipped"] == 0
   assert m["E_A"] == evaluation.group_metrics(face_prob, data.labels, data.groups)["E_A"]
   op = m["operating_point"]
-  expected = evaluation.operating_point(face_prob, data.groups, non_face_prob, 0.01)
-  assert op["threshold"] == expected["threshold"] and op["fpr"] <= 0.01
+  assert op["threshold"] == np.sort(val_non_face_prob)[-4] and op["threshold_from"] == "val"
+  assert op["fpr"] == np.mean(non_face_prob > op["threshold"])
   assert op["groups"]["A"]["auc"] == evaluation.roc_auc(face_prob[:50], non_face_prob)
   assert op["groups"]["B"]["detection_rate"] == np.mean(face_prob[50:] > op["threshold"])
   assert list(m["by_attribute"]) == ["fitzpatrick"]
@@ -187,17 +192,24 @@ def test_test_set_metrics_scores_a_faces_only_set_against_the_fallback_non_faces
   assert by_fitz["groups"]["1"]["detection_rate"] == np.mean(face_prob[0::2] > 0.5)
   assert by_fitz["operating_point"]["groups"]["2"]["auc"] == evaluation.roc_auc(
       face_prob[1::2], non_face_prob)
-  # No non-faces anywhere: rates, but no operating point.
+  # No threshold: rates, but no operating point.
   alone = train.test_set_metrics(face_prob, data, None)
   assert alone["operating_point"] is None and alone["non_faces_from"] is None
+  no_threshold = train.test_set_metrics(face_prob, data, non_face_prob, threshold=None)
+  assert no_threshold["operating_point"] is None and no_threshold["non_faces_from"] == "test"
 
 
 def test_test_set_metrics_prefers_the_sets_own_non_faces():
   data = data_lib.FaceData(images=np.zeros((4, 16, 16, 3), np.uint8),
                            labels=np.array([1, 1, 0, 0]), groups=np.array(["A", "A", "", ""]))
-  m = train.test_set_metrics(np.array([0.9, 0.2, 0.1, 0.3]), data, np.array([0.95]))
+  threshold = op_lib.Threshold(0.25, 0.01, "val", 0.0)
+  m = train.test_set_metrics(np.array([0.9, 0.2, 0.1, 0.3]), data, np.array([0.95]),
+                             threshold=threshold)
   assert m["non_faces_from"] == "own"
-  assert m["operating_point"]["threshold"] == 0.3  # the highest own non-face, not 0.95
+  op = m["operating_point"]
+  assert op["threshold"] == 0.25 and op["groups"]["A"]["detection_rate"] == 0.5
+  assert op["fpr"] == 0.5  # measured on its own non-faces (0.3 of 0.1, 0.3), not on 0.95
+  assert op["groups"]["A"]["auc"] == 0.75  # 0.9 above both, 0.2 above 0.1 only
   assert m["non_face_accuracy"] == 1.0
 
 
@@ -221,8 +233,15 @@ def test_tiny_run_reports_every_extra_set(tmp_path, capsys):
   assert grp["non_faces_from"] == "test" and mix["non_faces_from"] == "own"
   assert set(grp["groups"]) == {"A", "B"} and grp["n_faces"] == 6
   assert mix["n_faces"] == 4 and mix["n_non_faces"] == 5
+  # One threshold, chosen on the validation non-faces, for the test split and every set.
+  val = datasets["val"]
+  val_prob = evaluation.predict(result.variables, val.images).face_prob
+  threshold = final["eval"]["test"]["operating_point"]["threshold"]
+  assert threshold == pytest.approx(evaluation.threshold_at_fpr(val_prob[val.labels == 0],
+                                                                0.01)[0], abs=1e-6)
   for m in (grp, mix, grp["by_attribute"]["fitzpatrick"]):
-    assert m["operating_point"]["fpr"] <= 0.01
+    assert m["operating_point"]["threshold"] == threshold
+    assert m["operating_point"]["threshold_from"] == "val"
     assert m["E_A"] is not None and m["Var_A"] is not None
   assert set(grp["by_attribute"]["fitzpatrick"]["groups"]) == {"1", "2", "3", "4", "5", "6"}
   assert set(grp["operating_point"]["groups"]) == {"A", "B"}
@@ -238,8 +257,10 @@ def test_tiny_run_reports_every_extra_set(tmp_path, capsys):
   assert any("grp_E_A" in r and "mix_Var_A" in r for r in log if r["kind"] == "eval")
   out = capsys.readouterr().out
   assert "-- test set grp: 6 faces" in out and "-- test set mix: 4 faces, 5 non-faces" in out
-  assert "by fitzpatrick: 1 " in out and "@1%FP" in out
-  assert "by group: X " in out and "all faces detected" in out
+  assert re.search(r"\n  by fitzpatrick +n +@1%FP +AUC +p>0.5 ", out)
+  assert re.search(r"\n  1 +\d+ +", out) and re.search(r"\n  X +2 +", out)
+  assert "  by group " in out and "all faces detected" in out
+  assert re.search(r"\n  @1%FP: E\[A\] .*\n  p > 0.5: E\[A\]", out)
   assert out.count("-- test set grp") == 1
 
 

@@ -38,7 +38,11 @@ def test_end_to_end_each_model(tmp_path, kind):
   assert set(test["groups"]) >= {"LF", "DF"} or len(test["groups"]) >= 2
   assert 0.0 <= metrics["eval"]["val_accuracy"] <= 1.0
   assert len(metrics["epochs"]) == 2
+  op = test["operating_point"]  # the threshold at 1% of the validation non-faces
+  assert op["threshold_from"] == "val" and op["fpr_target"] == 0.01 and 0 <= op["fpr"] <= 1
+  assert metrics["eval"]["val"]["operating_point"]["threshold"] == op["threshold"]
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert all("test_op_E_A" in line for line in lines if line["kind"] == "eval")
   logged_steps = [line["step"] for line in lines if "loss" in line]
   assert logged_steps == [2, 4, 6, 8, 10, 12]  # every log_every_steps, not every step
   assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
@@ -403,10 +407,11 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
     ("batch_size", 15, "batch_size"),
     ("data.image_size", 40, "data.image_size"),
     ("resampling.combine", "mean", "resampling.combine"),
+    ("operating_fpr", 0.0, "operating_fpr = 0.0: must be a false-positive rate in (0, 1)"),
 ])
 def test_bad_config_fails_before_compile(tmp_path, field, value, message):
   config = tiny_config("dbvae", **{field: value})
-  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+  with pytest.raises(ValueError, match=re.escape(message)):
     train.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
 

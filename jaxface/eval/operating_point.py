@@ -6,16 +6,26 @@ strictly. It holds everywhere a probability is compared with a threshold: a test
 (:func:`threshold_at_fpr`, :func:`operating_point`), a window of the whole-photo scan and a
 whole photo with a window above the threshold calibrated on non-face photos
 (:mod:`jaxface.eval.whole_photos`).
+
+An evaluation has one operating point (:func:`validation_threshold`): the threshold at which
+``config.operating_fpr`` of the validation split's non-faces are detected (the test split's
+where the validation split has none), applied to the test split and to every extra test set
+(:func:`operating_point_at`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from jaxface import losses
 from jaxface.eval.metrics import rate_figures, var_a_sampling_noise
+
+# The false positive rate of the operating point: config.operating_fpr's default, and the rate
+# of a run written before that field.
+OPERATING_FPR = 0.01
 
 
 def detected(prob: np.ndarray | float, threshold: float) -> np.ndarray:
@@ -178,8 +188,56 @@ def threshold_at_fpr(non_face_prob: np.ndarray, fpr: float = 0.01) -> tuple[floa
   return threshold, float(np.mean(detected(neg, threshold)))
 
 
+def rates_at_threshold(face_prob: np.ndarray, groups: np.ndarray, threshold: float,
+                       non_face_prob: np.ndarray | None = None,
+                       group_order: Sequence[str] | None = None) -> dict:
+  """Per-group detection rates at ``threshold`` and each group's ROC AUC against non-faces.
+
+  Args:
+    face_prob: (N,) face probabilities of the faces, N >= 1.
+    groups: (N,) their groups (``''`` for none: counted in the overall rate only).
+    threshold: the decision threshold (:func:`detected`).
+    non_face_prob: (M,) face probabilities of the non-faces to measure the false positive rate
+      and the AUCs on; None (or M = 0) for none.
+    group_order: groups listed first, in this order (e.g. ``('LF', 'LM', 'DF', 'DM')``); the
+      other groups follow sorted.
+
+  Returns:
+    ``{'threshold', 'fpr', 'detection_rate', 'auc', 'groups': {g: {'n', 'detection_rate',
+    'auc'}}, 'E_A', 'Var_A', 'worst_group', 'worst_rate'}``: ``fpr`` is the share of the
+    non-faces detected; rates in [0, 1] except ``E_A``, ``Var_A`` (%²) and ``worst_rate`` in
+    percent, as in :func:`group_metrics`. Without non-faces ``fpr`` and the AUCs are None.
+  """
+  pos = _scores(face_prob, "face_prob")
+  groups = np.asarray(groups, dtype=str).reshape(-1)
+  if groups.shape != pos.shape:
+    raise ValueError(f"face_prob {pos.shape} and groups {groups.shape} differ in length")
+  if not pos.size:
+    raise ValueError("an operating point needs at least one face score")
+  neg = None if non_face_prob is None else _scores(non_face_prob, "non_face_prob")
+  neg = neg if neg is not None and neg.size else None
+  auc = (lambda p: None) if neg is None else (lambda p: roc_auc(p, neg))
+  hit = detected(pos, threshold)
+  order = [g for g in (group_order or []) if g in set(groups.tolist())]
+  order += sorted({g for g in groups.tolist() if g} - set(order))
+  per_group = {}
+  for g in order:
+    mask = groups == g
+    per_group[g] = {"n": int(mask.sum()), "detection_rate": float(np.mean(hit[mask])),
+                    "auc": auc(pos[mask])}
+  result = {"threshold": float(threshold),
+            "fpr": None if neg is None else float(np.mean(detected(neg, threshold))),
+            "detection_rate": float(np.mean(hit)), "auc": auc(pos), "groups": per_group,
+            "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None}
+  if per_group:
+    figures = rate_figures([(g, v["detection_rate"]) for g, v in per_group.items()])
+    result.update({k: figures[k] for k in ("E_A", "Var_A", "worst_group", "worst_rate")})
+  return result
+
+
 def operating_point(face_prob: np.ndarray, groups: np.ndarray, non_face_prob: np.ndarray,
-                    fpr: float = 0.01, group_order: Sequence[str] | None = None) -> dict:
+                    fpr: float = OPERATING_FPR,
+                    group_order: Sequence[str] | None = None) -> dict:
   """Per-group detection rates at the threshold giving ``fpr`` false positives, and ROC AUCs.
 
   The threshold comes from the non-faces alone (:func:`threshold_at_fpr`), so every group is
@@ -191,34 +249,90 @@ def operating_point(face_prob: np.ndarray, groups: np.ndarray, non_face_prob: np
     groups: (N,) their groups (``''`` for none: counted in the overall rate only).
     non_face_prob: (M,) face probabilities of the non-faces.
     fpr: the false positive rate, in [0, 1).
-    group_order: groups listed first, in this order (e.g. ``('LF', 'LM', 'DF', 'DM')``); the
-      other groups follow sorted.
+    group_order: groups listed first, in this order; the other groups follow sorted.
 
   Returns:
-    ``{'fpr_target', 'threshold', 'fpr', 'detection_rate', 'auc', 'groups': {g: {'n',
-    'detection_rate', 'auc'}}, 'E_A', 'Var_A', 'worst_group', 'worst_rate'}``: rates in [0, 1]
-    except ``E_A``, ``Var_A`` (%²) and ``worst_rate`` in percent, as in :func:`group_metrics`.
+    ``{'fpr_target', **rates_at_threshold(...)}`` (:func:`rates_at_threshold`) at that
+    threshold, ``fpr`` the rate achieved on these non-faces.
   """
-  pos = _scores(face_prob, "face_prob")
-  groups = np.asarray(groups, dtype=str).reshape(-1)
-  if groups.shape != pos.shape:
-    raise ValueError(f"face_prob {pos.shape} and groups {groups.shape} differ in length")
-  if not pos.size:
-    raise ValueError("operating_point needs at least one face score")
-  threshold, achieved = threshold_at_fpr(non_face_prob, fpr)
-  hit = detected(pos, threshold)
-  order = [g for g in (group_order or []) if g in set(groups.tolist())]
-  order += sorted({g for g in groups.tolist() if g} - set(order))
-  per_group = {}
-  for g in order:
-    mask = groups == g
-    per_group[g] = {"n": int(mask.sum()), "detection_rate": float(np.mean(hit[mask])),
-                    "auc": roc_auc(pos[mask], non_face_prob)}
-  result = {"fpr_target": float(fpr), "threshold": threshold, "fpr": achieved,
-            "detection_rate": float(np.mean(hit)),
-            "auc": roc_auc(pos, non_face_prob), "groups": per_group,
-            "E_A": None, "Var_A": None, "worst_group": None, "worst_rate": None}
-  if per_group:
-    figures = rate_figures([(g, v["detection_rate"]) for g, v in per_group.items()])
-    result.update({k: figures[k] for k in ("E_A", "Var_A", "worst_group", "worst_rate")})
-  return result
+  threshold, _ = threshold_at_fpr(non_face_prob, fpr)
+  return {"fpr_target": float(fpr),
+          **rates_at_threshold(face_prob, groups, threshold, non_face_prob, group_order)}
+
+
+def operating_fpr(config: Mapping[str, Any]) -> float:
+  """A run config's ``operating_fpr``; :data:`OPERATING_FPR` for a run written before the field."""
+  return float(config.get("operating_fpr", OPERATING_FPR))
+
+
+def fpr_tag(op: dict | None) -> str:
+  """The label of an operating point's figures, e.g. '@1%FP'; '' for None."""
+  return "" if not op else f"@{100 * op['fpr_target']:g}%FP"
+
+
+class Threshold(NamedTuple):
+  """The one threshold of an evaluation and where it was chosen (:func:`validation_threshold`).
+
+  Attributes:
+    value: the threshold (a score ``p`` is a detection when ``p > value``).
+    fpr_target: the false positive rate it was chosen for.
+    source: the split whose non-faces it was chosen on: ``'val'``, or ``'test'`` where the
+      validation split has no non-faces.
+    source_fpr: the share of those non-faces detected at it (at most ``fpr_target``).
+  """
+  value: float
+  fpr_target: float
+  source: str
+  source_fpr: float
+
+
+def validation_threshold(val_non_face_prob: np.ndarray | None,
+                         test_non_face_prob: np.ndarray | None,
+                         fpr: float = OPERATING_FPR) -> Threshold | None:
+  """The evaluation's operating point: the threshold at ``fpr`` on the validation non-faces.
+
+  The threshold is chosen on validation data (:func:`threshold_at_fpr`) and applied unchanged
+  to the test split and every extra test set. Where the validation split has no non-faces it
+  is chosen on the test split's (``source`` 'test').
+
+  Args:
+    val_non_face_prob: (M,) face probabilities of the validation non-faces, or None.
+    test_non_face_prob: (K,) face probabilities of the test split's non-faces, or None.
+    fpr: the false positive rate, in (0, 1) (``config.operating_fpr``).
+
+  Returns:
+    The :class:`Threshold`; None when neither split has non-faces.
+  """
+  for source, prob in (("val", val_non_face_prob), ("test", test_non_face_prob)):
+    if prob is not None and np.size(prob):
+      value, achieved = threshold_at_fpr(prob, fpr)
+      return Threshold(value, float(fpr), source, achieved)
+  return None
+
+
+def operating_point_at(threshold: Threshold | None, face_prob: np.ndarray, labels: np.ndarray,
+                       groups: np.ndarray, non_face_prob: np.ndarray | None = None,
+                       group_order: Sequence[str] | None = None) -> dict | None:
+  """:func:`rates_at_threshold` of a set's faces at an evaluation's :class:`Threshold`.
+
+  Args:
+    threshold: the evaluation's threshold (:func:`validation_threshold`); None gives None.
+    face_prob: (N,) face probabilities of the set's images.
+    labels: (N,) 1 = face; only the faces are counted.
+    groups: (N,) the group of each image (the set's groups, or an attribute's).
+    non_face_prob: (M,) the non-faces the false positive rate and the AUCs are measured on.
+    group_order: groups listed first, in this order.
+
+  Returns:
+    ``{'fpr_target', 'threshold_from' ('val' or 'test'), 'threshold_fpr' (the rate on the
+    non-faces it was chosen on), **rates_at_threshold(...)}``; None without a threshold or
+    without faces.
+  """
+  faces = np.asarray(labels).reshape(-1) == 1
+  if threshold is None or not faces.any():
+    return None
+  face_prob = np.asarray(face_prob).reshape(-1)[faces]
+  groups = np.asarray(groups, dtype=str).reshape(-1)[faces]
+  return {"fpr_target": threshold.fpr_target, "threshold_from": threshold.source,
+          "threshold_fpr": threshold.source_fpr,
+          **rates_at_threshold(face_prob, groups, threshold.value, non_face_prob, group_order)}

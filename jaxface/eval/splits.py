@@ -1,13 +1,20 @@
 """The per-epoch evaluators: the validation split, the test split and the extra test sets.
 
 An evaluator maps the face probabilities of a run's data sets (:class:`FaceScores`, each set
-scored once) and the run config to a dict of figures. :func:`evaluate` runs the evaluators
-that ``config.evaluators`` names, in that order, and merges their dicts:
+scored once), the run config and the evaluation's operating point to a dict of figures.
+:func:`evaluate` chooses the operating point once (:func:`evaluation_threshold`: the threshold
+at ``config.operating_fpr`` false positives on the validation non-faces, else on the test
+split's), then runs the evaluators that ``config.evaluators`` names, in that order, and merges
+their dicts:
 
 * ``'val'``: ``val_accuracy``, ``val_face_accuracy``, ``val_non_face_accuracy`` and, when the
-  validation faces carry groups, ``val`` (the per-group figures);
-* ``'test'``: ``test`` (:func:`jaxface.evaluation.group_metrics` of the test split);
+  validation faces carry groups, ``val`` (the per-group figures, with ``operating_point``);
+* ``'test'``: ``test`` (:func:`jaxface.evaluation.group_metrics` of the test split, with
+  ``operating_point``);
 * ``'test_sets'``: ``test_sets``, ``{name: test_set_metrics(...)}`` of each extra test set.
+
+Every ``operating_point`` is :func:`jaxface.eval.operating_point.operating_point_at` at that
+one threshold (None without one); the figures at p = 0.5 stay beside it.
 """
 
 from __future__ import annotations
@@ -24,10 +31,10 @@ from jax.sharding import Mesh
 
 from jaxface import data as data_lib
 from jaxface import evaluation, inference
+from jaxface.eval import operating_point as op_lib
+from jaxface.eval.operating_point import OPERATING_FPR, Threshold  # noqa: F401 (public here)
 
 PyTree = Any
-
-OPERATING_FPR = 0.01  # the false positive rate of the extra test sets' operating point
 
 
 class FaceScores:
@@ -57,21 +64,41 @@ class FaceScores:
   def __call__(self, name: str) -> np.ndarray:
     """(N,) face probabilities of the images of data set ``name``."""
     if name not in self._face_prob:
-      self._face_prob[name] = self._infer(self.datasets[name].images)["face_prob"]
+      self._face_prob[name] = np.asarray(
+          self._infer(self.datasets[name].images)["face_prob"]).reshape(-1)
     return self._face_prob[name]
 
+  def non_faces(self, name: str) -> np.ndarray | None:
+    """(M,) face probabilities of the non-faces of data set ``name``; None without the set."""
+    if not self.has(name):
+      return None
+    return self(name)[self.datasets[name].labels == 0]
 
-Evaluator = Callable[[FaceScores, ml_collections.ConfigDict], dict[str, Any]]
+
+def evaluation_threshold(scores: FaceScores,
+                         config: ml_collections.ConfigDict) -> Threshold | None:
+  """The evaluation's one threshold (:func:`jaxface.eval.operating_point.validation_threshold`).
+
+  Chosen on the validation non-faces at ``config.operating_fpr``, else on the test split's;
+  None when neither has non-faces.
+  """
+  return op_lib.validation_threshold(scores.non_faces("val"), scores.non_faces("test"),
+                                     op_lib.operating_fpr(config))
 
 
-def evaluate_val(scores: FaceScores, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Accuracy on the validation split (all, faces, non-faces) and its per-group figures."""
+Evaluator = Callable[[FaceScores, ml_collections.ConfigDict, Threshold | None], dict[str, Any]]
+
+
+def evaluate_val(scores: FaceScores, config: ml_collections.ConfigDict,
+                 threshold: Threshold | None) -> dict[str, Any]:
+  """Accuracy on the validation split (all, faces, non-faces) and its per-group figures, at
+  0.5 and at the operating point (for choosing settings on validation data)."""
   del config
   if not scores.has("val"):
     return {}
   val = scores.datasets["val"]
   prob = scores("val")
-  pred = prob > 0.5
+  pred = op_lib.detected(prob, 0.5)
   result = {"val_accuracy": float(np.mean(pred == (val.labels == 1)))}
   faces = val.labels == 1
   if faces.any():
@@ -79,21 +106,30 @@ def evaluate_val(scores: FaceScores, config: ml_collections.ConfigDict) -> dict[
   if (~faces).any():
     result["val_non_face_accuracy"] = float(np.mean(~pred[~faces]))
   if any(val.groups[faces]):  # per-group validation rates: for choosing settings
-    result["val"] = evaluation.group_metrics(prob, val.labels, val.groups)
+    result["val"] = _split_figures(scores, "val", threshold)
   return result
 
 
-def evaluate_test(scores: FaceScores, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The test split's per-group figures (:func:`jaxface.evaluation.group_metrics`)."""
+def _split_figures(scores: FaceScores, name: str, threshold: Threshold | None) -> dict[str, Any]:
+  """A split's :func:`jaxface.evaluation.group_metrics` with its ``operating_point``."""
+  data, prob = scores.datasets[name], scores(name)
+  figures = evaluation.group_metrics(prob, data.labels, data.groups)
+  figures["operating_point"] = op_lib.operating_point_at(
+      threshold, prob, data.labels, data.groups, scores.non_faces(name), figures["group_order"])
+  return figures
+
+
+def evaluate_test(scores: FaceScores, config: ml_collections.ConfigDict,
+                  threshold: Threshold | None) -> dict[str, Any]:
+  """The test split's per-group figures at 0.5 and at the operating point."""
   del config
   if not scores.has("test"):
     return {}
-  test = scores.datasets["test"]
-  return {"test": evaluation.group_metrics(scores("test"), test.labels, test.groups)}
+  return {"test": _split_figures(scores, "test", threshold)}
 
 
-def evaluate_test_sets(scores: FaceScores,
-                           config: ml_collections.ConfigDict) -> dict[str, Any]:
+def evaluate_test_sets(scores: FaceScores, config: ml_collections.ConfigDict,
+                       threshold: Threshold | None) -> dict[str, Any]:
   """:func:`test_set_metrics` of every data set that is not a split.
 
   A set without non-faces is scored against the test split's non-faces; the sets are also
@@ -102,13 +138,10 @@ def evaluate_test_sets(scores: FaceScores,
   extra = {name: d for name, d in scores.datasets.items() if name not in data_lib.SPLITS}
   if not extra:
     return {}
-  test_non_face_prob = None
-  if scores.has("test"):
-    test_non_face_prob = np.asarray(scores("test")).reshape(-1)[
-        scores.datasets["test"].labels == 0]
   columns = tuple(c.strip() for c in str(
       config.data.get("extra_test_attribute_groups", "") or "").split(",") if c.strip())
-  return {"test_sets": {name: test_set_metrics(scores(name), d, test_non_face_prob, columns)
+  return {"test_sets": {name: test_set_metrics(scores(name), d, scores.non_faces("test"),
+                                               columns, threshold=threshold)
                         for name, d in extra.items()}}
 
 
@@ -128,25 +161,28 @@ def evaluate(variables: PyTree, datasets: Mapping[str, data_lib.FaceData], mesh:
     datasets: ``'train'``, ``'val'``, ``'test'`` and each extra test set by name (as
       :func:`jaxface.data.load_datasets` returns them).
     mesh: device mesh of the inference passes.
-    config: the run config (``evaluators``, ``eval_batch_size``, ``dtype``, ``model.impl``,
-      ``data.extra_test_attribute_groups``).
+    config: the run config (``evaluators``, ``operating_fpr``, ``eval_batch_size``, ``dtype``,
+      ``model.impl``, ``data.extra_test_attribute_groups``).
 
   Returns:
     The evaluators' dicts merged in order; with the default evaluators ``val_accuracy``,
     ``val_face_accuracy``, ``val_non_face_accuracy``, ``val``, ``test`` and ``test_sets``, each
     where its data is present.
   """
+  if not config.evaluators:
+    return {}
   scores = FaceScores(variables, datasets, mesh, config)
+  threshold = evaluation_threshold(scores, config)  # whatever the evaluators' order
   result: dict[str, Any] = {}
   for name in config.evaluators:
-    result.update(EVALUATORS[name](scores, config))
+    result.update(EVALUATORS[name](scores, config, threshold))
   return result
 
 
 def test_set_metrics(face_prob: np.ndarray, data: data_lib.FaceData,
                      fallback_non_face_prob: np.ndarray | None = None,
-                     attribute_columns: tuple[str, ...] = ("fitzpatrick",),
-                     fpr: float = OPERATING_FPR) -> dict[str, Any]:
+                     attribute_columns: tuple[str, ...] = ("fitzpatrick",), *,
+                     threshold: Threshold | None = None) -> dict[str, Any]:
   """The figures of one extra test set: those of the test split plus an operating point.
 
   Args:
@@ -156,14 +192,16 @@ def test_set_metrics(face_prob: np.ndarray, data: data_lib.FaceData,
       against when ``data`` has none (the main test split's); None for none.
     attribute_columns: attributes of ``data`` (e.g. ``'fitzpatrick'``) to also group the faces
       by; columns it lacks are left out.
-    fpr: the false positive rate of the operating point.
+    threshold: the evaluation's threshold (:func:`evaluation_threshold`, chosen on the
+      validation non-faces); None: no operating point.
 
   Returns:
     :func:`jaxface.evaluation.group_metrics` by the set's groups, plus ``n_skipped``
     (unreadable images skipped), ``non_faces_from`` ('own', 'test' or None),
-    ``operating_point`` (:func:`jaxface.evaluation.operating_point` at ``fpr`` on those
-    non-faces: the per-group rates at one threshold and each group's ROC AUC; None without
-    non-faces) and ``by_attribute`` ``{column: the same figures grouped by that column}``.
+    ``operating_point`` (:func:`~jaxface.eval.operating_point.operating_point_at`: the
+    per-group rates at ``threshold``, the
+    false positive rate on those non-faces and each group's ROC AUC against them; None without
+    a threshold) and ``by_attribute`` ``{column: the same figures grouped by that column}``.
   """
   face_prob = np.asarray(face_prob, np.float64).reshape(-1)
   is_face = data.labels == 1
@@ -176,8 +214,8 @@ def test_set_metrics(face_prob: np.ndarray, data: data_lib.FaceData,
 
   def figures(groups: np.ndarray) -> dict[str, Any]:
     out = evaluation.group_metrics(face_prob, data.labels, groups)
-    out["operating_point"] = (None if non_face_prob is None else evaluation.operating_point(
-        face_prob[is_face], groups[is_face], non_face_prob, fpr, group_order=out["group_order"]))
+    out["operating_point"] = op_lib.operating_point_at(threshold, face_prob, data.labels, groups,
+                                                       non_face_prob, out["group_order"])
     return out
 
   result = figures(data.groups)

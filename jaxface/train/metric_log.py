@@ -177,10 +177,15 @@ def progress_bar(total: int, initial: int, active: bool):
 def eval_fields(epoch: int, ev: dict[str, Any]) -> dict[str, Any]:
   """The 'eval' line of an epoch's evaluation (:func:`jaxface.eval.evaluate`): its figures
   without the test and validation splits' per-group ones, plus E[A] and Var[A] of the test
-  split (``test_E_A``, ``test_Var_A``) and of each extra test set (``<name>_E_A``, ...)."""
+  split (``test_E_A``, ``test_Var_A``) and of each extra test set (``<name>_E_A``, ...), and
+  E[A], Var[A] and the worst rate of the test split at the operating point (``test_op_E_A``,
+  ``test_op_Var_A``, ``test_op_worst_rate``)."""
+  op = (ev.get("test") or {}).get("operating_point") or {}
   return {"epoch": epoch, **{k: v for k, v in ev.items() if k not in ("test", "val")},
           **({"test_E_A": ev["test"]["E_A"], "test_Var_A": ev["test"]["Var_A"]}
              if ev.get("test") and ev["test"].get("E_A") is not None else {}),
+          **{f"test_op_{key}": op[key] for key in ("E_A", "Var_A", "worst_rate")
+             if op.get(key) is not None},
           **{f"{name}_{key}": m[key] for name, m in ev.get("test_sets", {}).items()
              for key in ("E_A", "Var_A") if m.get(key) is not None}}
 
