@@ -116,6 +116,16 @@ def test_build_report_two_runs(tmp_path, variables):
   prob = evaluation.predict(variables["cnn"], images).face_prob
   expected_metrics = evaluation.group_metrics(prob, labels, groups, group_order=GROUPS)
   assert cnn["test"]["E_A"] == pytest.approx(expected_metrics["E_A"])
+  # Without validation non-faces the operating point comes from the test non-faces, and the
+  # summary table, comparison table and captions show it beside p = 0.5.
+  op = cnn["test"]["operating_point"]
+  assert op["threshold_from"] == "test"
+  assert op["threshold"] == pytest.approx(evaluation.threshold_at_fpr(prob[labels == 0])[0])
+  assert op["groups"]["DF"]["detection_rate"] == pytest.approx(
+      np.mean(prob[groups == "DF"] > op["threshold"]))
+  assert "<th>worst group @1%FP</th>" in page and "<th>E_A %² @0.5</th>" not in page
+  assert "<th>E_A % @0.5</th>" in page and "DF detected @1%FP %" in page
+  assert "At the operating point @1%FP (threshold" in page
 
 
 def test_build_report_single_cnn_with_missing_group(tmp_path, variables):
@@ -130,10 +140,36 @@ def test_build_report_single_cnn_with_missing_group(tmp_path, variables):
   assert test["non_face_accuracy"] is None
 
 
+def test_the_operating_point_is_chosen_on_the_validation_non_faces(tmp_path, variables):
+  images, labels, groups = _test_set(per_group=6, non_faces=8)
+  val_images, _, _ = _test_set(per_group=0, non_faces=40, seed=3)
+  run = report.RunArtifacts("my cnn", "cnn", variables["cnn"], images, labels, groups,
+                            val_non_faces=val_images, operating_fpr=0.05)
+  index = report.build_report(tmp_path, [run])
+  metrics = _check_report(index, {f"my-cnn_{f}.png" for f in CNN_FIGURES})
+  op = metrics["runs"][0]["test"]["operating_point"]
+  val_prob = evaluation.predict(variables["cnn"], val_images).face_prob
+  threshold, achieved = evaluation.threshold_at_fpr(val_prob, 0.05)  # 2 of the 40 may pass
+  assert op["threshold_from"] == "val" and op["fpr_target"] == 0.05
+  assert op["threshold"] == pytest.approx(threshold, abs=1e-6)
+  assert op["threshold_fpr"] == achieved
+  prob = evaluation.predict(variables["cnn"], images).face_prob
+  assert op["fpr"] == np.mean(prob[labels == 0] > op["threshold"])
+  for g in GROUPS:
+    assert op["groups"][g]["detection_rate"] == np.mean(prob[groups == g] > op["threshold"])
+  page = index.read_text(encoding="utf-8")
+  assert f"At the operating point @5%FP (threshold {op['threshold']:.4f} on the validation " in page
+  assert f"<td>{op['worst_group']}</td><td>{op['worst_rate']:.2f}</td>" in page
+
+
 def test_plot_group_bars_shows_groups_without_faces(tmp_path):
   m = evaluation.group_metrics(np.array([0.9, 0.2, 0.7]), np.array([1, 1, 0]),
                                np.array(["LF", "DF", ""]), group_order=GROUPS)
   path = report.plot_group_bars(m, tmp_path / "bars.png", "test")
+  assert path.stat().st_size > 8_000
+  m["operating_point"] = evaluation.operating_point(np.array([0.9, 0.2]), np.array(["LF", "DF"]),
+                                                    np.array([0.7]), 0.0, GROUPS)
+  path = report.plot_group_bars(m, tmp_path / "bars_op.png", "test")  # with a bar beside
   assert path.stat().st_size > 8_000
   path = report.plot_group_comparison(["a", "b", "c"], [m, m, m], tmp_path / "cmp.png")
   assert path.stat().st_size > 8_000
@@ -184,6 +220,7 @@ def test_write_report_loads_run_directories(tmp_path, variables, monkeypatch):
   assert (vae["recon"], cnn["recon"]) == ("l2", "l1")  # each run's config.loss.recon
   assert vae["reconstruction"]["kind"] == "l2"
   assert vae["seed"] == 3 and vae["sampling_mass"]["mass"][1] == [0.45, 0.40, 0.08, 0.07]
+  assert vae["test"]["operating_point"]["threshold_from"] == "val"  # the loaded 'val' split
   assert (index.parent / "db-vae_training.png").exists()
   assert not (index.parent / "standard-cnn_training.png").exists()  # no metrics.jsonl
 

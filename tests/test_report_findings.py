@@ -145,3 +145,19 @@ def test_side_by_side_and_summary_name_each_run_once():
   assert all("DB-VAE" not in str(c) for row in summary for c in row[1:])
   assert "model" not in page.SUMMARY_HEADER
   assert "td { white-space: nowrap; }" in page.CSS
+  assert page.summary_table(["my cnn"], ["cnn"], [b]) == (list(page.SUMMARY_HEADER), summary[1:])
+  # With an operating point: its rates beside each group's rate at 0.5, its figures first.
+  a["operating_point"] = evaluation.operating_point(prob[:4], groups[:4], prob[4:], 0.4)
+  rows = findings.side_by_side([a, b], ["LF", "DF"])
+  labels = [label for label, _, _ in rows]
+  assert labels[:4] == ["LF detected %", "LF detected @40%FP %", "DF detected %",
+                        "DF detected @40%FP %"]
+  table = {label: values for label, values, _ in rows}
+  assert table["DF detected @40%FP %"] == [50.0, None]  # at 0.6, the highest non-face
+  assert table["LF detected @40%FP %"] == [100.0, None]
+  assert table["worst rate @40%FP %"] == [50.0, None]
+  header, cells = page.summary_table(["DB-VAE", "my cnn"], ["dbvae", "cnn"], [a, b])
+  assert header[:5] == ["run", "worst group @40%FP", "worst rate @40%FP %", "E_A @40%FP %",
+                        "Var_A @40%FP %²"] and header[5] == "accuracy % @0.5"
+  assert cells[0][:5] == ["DB-VAE", "DF", "50.00", "75.00", "625.00"]
+  assert cells[1][1:5] == ["–"] * 4

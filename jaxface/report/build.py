@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxface.eval import operating_point as op_lib
 from jaxface.eval.formatting import frac_pct, pct
 from jaxface.report import figures as fig_lib
 from jaxface.report import findings as fnd
@@ -58,15 +59,17 @@ def _summary_section(page: page_lib.Page, runs: Sequence[RunArtifacts], metrics:
   comp = ", ".join(f"{g} {int(np.sum((groups == g) & (labels == 1)))}" for g in order)
   page.para(f"Test set: {len(labels)} images, {int(np.sum(labels == 1))} faces ({comp}) and "
             f"{int(np.sum(labels == 0))} non-faces. {main.test_note}".strip())
-  page.para("A face counts as detected when its face probability is above 0.5. E_A is the mean "
+  page.para("A face counts as detected when its face probability is above the threshold: at the "
+            "operating point (e.g. @1%FP), the threshold at which that share of the run's "
+            "validation non-faces is detected (of the test non-faces where the validation split "
+            "has none), as a deployed detector is used; at p = 0.5 beside it. E_A is the mean "
             "of the group detection rates and Var_A their variance (population variance, in "
             "percent squared): a fair detector has a high E_A and a low Var_A. Var_A noise is "
             "the part of Var_A that the finite number of test faces alone contributes (binomial "
             "sampling of each group's rate): a Var_A near it is within the test set's noise.")
   page.heading("Summary")
-  page.raw(page_lib.table(page_lib.SUMMARY_HEADER,
-                          page_lib.summary_rows([r.name for r in runs], [r.kind for r in runs],
-                                                metrics)))
+  header, rows = page_lib.summary_table([r.name for r in runs], [r.kind for r in runs], metrics)
+  page.raw(page_lib.table(header, rows))
 
 
 def _comparison_section(page: page_lib.Page, runs: Sequence[RunArtifacts], metrics: list[dict],
@@ -102,6 +105,23 @@ def _comparison_section(page: page_lib.Page, runs: Sequence[RunArtifacts], metri
                 None)
 
 
+def _rates_text(m: dict) -> str:
+  """'LF 95.0%, DF 80.0%': each group's detection rate in ``m`` (None: '–')."""
+  return ", ".join(f"{g} {frac_pct(v['detection_rate'])}%" for g, v in m["groups"].items())
+
+
+def _operating_point_text(op: dict | None) -> str:
+  """The run's figures at the operating point, for a caption ('' without one)."""
+  if not op:
+    return ""
+  source = {"val": "validation", "test": "test"}.get(op["threshold_from"], op["threshold_from"])
+  return (f"At the operating point {op_lib.fpr_tag(op)} (threshold {op['threshold']:.4f} on the "
+          f"{source} non-faces, {frac_pct(op['fpr'], 2)}% of the test non-faces detected): "
+          f"{_rates_text(op)}, E_A {pct(op['E_A'], 2)}%, Var_A {pct(op['Var_A'], 2)} %², worst "
+          f"group {op['worst_group']}; ROC AUC "
+          + ", ".join(f"{g} {pct(v['auc'], 3)}" for g, v in op["groups"].items()) + ". ")
+
+
 def _run_section(page: page_lib.Page, run: RunArtifacts, res: dict, slug: str,
                  order: list[str], n_grid: int, note: bool) -> dict:
   """One run's section (training, detection per group, diagnostics); returns its findings."""
@@ -112,12 +132,12 @@ def _run_section(page: page_lib.Page, run: RunArtifacts, res: dict, slug: str,
   training = run_sections.training_section(page, run, slug, order)
   path = fig_lib.plot_group_bars(m, page.out_dir / f"{slug}_groups.png",
                                  f"{run.name}: detection per group")
-  rate_text = ", ".join(f"{g} {frac_pct(v['detection_rate'])}%" for g, v in m["groups"].items())
   page.figure(path, f"{run.name}: share of each group's test faces detected (left) and their "
-              f"mean face probability (right). {rate_text}. E_A {pct(m['E_A'], 2)}%, "
-              f"Var_A {pct(m['Var_A'], 2)} %², worst group {m['worst_group']}, gap "
-              f"{pct(m['gap'])} points; non-faces correctly rejected: "
-              f"{frac_pct(m['non_face_accuracy'])}%.", run.name)
+              f"mean face probability (right). {_operating_point_text(m['operating_point'])}"
+              f"At p = 0.5: {_rates_text(m)}, E_A {pct(m['E_A'], 2)}%, Var_A "
+              f"{pct(m['Var_A'], 2)} %², worst group {m['worst_group']}, gap {pct(m['gap'])} "
+              f"points; non-faces correctly rejected: {frac_pct(m['non_face_accuracy'])}%.",
+              run.name)
   if res["vae"]:
     page.para("What the latent space learned, where the model is unsure, and whether its "
               "mistakes concentrate on faces that its latent space marks as rare:")
@@ -232,8 +252,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _run_artifacts(directory: Path, config, variables, test, note: str,
-                   reference_images: np.ndarray | None, taken: set[str]) -> RunArtifacts:
-  """A run directory's model, its test set and its records (``metrics.json``, the log)."""
+                   reference_images: np.ndarray | None, taken: set[str],
+                   val=None) -> RunArtifacts:
+  """A run directory's model, its test set and its records (``metrics.json``, the log); the
+  non-faces of its validation split ``val`` (None: none) set its operating point."""
   train_metrics, resampling_records = None, None
   metrics_path = directory / "metrics.json"
   if metrics_path.exists():
@@ -251,7 +273,9 @@ def _run_artifacts(directory: Path, config, variables, test, note: str,
       bins=int(config.resampling.bins), batch_size=int(config.get("eval_batch_size", 256)),
       dtype=str(config.get("dtype", "float32")),
       recon=str(config_dict.get("loss", {}).get("recon", "l1")), test_note=note, log=log,
-      resampling=resampling_records, config=config_dict)
+      resampling=resampling_records, config=config_dict,
+      val_non_faces=None if val is None else val.images[np.asarray(val.labels) == 0],
+      operating_fpr=op_lib.operating_fpr(config))
 
 
 def write_report(workdir: str | os.PathLike, compare: Sequence[str | os.PathLike] = (),
@@ -307,7 +331,8 @@ def write_report(workdir: str | os.PathLike, compare: Sequence[str | os.PathLike
               f"{test.image_shape[1]}, the main run's {main_test.image_shape[0]}x"
               f"{main_test.image_shape[1]}.")
     runs.append(_run_artifacts(directory, config, variables, test, note,
-                               _reference_faces(own.get("train"), max_reference_faces), taken))
+                               _reference_faces(own.get("train"), max_reference_faces), taken,
+                               own.get("val")))
   extra = {name: d for name, d in cache[main_key].items() if name not in data_lib.SPLITS}
   columns = [c.strip() for c in str(main_columns or "").split(",") if c.strip()]
   return build_report(out_dir or workdir / "report", runs, test_sets=extra,

@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from jaxface import evaluation
+from jaxface.eval.operating_point import fpr_tag
 from jaxface.report.findings import (SCORE_TEXT, SamplingMass, TrainingCurves, distinct_decimals,
                                      format_fixed, latent_accuracy_band, order_groups)
 
@@ -66,8 +67,12 @@ def _group_colors(order: Sequence[str]) -> dict[str, Any]:
 def plot_group_bars(metrics: dict, path: str | os.PathLike, title: str) -> Path:
   """Detection rate (%) and mean face probability per group, with values on the bars.
 
+  With an ``operating_point`` in ``metrics``, each group's detection rate at it stands as a
+  hatched bar beside the rate at p = 0.5.
+
   Args:
-    metrics: :func:`jaxface.evaluation.group_metrics` output.
+    metrics: :func:`jaxface.evaluation.group_metrics` output, optionally with the
+      ``operating_point`` of :func:`jaxface.report.findings.analyse_run`.
     path: PNG path.
     title: figure title.
 
@@ -76,30 +81,45 @@ def plot_group_bars(metrics: dict, path: str | os.PathLike, title: str) -> Path:
   """
   order = metrics["group_order"]
   groups = metrics["groups"]
-  colors = _group_colors(order)
-  fig = Figure(figsize=(max(7.0, 1.6 * len(order) + 3.5), 3.8), layout="constrained")
+  op = metrics.get("operating_point")
+  colors = [_group_colors(order)[g] for g in order]
+  fig = Figure(figsize=(max(7.0, (2.2 if op else 1.6) * len(order) + 3.5), 3.8),
+               layout="constrained")
   axes = fig.subplots(1, 2)
   ticks = [f"{g}\nn={groups[g]['n']}" for g in order]
   x = np.arange(len(order))
-  # (axis, key, scale, y label, fewest and most decimals on the bars)
-  for ax, key, scale, ylabel, digits in (
-      (axes[0], "detection_rate", 100.0, "detection rate (%)", (1, 1)),
-      (axes[1], "mean_face_prob", 1.0, "mean face probability", (3, 5))):
-    values = [groups[g][key] for g in order]
-    heights = [0.0 if v is None else v * scale for v in values]
-    decimals = distinct_decimals([v * scale for v in values if v is not None], *digits)
-    bars = ax.bar(x, heights, color=[colors[g] for g in order], width=0.65)
-    ax.bar_label(bars, labels=["no faces" if v is None else format_fixed(v * scale, decimals)
-                               for v in values], padding=2, fontsize=9)
+  detected = [([groups[g]["detection_rate"] for g in order], None)]  # (rates, hatch)
+  if op:
+    detected.append(([op["groups"].get(g, {}).get("detection_rate") for g in order], "//"))
+  width = 0.65 / len(detected)
+  decimals = distinct_decimals([100 * v for values, _ in detected for v in values
+                                if v is not None], 1, 1)
+  for i, (values, hatch) in enumerate(detected):
+    bars = axes[0].bar(x + (i - (len(detected) - 1) / 2) * width,
+                       [0.0 if v is None else 100 * v for v in values], width * 0.95,
+                       color=colors, hatch=hatch, edgecolor="white" if hatch else None)
+    axes[0].bar_label(bars, labels=["no faces" if v is None else format_fixed(100 * v, decimals)
+                                    for v in values], padding=2, fontsize=8 if op else 9)
+  means = [groups[g]["mean_face_prob"] for g in order]
+  decimals = distinct_decimals([v for v in means if v is not None], 3, 5)
+  bars = axes[1].bar(x, [0.0 if v is None else v for v in means], color=colors, width=0.65)
+  axes[1].bar_label(bars, labels=["no faces" if v is None else format_fixed(v, decimals)
+                                  for v in means], padding=2, fontsize=9)
+  for ax, scale, ylabel in ((axes[0], 100.0, "detection rate (%)"),
+                            (axes[1], 1.0, "mean face probability")):
     ax.set_xticks(x, ticks)
     ax.set_ylim(0, 1.15 * scale)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("group")
     ax.grid(axis="y", alpha=0.3)
-  detected_title = f"Faces detected (p > {metrics['threshold']:.2g})"
+  detected_title = f"Faces detected ({'solid: ' if op else ''}p > {metrics['threshold']:.2g}" + (
+      f"; hatched: {fpr_tag(op)}, p > {op['threshold']:.4f})" if op else ")")
   if metrics.get("E_A") is not None:
     axes[0].axhline(metrics["E_A"], color="black", ls="--", lw=1)
     detected_title += f"\ndashed line: mean over groups E_A = {metrics['E_A']:.1f}%"
+  if op and op.get("E_A") is not None:
+    axes[0].axhline(op["E_A"], color="black", ls=":", lw=1)
+    detected_title += f"; dotted: {op['E_A']:.1f}% {fpr_tag(op)}"
   axes[0].set_title(detected_title, fontsize=10)
   axes[1].set_title("Mean face probability", fontsize=10)
   fig.suptitle(title)

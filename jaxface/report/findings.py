@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxface import evaluation, models
+from jaxface import evaluation, inference, models
 from jaxface.data import GROUPS
+from jaxface.eval import operating_point as op_lib
 
 PyTree = Any
 
@@ -53,6 +54,9 @@ class RunArtifacts:
     resampling: the per-epoch resampling records of ``metrics.json`` (``epoch``,
       ``mass_by_group``, ``share_by_group``, ``ess_fraction``), or None.
     config: the run's configuration as a plain dict, or None.
+    val_non_faces: optional (M, H, W, 3) non-faces of the run's validation split, on which the
+      operating point's threshold is chosen; None chooses it on the test non-faces.
+    operating_fpr: the false positive rate of the operating point (``config.operating_fpr``).
   """
   name: str
   kind: str
@@ -70,6 +74,8 @@ class RunArtifacts:
   log: list[dict] | None = None
   resampling: list[dict] | None = None
   config: dict | None = None
+  val_non_faces: np.ndarray | None = None
+  operating_fpr: float = op_lib.OPERATING_FPR
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -159,8 +165,10 @@ def analyse_run(run: RunArtifacts, order: Sequence[str]) -> dict:
 
   Returns:
     A dict with ``pred`` (:class:`~jaxface.evaluation.Predictions` of all test images),
-    ``face_pred`` (of the faces), ``metrics`` (group metrics), ``faces`` (indices of test
-    faces), ``scores`` (per-face risk scores on the faces), ``reference`` (whether a training
+    ``face_pred`` (of the faces), ``metrics`` (group metrics, with ``operating_point`` at
+    ``threshold``), ``threshold`` (:func:`jaxface.eval.operating_point.validation_threshold`
+    of the run's validation and test non-faces, or None), ``faces`` (indices of test faces),
+    ``scores`` (per-face risk scores on the faces), ``reference`` (whether a training
     reference set was used) and ``vae``.
   """
   import jax.numpy as jnp
@@ -168,7 +176,14 @@ def analyse_run(run: RunArtifacts, order: Sequence[str]) -> dict:
   pred = evaluation.predict(run.variables, run.images, run.batch_size, dtype=dtype,
                             recon=run.recon)
   metrics = evaluation.group_metrics(pred.face_prob, run.labels, run.groups, group_order=order)
-  faces = np.flatnonzero(np.asarray(run.labels) == 1)
+  labels = np.asarray(run.labels)
+  faces, non_face_prob = np.flatnonzero(labels == 1), pred.face_prob[labels == 0]
+  val_prob = None if run.val_non_faces is None or not len(run.val_non_faces) else inference.infer(
+      run.variables, run.val_non_faces, ("face_prob",), batch_size=run.batch_size, dtype=dtype)
+  threshold = op_lib.validation_threshold(None if val_prob is None else val_prob["face_prob"],
+                                          non_face_prob, run.operating_fpr)
+  metrics["operating_point"] = op_lib.operating_point_at(threshold, pred.face_prob, labels,
+                                                         run.groups, non_face_prob, order)
   vae = models.latent_dim_of(run.variables["params"]) > 0
   face_pred = evaluation.Predictions(*(None if a is None else a[faces] for a in pred))
   ref_z = None
@@ -176,8 +191,8 @@ def analyse_run(run: RunArtifacts, order: Sequence[str]) -> dict:
     ref_z = evaluation.predict(run.variables, run.reference_images, run.batch_size,
                                dtype=dtype, recon=run.recon).z_mean
   scores = evaluation.risk_scores_from_predictions(face_pred, run.bins, ref_z)
-  return {"pred": pred, "face_pred": face_pred, "metrics": metrics, "faces": faces,
-          "scores": scores, "reference": ref_z is not None, "vae": vae}
+  return {"pred": pred, "face_pred": face_pred, "metrics": metrics, "threshold": threshold,
+          "faces": faces, "scores": scores, "reference": ref_z is not None, "vae": vae}
 
 
 def latent_accuracy_band(curve: evaluation.LatentAccuracy,
@@ -345,7 +360,8 @@ def side_by_side(metrics_list: Sequence[dict], order: Sequence[str],
   """The rows of a table with one column per run: detection per group, then the aggregates.
 
   Args:
-    metrics_list: :func:`jaxface.evaluation.group_metrics` of each run, on the same faces.
+    metrics_list: :func:`jaxface.evaluation.group_metrics` of each run, on the same faces
+      (with the ``operating_point`` of :func:`analyse_run`, shown where present).
     order: the groups, in order.
     train_metrics: each run's final ``metrics.json`` (for its validation accuracy), optional.
 
@@ -356,8 +372,18 @@ def side_by_side(metrics_list: Sequence[dict], order: Sequence[str],
     value = m.get(key)
     return None if value is None else scale * value
 
-  rows = [(f"{g} detected %", [scaled(m["groups"].get(g, {}), "detection_rate")
-                               for m in metrics_list], 2) for g in order]
+  ops = [m.get("operating_point") or {} for m in metrics_list]
+  tag = next((op_lib.fpr_tag(op) for op in ops if op), "")
+  rows = []
+  for g in order:  # each group's rate at 0.5, and at the operating point beside it
+    rows.append((f"{g} detected %", [scaled(m["groups"].get(g, {}), "detection_rate")
+                                     for m in metrics_list], 2))
+    if tag:
+      rows.append((f"{g} detected {tag} %", [scaled(op.get("groups", {}).get(g, {}),
+                                                    "detection_rate") for op in ops], 2))
+  if tag:
+    rows += [(f"E_A {tag} %", [op.get("E_A") for op in ops], 2),
+             (f"worst rate {tag} %", [op.get("worst_rate") for op in ops], 2)]
   rows += [
       ("E_A %", [m["E_A"] for m in metrics_list], 2),
       ("Var_A %²", [m["Var_A"] for m in metrics_list], 2),

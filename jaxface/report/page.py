@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxface.eval.formatting import frac_pct, pct
+from jaxface.eval.operating_point import fpr_tag
 from jaxface.report import findings as fnd
 
 CSS = """
@@ -110,3 +111,30 @@ def summary_rows(names: Sequence[str], kinds: Sequence[str], metrics: Sequence[d
                  pct(m["Var_A"], 2), pct(m.get("Var_A_noise"), 2),
                  m["worst_group"] or "–", pct(m["worst_rate"], 2), pct(m["gap"], 2)])
   return rows
+
+
+def summary_table(names: Sequence[str], kinds: Sequence[str],
+                  metrics: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+  """The summary table: each run's worst group, E_A and Var_A at the operating point first,
+  then the columns of :data:`SUMMARY_HEADER` at p = 0.5 (:func:`summary_rows`).
+
+  Args:
+    names: run names.
+    kinds: their model kinds.
+    metrics: their :func:`jaxface.evaluation.group_metrics`, with the ``operating_point`` of
+      :func:`jaxface.report.findings.analyse_run` (where no run has one, the table is
+      :data:`SUMMARY_HEADER`'s alone).
+
+  Returns:
+    ``(header, rows)``.
+  """
+  rows = summary_rows(names, kinds, metrics)
+  ops = [m.get("operating_point") or {} for m in metrics]
+  tag = next((fpr_tag(op) for op in ops if op), "")
+  if not tag:
+    return list(SUMMARY_HEADER), rows
+  header = [SUMMARY_HEADER[0], f"worst group {tag}", f"worst rate {tag} %", f"E_A {tag} %",
+            f"Var_A {tag} %²", *(f"{h} @0.5" for h in SUMMARY_HEADER[1:])]
+  return header, [[row[0], op.get("worst_group") or "–", pct(op.get("worst_rate"), 2),
+                   pct(op.get("E_A"), 2), pct(op.get("Var_A"), 2), *row[1:]]
+                  for row, op in zip(rows, ops)]

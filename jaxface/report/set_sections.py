@@ -15,6 +15,7 @@ import numpy as np
 from jaxface import detect, evaluation
 from jaxface.eval import splits
 from jaxface.eval.formatting import frac_pct, pct
+from jaxface.eval.operating_point import fpr_tag
 from jaxface.report import figures as fig_lib
 from jaxface.report import findings as fnd
 from jaxface.report import page as page_lib
@@ -73,7 +74,8 @@ def test_set_rows(metrics_list: Sequence[dict]) -> list[tuple[str, list]]:
       ("all faces detected %", [frac_pct(m.get("face_detection_rate"), 2)
                                 for m in metrics_list]),
       ("threshold at the operating point", [pct(op.get("threshold"), 4) for op in ops]),
-      ("false positives achieved %", [frac_pct(op.get("fpr"), 2) for op in ops]),
+      ("threshold chosen on the non-faces of", [op.get("threshold_from", "–") for op in ops]),
+      ("false positives on the set's non-faces %", [frac_pct(op.get("fpr"), 2) for op in ops]),
       ("ROC AUC, all faces", [pct(op.get("auc"), 3) for op in ops]),
   ]
   return rows
@@ -94,12 +96,14 @@ def _roc_figure(page: page_lib.Page, name: str, data, run: RunArtifacts, slug: s
               for g in m_by["operating_point"]["groups"]}
     panels.append((f"by {column or 'group'}", curves))
   path = fig_lib.plot_group_roc(panels, page.out_dir / f"{slug}_{name}_roc.png",
-                                f"{run.name} on {name}: ROC per group", op["fpr_target"])
+                                f"{run.name} on {name}: ROC per group", op["fpr"])
   aucs = ", ".join(f"{g} {v['auc']:.3f}" for g, v in op["groups"].items())
   page.figure(path, f"{run.name} on {name}: share of each group's faces detected against "
-              f"the share of the non-faces detected, as the threshold falls (dotted: "
-              f"{100 * op['fpr_target']:g}% false positives, threshold "
-              f"{op['threshold']:.4f}). ROC AUC per group: {aucs or 'no groups'}.", run.name)
+              f"the share of the non-faces detected, as the threshold falls (dotted: the "
+              f"operating point {fpr_tag(op)}, threshold {op['threshold']:.4f} chosen on the "
+              f"run's {'validation' if op['threshold_from'] == 'val' else 'test'} non-faces, "
+              f"which detects {frac_pct(op['fpr'], 2)}% of these). ROC AUC per group: "
+              f"{aucs or 'no groups'}.", run.name)
 
 
 def test_set_section(page: page_lib.Page, name: str, data, runs: Sequence[RunArtifacts],
@@ -116,11 +120,13 @@ def test_set_section(page: page_lib.Page, name: str, data, runs: Sequence[RunArt
   page.para(f"{int(np.sum(labels == 1))} faces ({comp or 'no groups'}) and "
             f"{int(np.sum(labels == 0))} non-faces"
             + (f"; {data.num_skipped} unreadable images skipped" if data.num_skipped else "")
-            + ". The operating point is the threshold at which at most 1% of "
-            + ("the set's own non-faces" if own else "the main test set's non-faces (the set has "
-               "none)")
-            + " are detected, the same for every group; each group's ROC AUC ranks its faces "
-            "against those non-faces, free of any threshold.")
+            + f". The operating point is each run's threshold at which at most "
+            f"{100 * runs[0].operating_fpr:g}% of its "
+            "validation non-faces are detected (of its test non-faces where the validation "
+            "split has none), the same for every group and every set; the false positives at "
+            "it and each group's ROC AUC (free of any threshold) are measured on "
+            + ("the set's own non-faces." if own else "the main test set's non-faces (the set "
+               "has none)."))
   found, metrics_list, evaluated = {}, [], []
   for run, res, slug in zip(runs, results, slugs):
     if tuple(run.images.shape[1:]) != tuple(data.images.shape[1:]):
@@ -131,11 +137,11 @@ def test_set_section(page: page_lib.Page, name: str, data, runs: Sequence[RunArt
     prob = evaluation.predict(run.variables, data.images, run.batch_size,
                               dtype=jnp.dtype(run.dtype), recon=run.recon).face_prob
     fallback = np.asarray(res["pred"].face_prob).reshape(-1)[np.asarray(run.labels) == 0]
-    m = splits.test_set_metrics(prob, data, fallback, tuple(columns))
+    m = splits.test_set_metrics(prob, data, fallback, tuple(columns), threshold=res["threshold"])
     found[run.name] = m
     metrics_list.append(m)
     evaluated.append(run)
-    if m["operating_point"] is not None:
+    if m["operating_point"] is not None and m["non_faces_from"] is not None:
       non_face_prob = np.asarray(prob).reshape(-1)[labels == 0] if own else fallback
       _roc_figure(page, name, data, run, slug, m, prob, non_face_prob)
   if metrics_list:
