@@ -246,6 +246,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
          if g in test["groups"] and test["groups"][g]["detection_rate"] is not None}
   out.update({f"n_{g}": test["groups"][g]["n"] for g in GROUPS if f"rate_{g}" in out})
   _add_var_a_noise(out, out)  # from the rates, also for runs written before Var_A_noise
+  out.update(_op_fields(test.get("operating_point")))  # none for runs written before it
   out.update(E_A=test["E_A"], Var_A=test["Var_A"], worst_rate=test["worst_rate"],
              worst_group=test["worst_group"],
              non_face_accuracy=100.0 * test["non_face_accuracy"],
@@ -254,6 +255,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
   val = metrics["eval"].get("val")
   if val and val.get("E_A") is not None:  # for choosing settings: never the test set
     out.update(val_E_A=val["E_A"], val_worst_rate=val["worst_rate"])
+    out.update(_op_fields(val.get("operating_point"), "val_", groups=False))
   if metrics["eval"].get("val_non_face_accuracy") is not None:
     out["val_non_face_accuracy"] = 100.0 * metrics["eval"]["val_non_face_accuracy"]
   if metrics.get("resampling"):
@@ -270,6 +272,33 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _op_fields(op: dict[str, Any] | None, prefix: str = "", groups: bool = True
+               ) -> dict[str, float]:
+  """A split's figures at the operating point, flat (rates in percent; {} without one).
+
+  Returns:
+    ``{prefix}op_E_A``, ``op_Var_A``, ``op_worst_rate`` and ``op_fpr_target`` (percent); with
+    ``groups``, ``op_rate_<g>`` and ``auc_<g>`` per group.
+  """
+  if not op:
+    return {}
+  out = {f"{prefix}op_{key}": op[key] for key in ("E_A", "Var_A", "worst_rate")
+         if op.get(key) is not None}
+  out[f"{prefix}op_fpr_target"] = 100.0 * op["fpr_target"]
+  for g, v in (op["groups"].items() if groups else ()):
+    out[f"{prefix}op_rate_{g}"] = 100.0 * v["detection_rate"]
+    if v["auc"] is not None:
+      out[f"{prefix}auc_{g}"] = v["auc"]
+  return out
+
+
+def fpr_tag(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+  """'@1%FP': the operating point's false positive rate of the aggregated rows (1% if none)."""
+  fpr = next((s[k]["mean"] for s in rows.values() for k in s if k.endswith("op_fpr_target")),
+             1.0)
+  return f"@{fpr:g}%FP"
+
+
 def test_set_summary(figures: dict[str, Any]) -> dict[str, Any]:
   """The study's figures of one run on one extra test set (rates in percent, flat).
 
@@ -278,27 +307,22 @@ def test_set_summary(figures: dict[str, Any]) -> dict[str, Any]:
 
   Returns:
     ``rate_<g>``, ``op_rate_<g>`` (at the operating point), ``auc_<g>``, ``E_A``, ``Var_A``,
-    ``Var_A_noise``, ``worst_rate``, ``op_E_A``, ``op_worst_rate``, ``threshold``, ``auc``;
+    ``Var_A_noise``, ``worst_rate``, ``op_E_A``, ``op_Var_A``, ``op_worst_rate``,
+    ``op_fpr_target``, ``threshold``, ``auc``;
     the same per attribute with a ``<column>_`` prefix (e.g. ``fitzpatrick_rate_3``); and
     ``groups`` ``{prefix: [group, ...]}``, the table's columns.
   """
   out: dict[str, Any] = {"groups": {}}
   for column, m in [("", figures), *figures.get("by_attribute", {}).items()]:
     prefix = f"{column}_" if column else ""
-    op = m.get("operating_point") or {}
     out["groups"][prefix] = list(m["groups"])
     for g, v in m["groups"].items():
       if v["detection_rate"] is not None:
         out[f"{prefix}rate_{g}"] = 100.0 * v["detection_rate"]
-      if g in op.get("groups", {}):
-        out[f"{prefix}op_rate_{g}"] = 100.0 * op["groups"][g]["detection_rate"]
-        out[f"{prefix}auc_{g}"] = op["groups"][g]["auc"]
     for key in ("E_A", "Var_A", "Var_A_noise", "worst_rate"):
       if m.get(key) is not None:
         out[f"{prefix}{key}"] = m[key]
-    if op.get("E_A") is not None:
-      out[f"{prefix}op_E_A"] = op["E_A"]
-      out[f"{prefix}op_worst_rate"] = op["worst_rate"]
+    out.update({f"{prefix}{k}": v for k, v in _op_fields(m.get("operating_point")).items()})
   op = figures.get("operating_point") or {}
   if op:
     out.update(threshold=op["threshold"], auc=op["auc"])
@@ -358,19 +382,23 @@ def whole_image_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
 
 
 def test_set_table(name: str, rows: dict[str, dict[str, dict[str, float]]],
-                   groups: dict[str, list[str]], fpr: float = 1.0) -> str:
-  """The Markdown table of one extra test set: one line per config (mean ± std over seeds)."""
+                   groups: dict[str, list[str]]) -> str:
+  """The Markdown table of one extra test set: one line per config (mean ± std over seeds);
+  per grouping the figures at the operating point first, those at p = 0.5 after them."""
+  tag = fpr_tag(rows)
   header, keys = ["config", "seeds"], []
   for prefix, names in groups.items():
     label = prefix.replace("_", " ")
-    for kind, text, digits in (("rate_", "%", 1), ("op_rate_", f"% @{fpr:g}%FP", 1),
-                               ("auc_", "AUC", 3)):
+    header += [f"{label}worst {tag}", f"{label}E[A] {tag}", f"{label}Var[A] {tag}"]
+    keys += [(f"{prefix}op_worst_rate", 1), (f"{prefix}op_E_A", 1), (f"{prefix}op_Var_A", 1)]
+    for kind, text, digits in (("op_rate_", f"% {tag}", 1), ("auc_", "AUC", 3),
+                               ("rate_", "% @0.5", 1)):
       header += [f"{label}{g} {text}" for g in names]
       keys += [(f"{prefix}{kind}{g}", digits) for g in names]
-    header += [f"{label}E[A] %", f"{label}Var[A] %²", f"{label}Var[A] noise %²",
-               f"{label}worst %", f"{label}E[A] @{fpr:g}%FP", f"{label}worst @{fpr:g}%FP"]
+    header += [f"{label}E[A] % @0.5", f"{label}Var[A] %² @0.5", f"{label}Var[A] noise %²",
+               f"{label}worst % @0.5"]
     keys += [(f"{prefix}E_A", 1), (f"{prefix}Var_A", 2), (f"{prefix}Var_A_noise", 2),
-             (f"{prefix}worst_rate", 1), (f"{prefix}op_E_A", 1), (f"{prefix}op_worst_rate", 1)]
+             (f"{prefix}worst_rate", 1)]
   header += ["threshold", "AUC"]
   keys += [("threshold", 4), ("auc", 3)]
   return _seed_table(f"Test set `{name}`:", header, keys, rows)
@@ -438,15 +466,23 @@ def _cell(stats: dict[str, dict[str, float]], key: str, digits: int = 1) -> str:
 
 
 def markdown_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
-  """One line per config: mean ± std over seeds (percent; Var[A] in percent²)."""
-  header = ["config", "seeds", *[f"{g} %" for g in GROUPS], "E[A] %", "Var[A] %²",
-            "Var[A] noise %²", "worst %",
+  """One line per config: mean ± std over seeds (percent; Var[A] in percent²); the figures at
+  the operating point first (the threshold at 1% of the validation non-faces), p = 0.5 after."""
+  tag = fpr_tag(rows)
+  header = ["config", "seeds", f"worst {tag}", f"E[A] {tag}", f"Var[A] {tag}",
+            *[f"{g} {tag}" for g in GROUPS], *[f"{g} AUC" for g in DARK],
+            f"val E[A] {tag}", f"val worst {tag}",
+            *[f"{g} % @0.5" for g in GROUPS], "E[A] % @0.5", "Var[A] %² @0.5",
+            "Var[A] noise %²", "worst % @0.5",
             "non-face %", "val E[A] %", "val worst %", "val non-face %", "dark mass %",
             *[f"mass {g} %" for g in GROUPS], "ESS %", "run s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, stats in rows.items():
     seeds = max((s["n"] for s in stats.values()), default=0)
-    cells = [name, str(seeds), *[_cell(stats, f"rate_{g}") for g in GROUPS],
+    cells = [name, str(seeds), _cell(stats, "op_worst_rate"), _cell(stats, "op_E_A"),
+             _cell(stats, "op_Var_A"), *[_cell(stats, f"op_rate_{g}") for g in GROUPS],
+             *[_cell(stats, f"auc_{g}", 3) for g in DARK], _cell(stats, "val_op_E_A"),
+             _cell(stats, "val_op_worst_rate"), *[_cell(stats, f"rate_{g}") for g in GROUPS],
              _cell(stats, "E_A"), _cell(stats, "Var_A", 2), _cell(stats, "Var_A_noise", 2),
              _cell(stats, "worst_rate"),
              _cell(stats, "non_face_accuracy"), _cell(stats, "val_E_A"),
@@ -703,7 +739,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
          f" Batch norm recalibrated on {args.bn_recalibration_batches} uniform batches of 256"
          " before each evaluation."),
       markdown_table(table_rows),
-      "Var[A] noise = the part of Var[A] expected from the test set's size alone "
+      f"{fpr_tag(rows)} = at the operating point: each run's threshold detecting that share "
+      "of its validation non-faces (of its test non-faces where there is no validation split), "
+      "the same for every group and every test set (jaxface.eval.operating_point); AUC = the "
+      "group's ROC AUC against the test non-faces; @0.5 = at p > 0.5. Var[A] noise = the part "
+      "of Var[A] at 0.5 expected from the test set's size alone "
       "(jaxface.evaluation.var_a_sampling_noise): a Var[A] near it cannot be told from equal "
       "group rates.",
       "Targets (each config vs our CNN and vs the lab pipeline):",
@@ -711,9 +751,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       *(test_set_table(name, set_rows[name], set_groups[name]) for name in set_rows),
       *(whole_image_table(name, whole_rows[name], whole_groups[name]) for name in whole_rows)])
   if set_rows:
-    md += ("\n\nExtra test sets: the same runs. '@1%FP' = at the threshold detecting 1% of "
-           "the non-faces (the set's own, or the test split's when it has none), the same for "
-           "every group; AUC = each group's ROC AUC against those non-faces.")
+    md += ("\n\nExtra test sets: the same runs, at the same operating point as the test split; "
+           "AUC = each group's ROC AUC against the set's own non-faces (the test split's when "
+           "it has none).")
   if whole_rows:
     md += ("\n\nWhole images: every run scans the whole photos at the end; 'found' = a window "
            "at or above the threshold overlaps the face box with IoU >= 0.3 (any window for a "

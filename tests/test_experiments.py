@@ -141,12 +141,13 @@ def test_operating_point_script_rescores_runs_at_a_false_positive_rate(tmp_path,
     train.train_and_evaluate(tiny_config("cnn", num_epochs=1, steps_per_epoch=2, seed=seed), run)
     runs.append(run)
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-  records = script.main([str(r) for r in runs] + ["--fpr", "0.1",
+  records = script.main([str(r) for r in runs] + ["--fpr", "0.1", "--threshold_from", "test",
                                                   "--json", str(tmp_path / "op.jsonl")])
   assert {p: p.stat().st_mtime_ns for p in before} == before  # the runs are only read
   # The figures are operating_point's on the run's own test split, recomputed here.
   config, variables = load_run(runs[1])
-  test = data_lib.load_datasets(config.data)["test"]
+  datasets = data_lib.load_datasets(config.data)
+  test = datasets["test"]
   prob = inference.infer(variables, test.images, ("face_prob",))["face_prob"]
   prob = np.asarray(prob).reshape(-1)
   face = test.labels == 1
@@ -154,7 +155,21 @@ def test_operating_point_script_rescores_runs_at_a_false_positive_rate(tmp_path,
                                   group_order=("LF", "LM", "DF", "DM"))
   assert records[1]["E_A"] == pytest.approx(op["E_A"])
   assert records[1]["worst_rate"] == pytest.approx(op["worst_rate"])
-  assert records[1]["fpr"] <= 0.1
+  assert records[1]["fpr"] <= 0.1 and records[1]["threshold_from"] == "test"
+  # By default the threshold comes from the validation non-faces, as in the run's evaluation.
+  val = datasets["val"]
+  val_prob = np.asarray(inference.infer(variables, val.images, ("face_prob",))["face_prob"])
+  threshold = evaluation.threshold_at_fpr(val_prob.reshape(-1)[val.labels == 0], 0.1)[0]
+  at_val = script.main([str(runs[1]), "--fpr", "0.1"])[0]
+  assert at_val["threshold_from"] == "val" and at_val["threshold"] == threshold
+  df_prob = prob[test.groups == "DF"]
+  assert at_val["rates"]["DF"] == pytest.approx(100 * np.mean(df_prob > threshold))
+  assert at_val["fpr"] == np.mean(prob[~face] > threshold)
+  assert at_val["val"]["worst_rate"] is not None and at_val["val"]["fpr"] <= 0.1
+  run_op = json.loads((runs[1] / "metrics.json").read_text())["eval"]["test"]["operating_point"]
+  at_default = script.main([str(runs[1])])[0]  # at 1%: the run's own operating point
+  assert at_default["threshold"] == pytest.approx(run_op["threshold"], abs=1e-6)
+  assert at_default["worst_rate"] == pytest.approx(run_op["worst_rate"])
   # At 0.5 they are the run's own summary figures.
   summary = json.loads((runs[1] / "metrics.json").read_text())["eval"]["test"]
   assert records[1]["worst_rate_at_0.5"] == pytest.approx(summary["worst_rate"])
@@ -163,7 +178,7 @@ def test_operating_point_script_rescores_runs_at_a_false_positive_rate(tmp_path,
   lines = (tmp_path / "op.jsonl").read_text().splitlines()
   assert [json.loads(line)["run"] for line in lines] == [str(r) for r in runs]
   out = capsys.readouterr().out
-  assert "| cnn | 2 |" in out and "worst @10%FP" in out
+  assert "| cnn | 2 | test |" in out and "worst @10%FP" in out and "val worst @10%FP" in out
   with pytest.raises(SystemExit, match="not a finished run"):
     script.main([str(tmp_path / "nowhere")])
 

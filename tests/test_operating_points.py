@@ -12,7 +12,7 @@ from jaxface import evaluation, inference, sharding
 from jaxface.eval import operating_point as op_lib
 from jaxface.eval import splits, summary
 
-from helpers import tiny_config
+from helpers import load_experiment, tiny_config
 
 
 def _brute_auc(pos, neg):
@@ -149,11 +149,13 @@ def by_value(monkeypatch):
   return evaluate
 
 
-def _datasets(val_non_faces=tuple(range(0, 200)), test_non_faces=tuple(range(50, 250))):
-  """Validation and test splits whose non-faces score differently, and an extra faces-only set."""
+def _datasets(val_non_faces=tuple(range(0, 200)), test_non_faces=tuple(range(50, 250)),
+              names=("A", "B")):
+  """Validation and test splits whose non-faces score differently, and an extra faces-only set
+  (40 faces each, in equal groups ``names``)."""
   rng = np.random.default_rng(0)
   faces = lambda n: rng.integers(100, 256, n)  # noqa: E731
-  groups = ["A"] * 20 + ["B"] * 20
+  groups = np.repeat(names, 40 // len(names)).tolist()
   return {"val": _scored_set(faces(40), groups, val_non_faces),
           "test": _scored_set(faces(40), groups, test_non_faces),
           "extra": _scored_set(faces(40), groups, [])}
@@ -257,3 +259,36 @@ def test_operating_fpr_outside_zero_one_fails_naming_the_field(value):
                                        r"rate in \(0, 1\), e\.g\. 0\.01$"):
     config_lib.validate_config(config, 1)
   config_lib.validate_config(tiny_config("cnn", operating_fpr=0.05), 1)
+
+
+def test_study_tables_lead_with_the_operating_point(by_value):
+  study = load_experiment("study", "_experiments_study_op")
+  ev = by_value(_datasets(names=("LF", "LM", "DF", "DM")))
+  final = {**_final(ev), "eval": ev}
+  rows = {"cnn": study.aggregate([study.run_summary(final)] * 2)}
+  lines = study.markdown_table(rows).splitlines()
+  header, cells = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[2]))
+  assert header[:13] == ["config", "seeds", "worst @1%FP", "E[A] @1%FP", "Var[A] @1%FP",
+                         "LF @1%FP", "LM @1%FP", "DF @1%FP", "DM @1%FP", "DF AUC", "DM AUC",
+                         "val E[A] @1%FP", "val worst @1%FP"]
+  assert header[13:19] == ["LF % @0.5", "LM % @0.5", "DF % @0.5", "DM % @0.5", "E[A] % @0.5",
+                           "Var[A] %² @0.5"]
+  op, val_op = ev["test"]["operating_point"], ev["val"]["operating_point"]
+  assert cells[:3] == ["cnn", "2", f"{op['worst_rate']:.1f} ± 0.0"]
+  assert cells[7] == f"{100 * op['groups']['DF']['detection_rate']:.1f} ± 0.0"
+  assert cells[10] == f"{op['groups']['DM']['auc']:.3f} ± 0.000"
+  assert cells[12] == f"{val_op['worst_rate']:.1f} ± 0.0"
+  assert cells[13] == f"{100 * ev['test']['groups']['LF']['detection_rate']:.1f} ± 0.0"
+  # A run written before the operating point: its columns read '-'.
+  old = {"eval": {**ev, "test": {k: v for k, v in ev["test"].items() if k != "operating_point"},
+                  "val": {k: v for k, v in ev["val"].items() if k != "operating_point"}}}
+  cells = study.markdown_table({"old": study.aggregate([study.run_summary({**final, **old})])}
+                               ).splitlines()[2].split("|")
+  assert [c.strip() for c in cells[3:14]] == ["-"] * 11
+  # An extra test set's table: the figures at the operating point first, too.
+  summary = study.test_set_summary(ev["test_sets"]["extra"])
+  table = study.test_set_table("extra", {"cnn": study.aggregate([summary])}, summary["groups"])
+  header = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+  assert header[:6] == ["config", "seeds", "worst @1%FP", "E[A] @1%FP", "Var[A] @1%FP",
+                        "DF % @1%FP"]  # the set's groups, sorted
+  assert header.index("LM AUC") < header.index("DF % @0.5") < header.index("worst % @0.5")
