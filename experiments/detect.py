@@ -3,16 +3,23 @@
     python experiments/detect.py --workdir=RUN --images=PHOTO_OR_FOLDER [MORE ...] --out=DIR
 
 Every photo is scanned with square windows (see jaxface/detect.py), in the run's dtype and model
-implementation; DIR gets one PNG per photo (the best window thick: green when it is a detection,
-red when not; the other windows above the threshold thin, yellow) and detections.json with
-every photo's best window and detections. A bad input (unreadable, empty, too small, an empty
-folder) gets a one-line message on stderr and the other photos are still processed.
+implementation; the windows above the threshold go through non-maximum suppression (--nms_iou),
+which leaves one box per face. DIR gets one PNG per photo (the best window thick: green when it
+is a detection, red when not; the other boxes left by NMS thin, yellow) and detections.json with
+every photo's best window, its boxes and scores after NMS, and every window above the threshold
+(``detections``). A bad input (unreadable, empty, too small, an empty folder) gets a one-line
+message on stderr and the other photos are still processed.
 
 Whole-image evaluation on PPB portraits and non-face photos (threshold calibrated so that at
 most --max_false_rate of the non-face photos have a detection), written to DIR/evaluation.json:
 
     python experiments/detect.py --workdir=RUN --out=DIR \\
         --ppb=DATA/ppb-faces --nonface=DATA/nonface-photos/images
+
+With ``--val_nonface=DATA/nonface-photos/train_images`` the threshold is chosen on the part of
+those photos that --val_nonface_rule selects, the false detections on --nonface are measured at
+it, and the portraits that --val_faces_rule selects are validation portraits, left out of the
+test figures (jaxface.eval.whole_photos).
 
 (DATA: the data sets' folder, e.g. ``$JAXFACE_SHARED_DATA``.)
 """
@@ -29,7 +36,6 @@ from PIL import Image, ImageDraw
 
 from jaxface import detect
 from jaxface.checkpoints import load_run
-from jaxface.data import load_face_boxes
 from jaxface.eval import whole_photos
 
 FLAGS = flags.FLAGS
@@ -46,6 +52,15 @@ flags.DEFINE_integer("max_drawn", 50, "Most detections drawn per photo (highest 
 flags.DEFINE_string("ppb", None, "ppb-faces folder (portraits/ and faces.csv) to evaluate on.")
 flags.DEFINE_string("nonface", None, "Folder of non-face photos (calibrates the threshold).")
 flags.DEFINE_float("max_false_rate", 0.05, "Largest share of non-face photos with a detection.")
+_DEFAULTS = whole_photos.default_whole_images_config()
+flags.DEFINE_float("nms_iou", _DEFAULTS.nms_iou, "Non-maximum suppression: overlap (IoU) above "
+                   "which a lower-scoring box is dropped, in (0, 1].")
+flags.DEFINE_string("val_nonface", "", "Folder of non-face photos whose --val_nonface_rule part "
+                    "chooses the threshold (not test photos).")
+flags.DEFINE_string("val_nonface_rule", _DEFAULTS.val_non_face_rule,
+                    "Validation part of --val_nonface by sorted position.")
+flags.DEFINE_string("val_faces_rule", _DEFAULTS.val_faces_rule,
+                    "Validation portraits by PPB image id ('' for none), with --val_nonface.")
 
 
 def _error(message: str) -> None:
@@ -65,11 +80,11 @@ def _png_name(path: Path, taken: set[str]) -> str:
   return name
 
 
-def draw(photo: np.ndarray, result: detect.ScanResult, max_drawn: int) -> Image.Image:
-  """The photo with its detections (thin, yellow) and the best window (thick) drawn on it."""
+def draw(photo: np.ndarray, result: detect.ScanResult, boxes: np.ndarray,
+         max_drawn: int) -> Image.Image:
+  """The photo with its boxes after NMS (thin, yellow) and the best window (thick) drawn on it."""
   canvas = Image.fromarray(photo)
   pen = ImageDraw.Draw(canvas)
-  boxes, _ = detect.detections(result)
   for x0, y0, side in boxes[:max_drawn].tolist():
     pen.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), outline=(255, 220, 0), width=1)
   x0, y0, side = result.best_box.tolist()
@@ -78,31 +93,35 @@ def draw(photo: np.ndarray, result: detect.ScanResult, max_drawn: int) -> Image.
   return canvas
 
 
-def _photo_entry(result: detect.ScanResult, photo: np.ndarray, png: str) -> dict:
+def _photo_entry(result: detect.ScanResult, photo: np.ndarray, png: str,
+                 kept: tuple[np.ndarray, np.ndarray]) -> dict:
   boxes, probs = detect.detections(result)
   return {"width": int(photo.shape[1]), "height": int(photo.shape[0]), "png": png,
           "face_present": result.face_present, "best_box": result.best_box.tolist(),
           "best_prob": result.best_prob, "n_windows": int(len(result.boxes)),
+          "boxes": kept[0].tolist(), "scores": [float(p) for p in kept[1]],
           "detections": [{"box": b, "prob": float(p)} for b, p in zip(boxes.tolist(), probs)]}
 
 
 def scan_and_draw(variables, paths: list[Path], options: detect.ScanOptions, out: Path,
-                  mesh: Mesh | None, max_drawn: int, model: dict) -> tuple[dict, dict]:
+                  mesh: Mesh | None, max_drawn: int, model: dict,
+                  nms_iou: float = _DEFAULTS.nms_iou) -> tuple[dict, dict]:
   """Scans the photos, writes a PNG for each; returns (JSON entries, errors) by path.
 
-  ``model``: the run's ``dtype`` and ``impl`` (:func:`run_model`).
+  ``model``: the run's ``dtype`` and ``impl`` (:func:`run_model`); ``nms_iou``: the overlap of
+  the non-maximum suppression.
   """
   results, errors = detect.scan_files(variables, paths, options, mesh,
                                       progress=len(paths) > 20, **model)
+  scanned = [str(path) for path in paths if str(path) in results]
+  kept = detect.nms_detections([results[key] for key in scanned], nms_iou,
+                               max_out=max(1, max_drawn))
   entries, taken = {}, set()
-  for path in paths:
-    result = results.get(str(path))
-    if result is None:
-      continue
-    photo = detect.read_photo(path)
-    png = _png_name(Path(path), taken)
-    draw(photo, result, max_drawn).save(out / png)
-    entries[str(path)] = _photo_entry(result, photo, png)
+  for key, boxes in zip(scanned, kept):
+    photo = detect.read_photo(key)
+    png = _png_name(Path(key), taken)
+    draw(photo, results[key], boxes[0], max_drawn).save(out / png)
+    entries[key] = _photo_entry(results[key], photo, png, boxes)
   return entries, errors
 
 
@@ -114,17 +133,24 @@ def run_model(config) -> dict:
 def evaluate(variables, options: detect.ScanOptions, mesh: Mesh | None, model: dict) -> dict:
   """The whole-photo figures of --ppb and --nonface (:func:`whole_photos.evaluate_sets`)."""
   ppb = Path(FLAGS.ppb)
-  sets = whole_photos.WholeImageSets({"ppb": detect.photo_files(ppb / "portraits")},
-                                     {"ppb": load_face_boxes(ppb / "faces.csv")},
-                                     detect.photo_files(FLAGS.nonface), options)
   settings = whole_photos.default_whole_images_config()
-  settings.max_false_rate = FLAGS.max_false_rate
+  settings.update({
+      "sets": f"ppb={ppb / 'portraits'}", "boxes": f"ppb={ppb / 'faces.csv'}",
+      "non_face_photos": FLAGS.nonface, "max_false_rate": FLAGS.max_false_rate,
+      "nms_iou": FLAGS.nms_iou, "val_non_face_photos": FLAGS.val_nonface,
+      "val_non_face_rule": FLAGS.val_nonface_rule, "val_faces_rule": FLAGS.val_faces_rule,
+      "stride_frac": options.stride_frac, "n_scales": options.n_scales,
+      "batch_size": options.batch_size})
+  sets = whole_photos.load_whole_image_sets(settings, options.input_size)._replace(
+      options=options)
   return whole_photos.evaluate_sets(variables, sets, settings, mesh, progress=True,
                                     **model)["ppb"]
 
 
 def _summary(result: dict) -> str:
-  lines = [f"threshold {result['threshold']:.6f}: non-face photos with a detection "
+  rule = result["decision_rule"]
+  lines = [f"threshold {result['threshold']:.6f} (set on {rule['n_threshold_photos']} "
+           f"{rule['threshold_photos']}): test non-face photos with a detection "
            f"{result['false_detections']['n_with_detection']}/"
            f"{result['false_detections']['n_photos']}"]
   for section in ("with_box", "without_box", "all"):
@@ -149,6 +175,8 @@ def main(argv):
                                  stride_frac=FLAGS.stride_frac, n_scales=FLAGS.n_scales,
                                  input_size=int(config.data.image_size))
     detect.check_options(options)
+    if not 0 < FLAGS.nms_iou <= 1:
+      raise ValueError(f"--nms_iou = {FLAGS.nms_iou}: must be in (0, 1]")
   except (OSError, ValueError) as e:
     _error(str(e))
     return 1
@@ -164,7 +192,7 @@ def main(argv):
       except ValueError as e:
         errors[str(item)] = str(e)
     entries, scan_errors = scan_and_draw(variables, paths, options, out, mesh, FLAGS.max_drawn,
-                                         run_model(config))
+                                         run_model(config), FLAGS.nms_iou)
     errors.update(scan_errors)
     for message in errors.values():
       _error(message)

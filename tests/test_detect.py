@@ -197,6 +197,84 @@ def test_best_box_decision_and_detections_follow_the_threshold(tiny_variables):
   assert not above_all.face_present and len(detect.detections(above_all)[0]) == 0
 
 
+# ------------------------------------------------------------------------ non-maximum suppression
+
+
+def reference_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_out: int,
+                  valid: np.ndarray | None = None) -> list[int]:
+  """Greedy NMS in plain NumPy: the best box left, drop what overlaps it, repeat."""
+  boxes = np.asarray(boxes, np.float32)
+  if boxes.shape[1] == 3:
+    boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+  left = [i for i in np.argsort(-scores, kind="stable") if valid is None or valid[i]]
+  kept = []
+  while left and len(kept) < max_out:
+    best = left.pop(0)
+    kept.append(int(best))
+    still = []
+    for j in left:
+      iw = max(0.0, min(boxes[best, 2], boxes[j, 2]) - max(boxes[best, 0], boxes[j, 0]))
+      ih = max(0.0, min(boxes[best, 3], boxes[j, 3]) - max(boxes[best, 1], boxes[j, 1]))
+      inter = np.float32(iw * ih)
+      area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
+      union = np.float32(area(boxes[best]) + area(boxes[j]) - inter)
+      if not (union > 0 and np.float32(inter / union) > np.float32(iou_threshold)):
+        still.append(j)
+    left = still
+  return kept + [-1] * (max_out - len(kept))
+
+
+def _random_boxes(rng, n: int, corners: bool) -> np.ndarray:
+  xy = rng.integers(0, 60, (n, 2))
+  if corners:
+    return np.concatenate([xy, xy + rng.integers(4, 30, (n, 2))], axis=1).astype(np.float32)
+  return np.concatenate([xy, rng.integers(8, 30, (n, 1))], axis=1).astype(np.int32)
+
+
+@pytest.mark.parametrize("corners", [False, True])
+@pytest.mark.parametrize("iou_threshold", [0.1, 0.3, 0.5, 1.0])
+def test_nms_is_the_greedy_reference(corners, iou_threshold):
+  rng = np.random.default_rng(int(10 * iou_threshold) + corners)
+  for n, max_out in ((1, 3), (7, 7), (40, 12), (60, 80)):
+    boxes = _random_boxes(rng, n, corners)
+    scores = rng.integers(0, 6, n).astype(np.float32) / 5  # many ties: they go by index
+    kept = np.asarray(detect.nms(boxes, scores, iou_threshold, max_out))
+    assert kept.dtype == np.int32 and kept.shape == (max_out,)
+    assert kept.tolist() == reference_nms(boxes, scores, iou_threshold, max_out), (n, max_out)
+
+
+def test_nms_vmapped_over_padded_photos_is_nms_of_each():
+  rng = np.random.default_rng(7)
+  sizes, pad, max_out = (5, 23, 40, 1), 40, 10
+  boxes = np.zeros((len(sizes), pad, 3), np.int32)
+  scores = np.zeros((len(sizes), pad), np.float32)
+  valid = np.zeros((len(sizes), pad), bool)
+  for i, n in enumerate(sizes):
+    boxes[i, :n], scores[i, :n] = _random_boxes(rng, n, False), rng.random(n)
+    valid[i, :n] = scores[i, :n] > 0.3  # a detection threshold
+  batched = jax.jit(jax.vmap(lambda b, s, v: detect.nms(b, s, 0.3, max_out, v)))
+  kept = np.asarray(batched(boxes, scores, valid))
+  for i, n in enumerate(sizes):
+    want = reference_nms(boxes[i, :n], scores[i, :n], 0.3, max_out, valid[i, :n])
+    assert kept[i].tolist() == want
+
+
+def test_nms_detections_leave_one_box_per_face():
+  # Two faces, each found by a cluster of shifted windows, and a weak window elsewhere.
+  boxes = np.array([(10, 10, 40), (12, 10, 40), (10, 14, 40), (100, 20, 30), (102, 22, 30),
+                    (60, 70, 20)], np.int32)
+  probs = np.array([0.9, 0.95, 0.8, 0.7, 0.75, 0.2], np.float32)
+  result = detect.ScanResult(boxes, probs, boxes[1], 0.95, True, 0.5)
+  other = detect.ScanResult(boxes[:1], np.array([0.1], np.float32), boxes[0], 0.1, False, 0.5)
+  (kept, kept_probs), (none, _) = detect.nms_detections([result, other], 0.3)
+  assert kept.tolist() == [[12, 10, 40], [102, 22, 30]]
+  np.testing.assert_allclose(kept_probs, [0.95, 0.75])
+  assert none.shape == (0, 3)
+  everything, _ = detect.nms_detections([result], 0.3, threshold=-np.inf)[0]
+  assert everything.tolist() == [[12, 10, 40], [102, 22, 30], [60, 70, 20]]
+  assert len(detect.nms_detections([result], 0.3, max_out=1)[0][0]) == 1
+
+
 @pytest.mark.parametrize("impl", ["flax", "cpu_fast"])
 def test_scan_classifies_in_the_run_s_dtype_and_impl_as_inference_does(tiny_variables, impl):
   photos = [_photo(70, 100, seed=6)]
@@ -355,6 +433,13 @@ def test_cli_draws_and_writes_detections_and_reports_bad_inputs(tmp_path, smoke_
   entry = report["photos"][str(paths["rgb.png"])]
   assert entry["face_present"] and len(entry["detections"]) == entry["n_windows"]  # threshold 0
   assert entry["best_box"] == entry["detections"][0]["box"]
+  # After NMS: the best window first, no two boxes overlapping by more than --nms_iou.
+  assert entry["boxes"][0] == entry["best_box"] and len(entry["scores"]) == len(entry["boxes"])
+  assert 1 <= len(entry["boxes"]) < entry["n_windows"]
+  corners = [(x, y, x + s, y + s) for x, y, s in entry["boxes"]]
+  for i, box in enumerate(corners):
+    assert (detect.corner_iou(np.array(box), np.array(corners[i + 1:]).reshape(-1, 4))
+            <= 0.3).all()
   drawing = np.asarray(Image.open(out / entry["png"]))
   assert drawing.shape == (60, 80, 3)
   x0, y0, side = entry["best_box"]

@@ -11,12 +11,14 @@ from PIL import Image
 
 from jaxface import data, detect, models, train
 from jaxface.data import DataError
+from jaxface.data.ppb import portrait_id
 from jaxface.eval import operating_point, whole_photos
 
 from helpers import load_experiment, report_of_two_runs, shared_data_dir, tiny_config
 
 PPB = shared_data_dir() / "ppb-faces"
 NON_FACE = shared_data_dir() / "nonface-photos" / "images"
+TRAIN_PHOTOS = shared_data_dir() / "nonface-photos" / "train_images"
 
 PORTRAITS = ("0001_1_f_AA.jpg", "0002_2_m_AA.jpg", "0003_5_f_BB.jpg", "0004_6_m_BB.jpg",
              "0005_6_m_CC.jpg")
@@ -215,12 +217,104 @@ def test_evaluation_scans_in_the_given_dtype(tmp_path):
     ("max_false_rate", 1.5, r"config.whole_images.max_false_rate = 1.5"),
     ("stride_frac", 0.0, r"config.whole_images: ScanOptions.stride_frac"),
     ("sets", "test=/x", r"config.whole_images.sets: name 'test' clashes"),
+    ("nms_iou", 0.0, r"config.whole_images.nms_iou = 0.0: must be in \(0, 1\]"),
+    ("val_non_face_photos", "/nowhere", r"config.whole_images.val_non_face_photos: /nowhere: "
+     r"no such folder"),
 ])
 def test_bad_whole_image_settings_fail_before_training(tmp_path, field, value, message):
   config = _config(tmp_path, **{field: value})
   with pytest.raises(DataError, match=message):
     train.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _validation_config(root, **fields):
+  """The sets of ``_sets`` plus nine training photos (one unreadable) to validate on; the
+  portraits with an even image id (2 and 4) are validation portraits."""
+  config = _config(root)
+  train_photos = root / "train_photos"
+  train_photos.mkdir()
+  for i in range(8):
+    _write_photo(train_photos / f"train{i}.png", 64, 72, seed=20 + i)
+  (train_photos / "zz_broken.jpg").write_bytes(b"")
+  config.whole_images.val_non_face_photos = str(train_photos)
+  config.whole_images.val_non_face_rule = "index % 2 == 0"
+  config.whole_images.val_faces_rule = "image_id % 2 == 0"
+  for key, value in fields.items():
+    config.whole_images[key] = value
+  return config
+
+
+def test_validation_photos_choose_the_threshold_and_the_test_photos_measure_it(tmp_path):
+  config = _validation_config(tmp_path)
+  sets = whole_photos.load_whole_image_sets(config.whole_images, 32)
+  assert [p.name for p in sets.photos["portraits"]] == [PORTRAITS[0], PORTRAITS[2],
+                                                        PORTRAITS[4]]
+  assert [p.name for p in sets.val_photos["portraits"]] == [PORTRAITS[1], PORTRAITS[3]]
+  assert [p.name for p in sets.val_non_face_photos] == [
+      "train0.png", "train2.png", "train4.png", "train6.png", "zz_broken.jpg"]
+  variables = models.init_variables(jax.random.key(1), latent_dim=0, n_filters=4, image_size=32)
+  figures = whole_photos.evaluate_sets(variables, sets, config.whole_images)["portraits"]
+  val_max, _ = whole_photos.non_face_max_probs(variables, sets.val_non_face_photos,
+                                               sets.options)
+  test_max, _ = whole_photos.non_face_max_probs(variables, sets.non_face_photos, sets.options)
+  threshold = operating_point.threshold_at_fpr(list(val_max.values()), 0.05)[0]
+  assert figures["threshold"] == threshold  # chosen on the validation photos ...
+  assert figures["false_detections"] == whole_photos.false_detections(test_max, threshold)
+  assert figures["val"]["false_detections"]["n_photos"] == 4  # ... the unreadable one skipped
+  rule = figures["decision_rule"]
+  assert rule["threshold_photos"] == "val_non_face_photos" and rule["n_threshold_photos"] == 5
+  assert rule["val_faces_rule"] == "image_id % 2 == 0" and rule["nms_iou"] == 0.3
+  # the test figures leave the validation portraits out; they are reported apart
+  assert sorted(figures["portraits"]) == [PORTRAITS[0], PORTRAITS[2]]
+  assert figures["faces_found"]["all"]["overall"]["n"] == 2 and figures["n_photos"] == 3
+  assert figures["val"]["faces_found"]["all"]["overall"]["n"] == 2
+  assert set(figures["errors"]) == {str(tmp_path / "train_photos" / "zz_broken.jpg"),
+                                    str(tmp_path / "portraits" / PORTRAITS[4])}
+  assert all(entry["n_boxes"] >= int(entry["best_prob"] > threshold)
+             for entry in figures["portraits"].values())
+  assert figures["boxes_per_portrait"] == np.mean(
+      [e["n_boxes"] for e in figures["portraits"].values()])
+  json.dumps(figures)
+  line = whole_photos.summary_lines("portraits", figures)[0]
+  assert "set on 5 validation non-face photos" in line and "non-face photos with a detection" \
+      in line
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"val_non_face_rule": "index % 4 == 7"}, r"config.whole_images.val_non_face_rule = "
+     r"'index % 4 == 7': must read 'index % M == R'"),
+    ({"val_non_face_rule": "every 4th"}, r"val_non_face_rule = 'every 4th': must read"),
+    ({"val_non_face_rule": "index % 20 == 9"}, r"config.whole_images.val_non_face_rule = "
+     r"'index % 20 == 9' selects none of the 9 photos .*the validation split is empty"),
+    ({"val_non_face_photos": "NONFACE"}, r"config.whole_images.val_non_face_photos: 2 "
+     r"validation photo\(s\) are also test photos of config.whole_images.non_face_photos"),
+    ({"val_non_face_photos": "/nowhere/at/all"}, r"config.whole_images.val_non_face_photos: "
+     r"/nowhere/at/all: no such folder"),
+    ({"val_faces_rule": "image_id % 10 == 9"}, r"config.whole_images.val_faces_rule: set "
+     r"'portraits': the rule leaves 0 validation and 5 test portraits of 5"),
+    ({"val_faces_rule": "id % 2 == 0"}, r"val_faces_rule = 'id % 2 == 0': must read "
+     r"'image_id % M == R'"),
+    ({"nms_iou": 0.0}, r"config.whole_images.nms_iou = 0.0: must be in \(0, 1\]"),
+    ({"nms_iou": 1.5}, r"config.whole_images.nms_iou = 1.5"),
+])
+def test_bad_validation_splits_name_the_field(tmp_path, fields, message):
+  fields = {k: str(tmp_path / "nonface") if v == "NONFACE" else v for k, v in fields.items()}
+  config = _validation_config(tmp_path, **fields)
+  with pytest.raises(DataError, match=message):
+    whole_photos.load_whole_image_sets(config.whole_images, 32)
+
+
+def test_a_portrait_without_an_image_id_is_named(tmp_path):
+  config = _validation_config(tmp_path)
+  _write_photo(tmp_path / "portraits" / "stingray.jpg", 64, 64, seed=3)
+  with pytest.raises(DataError, match=r"config.whole_images.val_faces_rule: set 'portraits': "
+                     r".*stingray.jpg: no image id"):
+    whole_photos.load_whole_image_sets(config.whole_images, 32)
+  config.whole_images.val_faces_rule = ""  # every portrait for the test
+  sets = whole_photos.load_whole_image_sets(config.whole_images, 32)
+  assert sets.val_photos is None and len(sets.photos["portraits"]) == 6
+  assert len(sets.val_non_face_photos) == 5
 
 
 def test_empty_folder_and_name_clash_with_an_extra_test_set(tmp_path):
@@ -280,7 +374,8 @@ def test_study_has_a_table_per_whole_image_set(tmp_path):
 # ------------------------------------------------------------------------------ PPB and photos
 
 
-needs_ppb = pytest.mark.skipif(not (PPB / "faces.csv").exists() or not NON_FACE.exists(),
+needs_ppb = pytest.mark.skipif(not (PPB / "faces.csv").exists() or not NON_FACE.exists()
+                               or not TRAIN_PHOTOS.exists(),
                                reason="ppb-faces / nonface-photos data not available")
 
 
@@ -291,6 +386,21 @@ def test_ppb_groups_in_the_csv_agree_with_the_file_names():
   portraits = detect.photo_files(PPB / "portraits")
   absent = [p.name for p in portraits if p.name not in faces]
   assert absent and all(data.portrait_group(name) for name in absent)
+
+
+@needs_ppb
+def test_ppb_validation_portraits_by_image_id_and_photos_every_fourth():
+  settings = whole_photos.default_whole_images_config()
+  settings.update({"sets": f"ppb={PPB / 'portraits'}", "boxes": f"ppb={PPB / 'faces.csv'}",
+                   "non_face_photos": str(NON_FACE), "val_non_face_photos": str(TRAIN_PHOTOS)})
+  sets = whole_photos.load_whole_image_sets(settings, 64)
+  test, val = sets.photos["ppb"], sets.val_photos["ppb"]
+  assert len(test) + len(val) == len(detect.photo_files(PPB / "portraits"))
+  assert all(portrait_id(p.name) % 4 == 0 for p in val)
+  assert all(portrait_id(p.name) % 4 == 2 for p in test)  # PPB's ids here are even
+  every = detect.photo_files(TRAIN_PHOTOS)
+  assert sets.val_non_face_photos == every[::4]
+  assert not {p.name for p in sets.val_non_face_photos} & {p.name for p in sets.non_face_photos}
 
 
 @needs_ppb

@@ -19,6 +19,7 @@ from jaxface.data.container import DataError
 from jaxface.data.loaders import read_csv_rows
 
 _PPB_NAME = re.compile(r"^\d+_([1-6])_([fm])_", re.IGNORECASE)
+_IMAGE_ID = re.compile(r"^(\d+)_")
 UNKNOWN_GROUP = "unknown"  # the group of a portrait neither the table nor its name places
 
 
@@ -32,6 +33,14 @@ def portrait_group(name: str) -> str | None:
     return None
   tone = "L" if int(match.group(1)) <= 3 else "D"
   return tone + match.group(2).upper()
+
+
+def portrait_id(name: str) -> int | None:
+  """A PPB portrait's image id: the number its file name starts with (612 for
+  ``0612_6_f_RW.jpg``, the ``file`` and ``portrait`` columns of faces.csv alike); None for
+  other names."""
+  match = _IMAGE_ID.match(Path(name).name)
+  return int(match.group(1)) if match else None
 
 
 def load_face_boxes(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -1,15 +1,22 @@
 """Whole-photo test sets: faces found on whole photos, false detections on non-face photos.
 
 A run evaluates every set of ``config.whole_images.sets`` once, after its last epoch, with the
-sliding-window scan of :mod:`jaxface.detect` (in the run's ``dtype`` and ``model.impl``): the
-threshold is the lowest at which at most ``max_false_rate`` of the photos in
-``non_face_photos`` have a window detected (:func:`jaxface.eval.operating_point.threshold_at_fpr`
-of their highest window probabilities; a window is detected when its probability is above the
-threshold, :func:`jaxface.eval.operating_point.detected`), and a portrait counts as found when a
-detected window overlaps the face box of the set's ``boxes`` table (IoU >= ``min_iou``; any
-window for a portrait without a box). The figures land in ``metrics.json`` under
-``eval.whole_images.<name>``, in the summary and in the report. Results of these measurements
-are in experiments/results/detect_whole_images.md.
+sliding-window scan of :mod:`jaxface.detect` (in the run's ``dtype`` and ``model.impl``). The
+decision rule is a threshold on the window probabilities (a window is detected when its
+probability is above it, :func:`jaxface.eval.operating_point.detected`): the lowest at which at
+most ``max_false_rate`` of the photos that set it have a window detected
+(:func:`jaxface.eval.operating_point.threshold_at_fpr` of their highest window probabilities).
+Those photos are the validation non-face photos where ``val_non_face_photos`` is set: the
+threshold is then chosen on them, the share of the test photos (``non_face_photos``) with a
+detection is measured at it, and the validation portraits (``val_faces_rule``) are left out of
+the test figures and reported apart (``val``). Without it the test photos set the threshold.
+A portrait counts as found when a detected window overlaps the face box of the set's ``boxes``
+table (IoU >= ``min_iou``; any window for a portrait without a box); after non-maximum
+suppression (:func:`jaxface.detect.nms`, ``nms_iou``) each portrait's boxes are counted. The
+figures (:mod:`jaxface.eval.photo_figures`) land in ``metrics.json`` under
+``eval.whole_images.<name>`` with the rule and the split used (``decision_rule``), in the
+summary and in the report. Results of these measurements are in
+experiments/results/detect_whole_images.md.
 
 Fields of ``config.whole_images`` (:func:`default_whole_images_config`):
 
@@ -19,8 +26,14 @@ Fields of ``config.whole_images`` (:func:`default_whole_images_config`):
 * ``boxes`` (``''``): ``'NAME=CSV,...'``, a ``faces.csv``-style table per set (columns
   ``portrait, group, box_cx, box_cy, box_side``, :func:`jaxface.data.load_face_boxes`); a set
   without one takes each portrait's group from its PPB-style file name and counts any window.
-* ``non_face_photos`` (``''``): a folder of photos without faces; required with ``sets``.
-* ``max_false_rate`` (0.05), ``min_iou`` (0.3): as above.
+* ``non_face_photos`` (``''``): a folder of test photos without faces; required with ``sets``.
+* ``max_false_rate`` (0.05), ``min_iou`` (0.3), ``nms_iou`` (0.3, in (0, 1]): as above.
+* ``val_non_face_photos`` (``''``): a folder of non-face photos (e.g. nonface-photos'
+  ``train_images/``) whose files selected by ``val_non_face_rule`` (``'index % 4 == 0'``: every
+  4th file by sorted name) set the threshold; none may be a test photo.
+* ``val_faces_rule`` (``'image_id % 4 == 0'``): with ``val_non_face_photos``, the portraits
+  whose image id (the number their file name starts with, :func:`jaxface.data.ppb.portrait_id`)
+  fits the rule are validation portraits; ``''`` keeps every portrait for the test.
 * ``min_frac`` (0.2), ``n_scales`` (5), ``stride_frac`` (0.25), ``batch_size`` (256): the scan's
   :class:`jaxface.detect.ScanOptions`.
 
@@ -41,12 +54,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxface import detect
-from jaxface.data import (GROUPS, DataError, group_of_portrait, load_face_boxes,
-                          parse_named_paths)
-from jaxface.data.ppb import UNKNOWN_GROUP
+from jaxface.data import DataError, load_face_boxes, parse_named_paths
 from jaxface.eval.formatting import percent
-from jaxface.eval.metrics import rate_figures
-from jaxface.eval.operating_point import detected, threshold_at_fpr
+from jaxface.eval.operating_point import threshold_at_fpr
+# The figures are part of this module's interface.
+from jaxface.eval.photo_figures import (false_detections, faces_found,  # noqa: F401
+                                        group_figures, iou, whole_image_figures)
+from jaxface.eval.photo_splits import folder_photos, validation_split
 
 PyTree = Any
 
@@ -60,6 +74,10 @@ def default_whole_images_config() -> ml_collections.ConfigDict:
       "non_face_photos": "",
       "max_false_rate": 0.05,
       "min_iou": 0.3,
+      "nms_iou": 0.3,
+      "val_non_face_photos": "",
+      "val_non_face_rule": "index % 4 == 0",
+      "val_faces_rule": "image_id % 4 == 0",
       "min_frac": defaults.min_frac,
       "n_scales": defaults.n_scales,
       "stride_frac": defaults.stride_frac,
@@ -71,15 +89,20 @@ class WholeImageSets(NamedTuple):
   """The checked whole-image sets of a config.
 
   Attributes:
-    photos: ``{name: [photo files]}`` in the configured order.
+    photos: ``{name: [photo files]}`` in the configured order: the test portraits.
     faces: ``{name: load_face_boxes(table)}`` (``{}`` for a set without a table).
-    non_face_photos: the non-face photo files.
+    non_face_photos: the test non-face photo files.
     options: the scan options.
+    val_photos: ``{name: [photo files]}``, the validation portraits of each set (None: none).
+    val_non_face_photos: the validation non-face photos that set the threshold (empty: the
+      test photos set it).
   """
   photos: dict[str, list[Path]]
   faces: dict[str, dict[str, dict[str, Any]]]
   non_face_photos: list[Path]
   options: detect.ScanOptions
+  val_photos: Mapping[str, Sequence[Path]] | None = None
+  val_non_face_photos: Sequence[Path] = ()
 
 
 def scan_options(config: ml_collections.ConfigDict, input_size: int) -> detect.ScanOptions:
@@ -89,32 +112,25 @@ def scan_options(config: ml_collections.ConfigDict, input_size: int) -> detect.S
                             batch_size=int(config.batch_size), input_size=int(input_size))
 
 
-def _check_settings(config: ml_collections.ConfigDict, input_size: int) -> detect.ScanOptions:
-  """The scan options of ``config.whole_images``, after checking its numeric fields."""
+def check_settings(config: ml_collections.ConfigDict, input_size: int) -> detect.ScanOptions:
+  """The scan options of ``config.whole_images``, after checking its numeric fields.
+
+  Raises:
+    DataError: naming the field of a bad value.
+  """
   if not 0 <= config.max_false_rate < 1:
     raise DataError(f"config.whole_images.max_false_rate = {config.max_false_rate!r}: must be "
                     "in [0, 1)")
-  if not 0 < config.min_iou <= 1:
-    raise DataError(f"config.whole_images.min_iou = {config.min_iou!r}: must be in (0, 1]")
+  for field in ("min_iou", "nms_iou"):
+    value = setting(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+      raise DataError(f"config.whole_images.{field} = {value!r}: must be in (0, 1]")
   options = scan_options(config, input_size)
   try:
     detect.check_options(options)
   except ValueError as err:
     raise DataError(f"config.whole_images: {err}") from None
   return options
-
-
-def _non_face_files(folder: str) -> list[Path]:
-  """The photos of ``config.whole_images.non_face_photos``."""
-  if not folder:
-    raise DataError("config.whole_images.non_face_photos: a folder of photos without faces is "
-                    "needed to set the threshold of config.whole_images.sets")
-  if not Path(folder).is_dir():
-    raise DataError(f"config.whole_images.non_face_photos: {folder}: no such folder")
-  try:
-    return detect.photo_files(folder)
-  except DataError as err:
-    raise DataError(f"config.whole_images.non_face_photos: {err}") from None
 
 
 def load_whole_image_sets(config: ml_collections.ConfigDict, input_size: int,
@@ -132,7 +148,8 @@ def load_whole_image_sets(config: ml_collections.ConfigDict, input_size: int,
   Raises:
     DataError: one line naming the field and the path: a bad entry, a name in ``taken``, a
       missing folder or one without photos, a table for no such set or one that cannot be
-      read, a missing ``non_face_photos`` folder, or a bad scan setting.
+      read, a missing ``non_face_photos`` folder, a bad scan setting, or a validation split
+      that is empty or shares photos with the test.
   """
   sets = parse_named_paths(config.sets, "whole_images.sets")
   tables = parse_named_paths(config.boxes, "whole_images.boxes")
@@ -149,187 +166,23 @@ def load_whole_image_sets(config: ml_collections.ConfigDict, input_size: int,
     if name not in sets:
       raise DataError(f"config.whole_images.boxes: {name!r} is not a set of "
                       f"config.whole_images.sets (sets: {list(sets)})")
-  options = _check_settings(config, input_size)
+  options = check_settings(config, input_size)
   photos = {}
   for name, folder in sets.items():
-    if not Path(folder).is_dir():
-      raise DataError(f"config.whole_images.sets: set {name!r}: {folder}: no such folder")
-    try:
-      photos[name] = detect.photo_files(folder)
-    except DataError as err:
-      raise DataError(f"config.whole_images.sets: set {name!r}: {err}") from None
+    photos[name] = folder_photos(folder, f"whole_images.sets: set {name!r}")
   faces = {}
   for name, table in tables.items():
     try:
       faces[name] = load_face_boxes(table)
     except (DataError, OSError, KeyError, ValueError) as err:
       raise DataError(f"config.whole_images.boxes: set {name!r}: {err}") from None
-  non_faces = _non_face_files(config.non_face_photos)
-  return WholeImageSets(photos, {name: faces.get(name, {}) for name in sets}, non_faces, options)
-
-
-# --------------------------------------------------------------------------------- figures
-
-
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-  """Intersection over union of one square box with many.
-
-  Args:
-    box: (3,) ``(x0, y0, side)``.
-    boxes: (N, 3) ``(x0, y0, side)``.
-
-  Returns:
-    (N,) float64 IoU in [0, 1].
-  """
-  box = np.asarray(box, np.float64)
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
-  x1, y1 = box[0] + box[2], box[1] + box[2]
-  bx1, by1 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 2]
-  iw = np.clip(np.minimum(x1, bx1) - np.maximum(box[0], boxes[:, 0]), 0, None)
-  ih = np.clip(np.minimum(y1, by1) - np.maximum(box[1], boxes[:, 1]), 0, None)
-  inter = iw * ih
-  union = box[2] ** 2 + boxes[:, 2] ** 2 - inter
-  return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def false_detections(max_probs: Mapping[str, float], threshold: float) -> dict[str, Any]:
-  """Share of non-face photos with a detection (a window :func:`detected` at ``threshold``).
-
-  Args:
-    max_probs: file name -> highest window probability of each non-face photo.
-    threshold: the detection threshold.
-
-  Returns:
-    ``{'threshold', 'n_photos', 'n_with_detection', 'rate', 'photos_with_detection'}``.
-  """
-  hits = sorted(name for name, p in max_probs.items() if detected(p, threshold))
-  n = len(max_probs)
-  return {"threshold": float(threshold), "n_photos": n, "n_with_detection": len(hits),
-          "rate": len(hits) / n if n else None, "photos_with_detection": hits}
-
-
-def _found_rates(flags: Mapping[str, list[bool]]) -> dict[str, dict[str, Any]]:
-  """group -> ``{'n', 'found', 'rate'}`` of per-portrait found flags, plus ``'overall'``."""
-  out = {}
-  every = [f for group in sorted(flags) for f in flags[group]]
-  for group, hits in sorted(flags.items()) + [("overall", every)]:
-    out[group] = {"n": len(hits), "found": int(sum(hits)),
-                  "rate": sum(hits) / len(hits) if hits else None}
-  return out
-
-
-def faces_found(scans: Mapping[str, detect.ScanResult], faces: Mapping[str, Mapping[str, Any]],
-                threshold: float, min_iou: float = 0.3) -> dict[str, Any]:
-  """Portraits whose face is found, per group.
-
-  A portrait listed in ``faces`` with a box counts as found when a window :func:`detected` at
-  ``threshold`` overlaps the box with IoU >= ``min_iou``; one without a box, when any window
-  is detected. Portraits absent from ``faces`` (no box: the cascade missed them) count as found
-  with any window detected and take their group from the file name
-  (:func:`jaxface.data.group_of_portrait`); they are reported on their own and in ``all``.
-
-  Args:
-    scans: scan results keyed by portrait path or file name.
-    faces: :func:`jaxface.data.load_face_boxes` output, keyed by file name.
-    threshold: detection threshold.
-    min_iou: overlap needed with the face box.
-
-  Returns:
-    ``{'threshold', 'min_iou', 'with_box', 'without_box', 'all', 'missed'}``; each of the
-    first three maps group -> ``{'n', 'found', 'rate'}`` (plus ``'overall'``), and ``missed``
-    lists the portraits not found.
-  """
-  with_box: dict[str, list[bool]] = {}
-  without_box: dict[str, list[bool]] = {}
-  missed = []
-  for key, scan in scans.items():
-    name = Path(key).name
-    hit = detected(scan.probs, threshold)
-    entry = faces.get(name)
-    if entry is not None and entry.get("box") is not None:
-      found = bool(np.any(hit & (iou(entry["box"], scan.boxes) >= min_iou)))
-      with_box.setdefault(entry["group"], []).append(found)
-    else:
-      found = bool(np.any(hit))
-      without_box.setdefault(group_of_portrait(name, faces), []).append(found)
-    if not found:
-      missed.append(name)
-  combined = {g: with_box.get(g, []) + without_box.get(g, [])
-              for g in set(with_box) | set(without_box)}
-  return {"threshold": float(threshold), "min_iou": float(min_iou),
-          "with_box": _found_rates(with_box), "without_box": _found_rates(without_box),
-          "all": _found_rates(combined), "missed": sorted(missed)}
-
-
-def group_figures(found: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """E[A], Var[A] and the worst group over the groups of a ``faces_found`` section.
-
-  Args:
-    found: group -> ``{'n', 'found', 'rate'}`` (``'overall'`` and ``'unknown'`` are left out).
-
-  Returns:
-    ``{'group_order', 'E_A', 'Var_A', 'worst_group', 'worst_rate'}`` in %; None values when no
-    group has a rate.
-  """
-  rates = {g: v["rate"] for g, v in found.items()
-           if g not in ("overall", UNKNOWN_GROUP) and v.get("rate") is not None}
-  order = [g for g in GROUPS if g in rates] + sorted(set(rates) - set(GROUPS))
-  out = {"group_order": order, "E_A": None, "Var_A": None, "worst_group": None,
-         "worst_rate": None}
-  if order:
-    figures = rate_figures([(g, rates[g]) for g in order])
-    out.update({k: figures[k] for k in ("E_A", "Var_A", "worst_group", "worst_rate")})
-  return out
-
-
-def whole_image_figures(scans: Mapping[str, detect.ScanResult],
-                        faces: Mapping[str, Mapping[str, Any]],
-                        non_face_max_probs: Mapping[str, float], default_threshold: float = 0.5,
-                        max_false_rate: float = 0.05, min_iou: float = 0.3) -> dict[str, Any]:
-  """The figures of a whole-image evaluation from finished scans (no device work).
-
-  Args:
-    scans: the portraits' scan results, keyed by path or file name.
-    faces: :func:`jaxface.data.load_face_boxes` of their faces.csv (``{}``: groups from the
-      file names).
-    non_face_max_probs: file name -> highest window probability of each non-face photo.
-    default_threshold: the scan's own threshold, reported beside the calibrated one.
-    max_false_rate: largest allowed share of non-face photos with a detection.
-    min_iou: overlap needed with a face box.
-
-  Returns:
-    ``threshold`` (:func:`jaxface.eval.operating_point.threshold_at_fpr` of the non-face
-    photos' highest window probabilities at ``max_false_rate``), ``max_false_rate``,
-    ``false_detections``, ``faces_found`` (at that threshold), ``faces_found_at_default``,
-    ``false_detections_at_default``, ``n_windows_per_portrait``, ``portraits`` (per file name
-    ``{'file', 'group', 'best_box', 'best_prob', 'found'}``, found at the calibrated
-    threshold), ``summary`` and ``summary_at_default`` (:func:`group_figures` of the portraits
-    found at either threshold, the boxed and the box-less together).
-  """
-  if not non_face_max_probs:
-    raise DataError("no readable non-face photo to calibrate the threshold")
-  threshold, _ = threshold_at_fpr(list(non_face_max_probs.values()), max_false_rate)
-  found = faces_found(scans, faces, threshold, min_iou)
-  found_at_default = faces_found(scans, faces, default_threshold, min_iou)
-  missed = set(found["missed"])
-  portraits = {}
-  for key, scan in scans.items():
-    name = Path(key).name
-    portraits[name] = {"file": str(key), "group": group_of_portrait(name, faces),
-                       "best_box": [int(v) for v in scan.best_box],
-                       "best_prob": float(scan.best_prob), "found": name not in missed}
-  return {
-      "threshold": threshold, "max_false_rate": max_false_rate,
-      "false_detections": false_detections(non_face_max_probs, threshold),
-      "faces_found": found,
-      "false_detections_at_default": false_detections(non_face_max_probs, default_threshold),
-      "faces_found_at_default": found_at_default,
-      "n_windows_per_portrait": (float(np.mean([len(r.boxes) for r in scans.values()]))
-                                 if scans else None),
-      "portraits": portraits,
-      "summary": group_figures(found["all"]),
-      "summary_at_default": group_figures(found_at_default["all"]),
-  }
+  if not config.non_face_photos:
+    raise DataError("config.whole_images.non_face_photos: a folder of photos without faces is "
+                    "needed for config.whole_images.sets (false detections are counted on it)")
+  non_faces = folder_photos(config.non_face_photos, "whole_images.non_face_photos")
+  test, val, val_non_faces = validation_split(config, photos, non_faces)
+  return WholeImageSets(test, {name: faces.get(name, {}) for name in sets}, non_faces, options,
+                        val, val_non_faces)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -340,7 +193,7 @@ def non_face_max_probs(variables: PyTree, photos: Sequence[str | os.PathLike],
                        mesh: Mesh | None = None, progress: bool = False, *,
                        dtype: Any = jnp.float32,
                        impl: str = "auto") -> tuple[dict[str, float], dict[str, str]]:
-  """Scans the non-face photos that calibrate the threshold.
+  """Scans non-face photos: the highest window probability of each.
 
   Returns:
     ``(max_probs, errors)``: file name -> highest window probability of each readable photo,
@@ -352,9 +205,48 @@ def non_face_max_probs(variables: PyTree, photos: Sequence[str | os.PathLike],
   scans, errors = detect.scan_files(variables, photos, options, mesh, progress=progress,
                                     dtype=dtype, impl=impl)
   if not scans:
-    raise DataError(f"none of the {len(photos)} non-face photos could be read to calibrate "
-                    "the threshold")
+    raise DataError(f"none of the {len(photos)} non-face photos could be read")
   return {Path(k).name: r.best_prob for k, r in scans.items()}, errors
+
+
+def setting(config: ml_collections.ConfigDict, field: str) -> Any:
+  """``config.whole_images.<field>``, or its default where the config predates the field."""
+  return config.get(field, default_whole_images_config()[field])
+
+
+def decision_rule(sets: WholeImageSets, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """How the threshold was chosen and which photos were held out (JSON-ready)."""
+  held_out = bool(sets.val_non_face_photos)
+  return {
+      "rule": "a window is detected when its probability is above the threshold; the "
+              f"threshold leaves at most {float(config.max_false_rate):g} of the "
+              f"{'validation' if held_out else 'test'} non-face photos with a detection",
+      "threshold_photos": "val_non_face_photos" if held_out else "non_face_photos",
+      "n_threshold_photos": len(sets.val_non_face_photos if held_out else sets.non_face_photos),
+      "val_non_face_photos": str(config.val_non_face_photos) if held_out else None,
+      "val_non_face_rule": str(config.val_non_face_rule) if held_out else None,
+      "val_faces_rule": str(config.val_faces_rule) if sets.val_photos else None,
+      "nms_iou": float(setting(config, "nms_iou")),
+  }
+
+
+def _boxes_after_nms(figures: dict[str, Any], scans: Mapping[str, detect.ScanResult],
+                     nms_iou: float) -> None:
+  """Adds each portrait's number of boxes after NMS at the threshold, and their mean."""
+  boxes = detect.nms_detections(list(scans.values()), nms_iou, figures["threshold"])
+  for key, (kept, _) in zip(scans, boxes):
+    figures["portraits"][Path(key).name]["n_boxes"] = int(len(kept))
+  figures["boxes_per_portrait"] = (float(np.mean([len(b) for b, _ in boxes])) if boxes
+                                   else None)
+
+
+def _validation_figures(scans: Mapping[str, detect.ScanResult], faces: Mapping[str, Any],
+                        val_max_probs: Mapping[str, float], threshold: float,
+                        min_iou: float) -> dict[str, Any]:
+  """The validation portraits' and photos' figures at the chosen threshold."""
+  found = faces_found(scans, faces, threshold, min_iou)
+  return {"n_photos": len(scans), "false_detections": false_detections(val_max_probs, threshold),
+          "faces_found": found, "summary": group_figures(found["all"])}
 
 
 def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collections.ConfigDict,
@@ -365,30 +257,48 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
   Args:
     variables: model variables.
     sets: :func:`load_whole_image_sets` (or sets made by hand, e.g. one of PPB portraits).
-    config: ``config.whole_images`` (``max_false_rate``, ``min_iou``).
+    config: ``config.whole_images`` (``max_false_rate``, ``min_iou``, ``nms_iou``, the rules).
     mesh: the device mesh the window batches are sharded over.
     progress: progress bars over photos.
     dtype: the compute dtype of the scan (the run's ``config.dtype``).
     impl: the model implementation (the run's ``config.model.impl``).
 
   Returns:
-    ``{name: figures}``: :func:`whole_image_figures` plus ``errors`` (unreadable photos of the
-    set and of the non-face photos, by path: they are skipped), ``n_photos`` and ``options``.
+    ``{name: figures}``: :func:`whole_image_figures` of the test portraits (at the threshold
+    of the validation photos where there are some), plus ``boxes_per_portrait`` (after NMS),
+    ``decision_rule``, ``errors`` (unreadable photos by path: they are skipped),
+    ``n_photos``, ``options`` and, with validation portraits, ``val``.
   """
-  try:
-    max_probs, non_face_errors = non_face_max_probs(variables, sets.non_face_photos,
-                                                    sets.options, mesh, progress, dtype=dtype,
-                                                    impl=impl)
-  except DataError as err:
-    raise DataError(f"config.whole_images.non_face_photos: {err}") from None
+  scan = dict(options=sets.options, mesh=mesh, progress=progress, dtype=dtype, impl=impl)
+  errors, max_probs = {}, {}
+  for field, photos in (("val_non_face_photos", sets.val_non_face_photos),
+                        ("non_face_photos", sets.non_face_photos)):
+    if photos:
+      try:
+        max_probs[field], field_errors = non_face_max_probs(variables, photos, **scan)
+      except DataError as err:
+        raise DataError(f"config.whole_images.{field}: {err}") from None
+      errors.update(field_errors)
+  threshold = None
+  if "val_non_face_photos" in max_probs:
+    threshold, _ = threshold_at_fpr(list(max_probs["val_non_face_photos"].values()),
+                                    float(config.max_false_rate))
   out = {}
   for name, photos in sets.photos.items():
-    scans, errors = detect.scan_files(variables, photos, sets.options, mesh, progress=progress,
-                                      dtype=dtype, impl=impl)
-    figures = whole_image_figures(scans, sets.faces[name], max_probs, sets.options.threshold,
-                                  float(config.max_false_rate), float(config.min_iou))
-    figures.update(errors={**non_face_errors, **errors}, n_photos=len(photos),
+    scans, set_errors = detect.scan_files(variables, photos, **scan)
+    figures = whole_image_figures(scans, sets.faces[name], max_probs["non_face_photos"],
+                                  sets.options.threshold, float(config.max_false_rate),
+                                  float(config.min_iou), threshold=threshold)
+    _boxes_after_nms(figures, scans, float(setting(config, "nms_iou")))
+    figures.update(decision_rule=decision_rule(sets, config), n_photos=len(photos),
                    options=sets.options._asdict())
+    if sets.val_photos:
+      val_scans, val_errors = detect.scan_files(variables, sets.val_photos[name], **scan)
+      set_errors.update(val_errors)
+      figures["val"] = _validation_figures(val_scans, sets.faces[name],
+                                           max_probs["val_non_face_photos"],
+                                           figures["threshold"], float(config.min_iou))
+    figures["errors"] = {**errors, **set_errors}
     out[name] = figures
   return out
 
@@ -396,9 +306,15 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
 def summary_lines(name: str, figures: Mapping[str, Any]) -> list[str]:
   """The end-of-run summary lines of one whole-image set."""
   fd = figures["false_detections"]
+  rule = figures.get("decision_rule") or {}
+  chosen = ""
+  if rule.get("threshold_photos") == "val_non_face_photos":
+    vd = figures["val"]["false_detections"] if "val" in figures else None
+    chosen = (f" set on {rule['n_threshold_photos']} validation non-face photos"
+              + (f" ({vd['n_with_detection']} with a detection)" if vd else "") + "; test")
   lines = [f"-- whole images {name}: {len(figures['portraits'])} photos scanned"
            + (f", {len(figures['errors'])} unreadable skipped" if figures.get("errors") else "")
-           + f"; threshold {figures['threshold']:.4f} ({fd['n_with_detection']}/"
+           + f"; threshold {figures['threshold']:.4f}{chosen} ({fd['n_with_detection']}/"
            f"{fd['n_photos']} non-face photos with a detection)"]
   for label, section, summary in (
       ("found", figures["faces_found"]["all"], figures["summary"]),
