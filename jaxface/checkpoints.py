@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jaxface import augment
+from jaxface import augment, hard_negatives
 
 PyTree = Any
 CORRUPT_DIR = "corrupt"
@@ -44,10 +44,11 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
                  step_key: jax.Array) -> dict[str, Any]:
   """What a resumed run must share with the run that wrote the checkpoint (JSON-ready).
 
-  The augmentation settings are part of it. ``num_epochs`` is not, so a finished run may be
-  resumed with more epochs, except on a learning-rate schedule that spans the run
-  (``lr_schedule`` other than 'constant'): ``schedule_steps`` is then its length (0 for a
-  constant rate).
+  The augmentation settings are part of it, and with hard-negative rounds their settings but
+  ``rounds`` and ``photos`` (a run without rounds has no such field, so older runs resume).
+  ``num_epochs`` is not, so a finished run may be resumed with more epochs (or rounds), except
+  on a learning-rate schedule that spans the run (``lr_schedule`` other than 'constant'):
+  ``schedule_steps`` is then its length, hard-negative epochs included (0 for a constant rate).
 
   Args:
     config: the run config.
@@ -58,7 +59,7 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
   Returns:
     A flat dict keyed by field name; ``step_key`` is ``jax.random.key_data`` as a list.
   """
-  return {
+  identity = {
       "seed": int(config.seed),
       "batch_size": int(config.batch_size),
       "steps_per_epoch": int(steps_per_epoch),
@@ -70,9 +71,14 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
       "augment": _augment_identity(config),
       "lr_schedule": str(config.get("lr_schedule", "constant")),
       "schedule_steps": (0 if config.get("lr_schedule", "constant") == "constant"
-                         else int(steps_per_epoch) * int(config.num_epochs)),
+                         else int(steps_per_epoch) * hard_negatives.total_epochs(config)),
       "step_key": np.asarray(jax.device_get(jax.random.key_data(step_key))).ravel().tolist(),
   }
+  hn = config.get("hard_negatives")
+  if hn is not None and hn.get("rounds", 0):
+    identity["hard_negatives"] = {key: int(hn[key]) for key in
+                                  ("windows_per_round", "windows_per_photo", "epochs_per_round")}
+  return identity
 
 
 def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | bool:

@@ -45,7 +45,7 @@ LR_SCHEDULES = ("constant", "cosine")
 
 def get_base_config() -> ml_collections.ConfigDict:
   """All fields of a run, with the DB-VAE lab's defaults (and training-time augmentation)."""
-  from jaxface import augment, data  # these groups belong to their modules
+  from jaxface import augment, data, hard_negatives  # these groups belong to their modules
   from jaxface.eval import operating_point, whole_photos
 
   config = ml_collections.ConfigDict()
@@ -75,6 +75,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # per group at the threshold giving at most max_false_rate non-face photos with a detection;
   # fields and defaults in jaxface.eval.whole_photos (sets, boxes, non_face_photos, ...).
   config.whole_images = whole_photos.default_whole_images_config()
+
+  # Hard negatives by bootstrapping: after num_epochs, `rounds` times, the windows of the
+  # non-face photos in `photos` scored most face-like join the training non-faces and
+  # epochs_per_round more epochs train on them; fields and defaults in jaxface.hard_negatives
+  # (rounds, windows_per_round, windows_per_photo, photos, epochs_per_round; 0 rounds: off).
+  config.hard_negatives = hard_negatives.default_hard_negatives_config()
 
   config.loss = ml_collections.ConfigDict()
   config.loss.kl_weight = 5e-4
@@ -220,6 +226,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
   if not isinstance(size, int) or size < 16 or size % 16:
     fail("data.image_size", "must be a positive multiple of 16")
   _validate_augment(config, fail)
+  from jaxface.hard_negatives import check_config  # imports jax
+  check_config(config)
 
 
 def _validate_resampling(config: ml_collections.ConfigDict, fail, parts: list[str]) -> None:

@@ -11,7 +11,9 @@
    encoded by :func:`jaxface.train.resample.resampling_probabilities`, the batcher's face
    probabilities replaced), then its steps, with metrics every ``log_every_steps`` steps to
    ``WORKDIR/metrics.jsonl`` and TensorBoard (:mod:`jaxface.train.metric_log`) and a checkpoint
-   every ``checkpoint_every_steps``;
+   every ``checkpoint_every_steps``; after ``num_epochs``, the hard-negative rounds
+   (:func:`jaxface.hard_negatives.prepare_epoch`: mined non-face windows join the training set
+   at a round's first epoch, ``epochs_per_round`` epochs each);
 3. every epoch's end (:func:`_end_epoch`): batch-norm recalibration, the evaluators of
    ``config.evaluators`` (:func:`jaxface.eval.evaluate`) and a checkpoint;
 4. the whole-photo scan, the summary and ``WORKDIR/metrics.json`` (:func:`_finish`). The report
@@ -33,6 +35,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from jaxface import data as data_lib
+from jaxface import hard_negatives
 from jaxface.eval import splits as eval_splits
 from jaxface.eval import summary as eval_summary
 from jaxface.eval import whole_photos
@@ -86,14 +89,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     A :class:`TrainResult`; its metrics are also written to ``WORKDIR/metrics.json``.
   """
   run, position = start_run(config, workdir, datasets, mesh)
-  total_steps = run.batcher.steps_per_epoch * config.num_epochs
+  num_epochs = hard_negatives.total_epochs(config)  # with the hard-negative rounds
+  total_steps = run.batcher.steps_per_epoch * num_epochs
   done_steps = position.epoch * run.batcher.steps_per_epoch + position.step_in_epoch
   log = metric_log.StepLog(
       run.writer, config.batch_size, run.workdir / "checkpoints",
       metric_log.progress_bar(total_steps, done_steps, run.is_main and config.progress_bar))
   start_time = time.perf_counter()
   try:
-    while position.epoch < config.num_epochs:
+    while position.epoch < num_epochs:
+      run = hard_negatives.prepare_epoch(run, position)  # mines or reloads a round when due
       stopped_at = _train_epoch(run, position, log, stop_at_step)
       if stopped_at is not None:
         return TrainResult({"stopped_at_step": stopped_at},
@@ -188,6 +193,8 @@ def _finish(run: Run, position: Position, log: metric_log.StepLog,
       "eval": final_eval, "epochs": history["epochs"], "resampling": history["resampling"],
       "devices": int(run.mesh.devices.size),
   }
+  if "hard_negatives" in history:
+    final["hard_negatives"] = history["hard_negatives"]
   if run.is_main:
     (run.workdir / "metrics.json").write_text(
         json.dumps(final, indent=2, default=metric_log.json_default))

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from jaxface import checkpoints
 from jaxface import config as config_lib
 from jaxface import data as data_lib
-from jaxface import resampling
+from jaxface import hard_negatives, resampling
 from jaxface.eval import whole_photos
 from jaxface.sharding import make_mesh, replicate
 from jaxface.train.metric_log import MetricWriter
@@ -67,6 +67,8 @@ class Run(NamedTuple):
     checkpoints: the run's checkpoints.
     identity: :func:`jaxface.checkpoints.run_identity` of the run.
     writer: the metric log.
+    mining_photos: the photos of the hard-negative rounds (:mod:`jaxface.hard_negatives`).
+    mined_rounds: the rounds whose crops ``datasets['train']`` and ``batcher`` hold.
   """
   config: ml_collections.ConfigDict
   workdir: Path
@@ -81,6 +83,8 @@ class Run(NamedTuple):
   checkpoints: checkpoints.Checkpoints
   identity: dict[str, Any]
   writer: MetricWriter
+  mining_photos: tuple[Path, ...] = ()
+  mined_rounds: int = 0
 
   def save(self, position: Position) -> None:
     """Checkpoints ``position`` with the batcher's face probabilities and the run identity."""
@@ -190,6 +194,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   datasets = data_lib.load_datasets(config.data) if datasets is None else datasets
   whole_image_sets = whole_photos.load_whole_image_sets(
       config.whole_images, config.data.image_size, taken=datasets)
+  mining_photos = tuple(hard_negatives.mining_photos(config))
   train_faces = _training_faces(config, datasets["train"])
   # The batches do not depend on the device count; the step splits each half over the devices
   # and its loss, batch-norm statistics and latent noise do not depend on how, so runs on 1 and
@@ -199,7 +204,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                              steps_per_epoch=(None if config.steps_per_epoch == -1
                                               else config.steps_per_epoch))
   steps_per_epoch = batcher.steps_per_epoch
-  optimizer = make_optimizer(config, steps_per_epoch * config.num_epochs)
+  optimizer = make_optimizer(config, steps_per_epoch * hard_negatives.total_epochs(config))
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   n_faces = len(train_faces)
   identity = checkpoints.run_identity(config, steps_per_epoch, n_faces, step_key)
@@ -216,5 +221,6 @@ def start_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   if is_main:
     _write_run_files(workdir, config, n_faces, len(datasets["train"]), steps_per_epoch, mesh)
   run = Run(config, workdir, mesh, is_main, datasets, whole_image_sets, train_faces, batcher,
-            step_fn, replicate(mesh, step_key), ckpts, identity, MetricWriter(workdir, is_main))
+            step_fn, replicate(mesh, step_key), ckpts, identity, MetricWriter(workdir, is_main),
+            mining_photos)
   return run, _start_position(run, restored, init_key, optimizer)
