@@ -1,6 +1,7 @@
 """Tests of jaxface.report: the findings (without matplotlib), every figure written and referenced,
 metrics.json complete, run directories read but never written, and the command-line script."""
 
+import html
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from test_report_findings import RESAMPLING, _log
 
 GROUPS = ("LF", "LM", "DF", "DM")
 VAE_FIGURES = ("groups", "reconstruction", "latent_traversal", "accuracy_vs_latent",
-               "faces_bias", "faces_epistemic", "faces_aleatoric", "scores_by_group", "deciles",
+               "latent_bias", "latent_bias_traversal", "faces_bias", "faces_epistemic", "faces_aleatoric", "scores_by_group", "deciles",
                "percentile_faces")
 CNN_FIGURES = ("groups", "faces_aleatoric", "scores_by_group")
 TRAINING_FIGURES = ("training", "sampling_mass")
@@ -35,6 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def variables():
   return {"vae": make_variables(LATENT_DIM, seed=0), "cnn": make_variables(0, seed=1)}
+
+
+def _spread_latent(variables: dict, scale: float = 30.0) -> dict:
+  """The VAE's variables with its latent means scaled up, so that random weights give latent
+  dimensions that vary over the faces (active ones) as a trained encoder does."""
+  params = jax.tree.map(np.array, variables["params"])
+  params["encoder"]["Dense_1"]["kernel"][:, 1:LATENT_DIM + 1] *= scale
+  return {**variables, "params": params}
 
 
 def _test_set(per_group=10, non_faces=12, seed=0):
@@ -75,8 +84,8 @@ def test_build_report_two_runs(tmp_path, variables):
   images, labels, groups = _test_set()
   ref, _, _ = _test_set(per_group=8, non_faces=0, seed=1)
   runs = [
-      report.RunArtifacts("DB-VAE", "dbvae", variables["vae"], images, labels, groups,
-                          reference_images=ref, train_metrics={"steps": 3}, log=_log(),
+      report.RunArtifacts("DB-VAE", "dbvae", _spread_latent(variables["vae"]), images, labels,
+                          groups, reference_images=ref, train_metrics={"steps": 3}, log=_log(),
                           resampling=RESAMPLING, config={"seed": 7, "model": {"kind": "dbvae"}}),
       report.RunArtifacts("standard CNN", "cnn", variables["cnn"], images, labels, groups,
                           log=_log(acc_shift=-0.1)),
@@ -94,8 +103,8 @@ def test_build_report_two_runs(tmp_path, variables):
            + ["standard-cnn_training.png", "standard-cnn_groups"])
   positions = [page.index(name) for name in order]
   assert positions == sorted(positions)
-  # Summary, side-by-side comparison and sampling-mass tables.
-  assert page.count("<table>") == 3
+  # Summary, side-by-side comparison, sampling-mass and latent-bias tables.
+  assert page.count("<table>") == 4
   for name in ("DB-VAE", "standard CNN", *GROUPS):
     assert name in page
 
@@ -111,6 +120,15 @@ def test_build_report_two_runs(tmp_path, variables):
   assert len(vae["traversal_dims"]) == 5
   assert vae["seed"] == 7 and "seed" not in cnn
   assert vae["sampling_mass"]["groups"] == list(GROUPS) and "sampling_mass" not in cnn
+  # Where the bias lives in the latent: the test faces (the training faces have no groups
+  # here), and for the CNN a line saying why not.
+  bias = vae["latent_bias"]
+  assert bias["faces"] == "test faces" and (bias["n_darker"], bias["n_lighter"]) == (20, 20)
+  assert len(bias["dim_auc"]) == LATENT_DIM and 0.5 <= min(bias["dim_auc"])
+  assert 0 <= bias["best_axis"] < len(bias["axis_auc"]) <= 10
+  assert html.escape(bias["text"]) in page and "Where the bias lives in the latent" in page
+  assert cnn["latent_bias"] == {"skipped": "the standard CNN has no latent space"}
+  assert "Not shown: the standard CNN has no latent space." in page
   assert vae["training"]["val_accuracy"] == pytest.approx([0.7, 0.8])
   # The report's per-group rates are group_metrics on the model's predictions.
   prob = evaluation.predict(variables["cnn"], images).face_prob
@@ -330,6 +348,15 @@ def trained_run(tmp_path_factory):
 def test_training_writes_report(trained_run):
   assert (trained_run / "metrics.json").exists()
   _check_report_dir(trained_run / "report")
+  # The tiny run's training faces hold too few darker faces: the latent-bias section is shown
+  # on the test faces and says why.
+  bias = json.loads((trained_run / "report" / "metrics.json").read_text())["runs"][0][
+      "latent_bias"]
+  assert bias["faces"] == "test faces" and bias["n_darker"] == bias["n_lighter"] == 12
+  (passed_over,) = bias["passed_over"]
+  assert passed_over.startswith("training faces: it needs at least 4 faces of each skin tone")
+  page = (trained_run / "report" / "index.html").read_text(encoding="utf-8")
+  assert html.escape(f"Not on the {passed_over}.") in page
 
 
 def test_experiments_script_writes_report(trained_run, tmp_path):

@@ -2,6 +2,8 @@
 
 * :mod:`jaxface.report.findings`: the findings as plain data (no plotting library);
 * :mod:`jaxface.report.figures`: one matplotlib figure per ``plot_*`` function;
+  :mod:`jaxface.report.figures_latent` those of where skin tone lives in the latent space
+  (from :mod:`jaxface.eval.latent_bias`);
 * :mod:`jaxface.report.page`: the HTML page;
 * :mod:`jaxface.report.build`: :func:`build_report` (from in-memory runs) and
   :func:`write_report` (from run directories, which it only reads), with the sections of
@@ -9,7 +11,7 @@
   :mod:`jaxface.report.set_sections` (the extra test sets and whole-photo sets, runs side by
   side).
 
-The names of :mod:`~jaxface.report.figures` and :mod:`~jaxface.report.build` are imported on
+The names of the figure modules and of :mod:`~jaxface.report.build` are imported on
 first use, so ``jaxface.report.findings`` works without matplotlib.
 """
 
@@ -28,6 +30,7 @@ _LAZY = {
         "plot_latent_accuracy",
         "plot_latent_traversal", "plot_percentile_faces", "plot_quantile_rates",
         "plot_sampling_mass", "plot_score_by_group", "plot_training_curves", "tile")},
+    **{name: "figures_latent" for name in ("plot_axis_traversal", "plot_latent_bias")},
     **{name: "build" for name in ("build_report", "read_jsonl", "write_report")},
 }
 

@@ -7,7 +7,8 @@ The page tells the story in this order: the runs' configuration and training (cu
 a resampling run the sampling mass per group over epochs), the detection rate per group (and
 across runs, side by side), then for each VAE what its latent space learned (faces it
 reconstructs best and worst, latent traversals), how detection varies with latent density,
-which faces the risk scores flag, how detection falls off with the scores, and the average face
+where skin tone lives in the latent (a dimension, a principal axis or a direction), which faces
+the risk scores flag, how detection falls off with the scores, and the average face
 per score percentile. Each extra test set of the main run's ``config.data.extra_test_sets`` gets
 a section of its own after the comparison: every run side by side (rates per group and per
 attribute such as the Fitzpatrick type, at 0.5 and at 1% false positives, ROC AUCs) and a ROC
@@ -224,13 +225,15 @@ def _run_name(config, workdir: Path, taken: set[str]) -> str:
   return name
 
 
-def _reference_faces(train, max_faces: int, seed: int = 0) -> np.ndarray | None:
+def _reference_faces(train, max_faces: int,
+                     seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """Up to ``max_faces`` training faces (drawn by ``seed``) and their groups; Nones without."""
   if train is None:
-    return None
+    return None, None
   idx = np.flatnonzero(np.asarray(train.labels) == 1)
   if len(idx) > max_faces:
     idx = np.sort(np.random.default_rng(seed).choice(idx, max_faces, replace=False))
-  return train.images[idx] if len(idx) else None
+  return (train.images[idx], np.asarray(train.groups)[idx]) if len(idx) else (None, None)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -252,10 +255,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _run_artifacts(directory: Path, config, variables, test, note: str,
-                   reference_images: np.ndarray | None, taken: set[str],
+                   reference: tuple[np.ndarray | None, np.ndarray | None], taken: set[str],
                    val=None) -> RunArtifacts:
   """A run directory's model, its test set and its records (``metrics.json``, the log); the
-  non-faces of its validation split ``val`` (None: none) set its operating point."""
+  training faces ``reference`` ``(images, groups)``; the non-faces of its validation split
+  ``val`` (None: none) set its operating point."""
   train_metrics, resampling_records = None, None
   metrics_path = directory / "metrics.json"
   if metrics_path.exists():
@@ -269,7 +273,8 @@ def _run_artifacts(directory: Path, config, variables, test, note: str,
   return RunArtifacts(
       name=_run_name(config, directory, taken), kind=config.model.kind, variables=variables,
       images=test.images, labels=test.labels, groups=test.groups,
-      reference_images=reference_images, train_metrics=train_metrics,
+      reference_images=reference[0], reference_groups=reference[1],
+      train_metrics=train_metrics,
       bins=int(config.resampling.bins), batch_size=int(config.get("eval_batch_size", 256)),
       dtype=str(config.get("dtype", "float32")),
       recon=str(config_dict.get("loss", {}).get("recon", "l1")), test_note=note, log=log,

@@ -239,17 +239,26 @@ def plot_face_panels(panels: Sequence[dict], path: str | os.PathLike, title: str
 
 
 def plot_latent_traversal(z_mean: np.ndarray, traversal: evaluation.Traversal,
-                          path: str | os.PathLike, hist_bins: int = 40) -> Path:
+                          path: str | os.PathLike, hist_bins: int = 40, *,
+                          names: Sequence[tuple[str, str]] | None = None,
+                          classes: dict[str, np.ndarray] | None = None,
+                          title: str = "Latent traversals: decoded mean face with one dimension "
+                          "walked") -> Path:
   """For each walked dimension, its density histogram above the decoded faces along it.
 
   The faces are centred on the latent values they were decoded from, on the histogram's x
   axis (dotted lines).
 
   Args:
-    z_mean: (N, k) latent means of the test faces.
+    z_mean: (N, k) latent means of the test faces (or their coordinates along walked axes).
     traversal: :func:`jaxface.evaluation.latent_traversal` output.
     path: PNG path.
     hist_bins: histogram bins.
+    names: ``(histogram title, x label)`` of each walked dimension; default the dimension's
+      number and variance.
+    classes: ``{label: (N,) bool}``: a density histogram of each class of faces instead of
+      one histogram of counts.
+    title: figure title.
 
   Returns:
     The path written.
@@ -274,15 +283,23 @@ def plot_latent_traversal(z_mean: np.ndarray, traversal: evaluation.Traversal,
     v = values[i]
     step = (v[-1] - v[0]) / max(steps - 1, 1) or 1.0
     lo, hi = v[0] - step / 2, v[-1] + step / 2
-    hist_ax.hist(z[:, d], bins=hist_bins, range=(v[0], v[-1]), color="tab:blue", alpha=0.8)
+    if classes:
+      for (label, mask), color in zip(classes.items(), ("tab:brown", "tab:orange", "tab:blue")):
+        hist_ax.hist(z[mask, d], bins=hist_bins, range=(v[0], v[-1]), color=color, alpha=0.55,
+                     density=True, label=f"{label} ({int(np.sum(mask))})")
+      hist_ax.legend(fontsize=7, frameon=False, loc="upper left")
+    else:
+      hist_ax.hist(z[:, d], bins=hist_bins, range=(v[0], v[-1]), color="tab:blue", alpha=0.8)
     for value in v:
       hist_ax.axvline(value, color="grey", ls=":", lw=0.8)
     hist_ax.set_xlim(lo, hi)
     hist_ax.set_xticks([])
-    hist_ax.set_ylabel("faces", fontsize=8)
+    hist_ax.set_ylabel("density" if classes else "faces", fontsize=8)
     hist_ax.tick_params(labelsize=7)
-    hist_ax.set_title(f"latent dimension {int(d)} (variance of z_mean "
-                      f"{np.var(z[:, d]):.3g})", fontsize=9, loc="left")
+    hist_title, x_label = names[i] if names else (
+        f"latent dimension {int(d)} (variance of z_mean {np.var(z[:, d]):.3g})",
+        f"z[{int(d)}] (others at the mean code)")
+    hist_ax.set_title(hist_title, fontsize=9, loc="left")
     strip_ax.imshow(strips[i], extent=(lo, hi, 0, 1), aspect="auto", interpolation="nearest")
     strip_ax.set_xlim(lo, hi)
     strip_ax.set_yticks([])
@@ -291,9 +308,8 @@ def plot_latent_traversal(z_mean: np.ndarray, traversal: evaluation.Traversal,
     fine = int(np.clip(np.ceil(-np.log10(step / 5)), 2, 8)) if step > 0 else 2
     decimals = distinct_decimals(v, fine)
     strip_ax.set_xticks(v, [format_fixed(x, decimals) for x in v], fontsize=7)
-    strip_ax.set_xlabel(f"z[{int(d)}] (others at the mean code)", fontsize=8)
-  fig.suptitle("Latent traversals: decoded mean face with one dimension walked",
-               y=1 - 0.12 / total, va="top")
+    strip_ax.set_xlabel(x_label, fontsize=8)
+  fig.suptitle(title, y=1 - 0.12 / total, va="top")
   return _save(fig, Path(path))
 
 

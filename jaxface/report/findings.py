@@ -44,6 +44,7 @@ class RunArtifacts:
     groups: (N,) group names, ``''`` for non-faces.
     reference_images: optional (M, H, W, 3) training faces the bias score's latent density is
       estimated from; None estimates it on the test faces.
+    reference_groups: optional (M,) group names of those faces (the latent-bias figure).
     train_metrics: optional final training metrics (``metrics.json`` of the run).
     bins: histogram bins per latent dimension for the bias score.
     batch_size: evaluation batch size.
@@ -76,6 +77,7 @@ class RunArtifacts:
   config: dict | None = None
   val_non_faces: np.ndarray | None = None
   operating_fpr: float = op_lib.OPERATING_FPR
+  reference_groups: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -169,7 +171,7 @@ def analyse_run(run: RunArtifacts, order: Sequence[str]) -> dict:
     ``threshold``), ``threshold`` (:func:`jaxface.eval.operating_point.validation_threshold`
     of the run's validation and test non-faces, or None), ``faces`` (indices of test faces),
     ``scores`` (per-face risk scores on the faces), ``reference`` (whether a training
-    reference set was used) and ``vae``.
+    reference set was used), ``reference_pred`` (its predictions, or None) and ``vae``.
   """
   import jax.numpy as jnp
   dtype = jnp.dtype(run.dtype)
@@ -186,13 +188,15 @@ def analyse_run(run: RunArtifacts, order: Sequence[str]) -> dict:
                                                          run.groups, non_face_prob, order)
   vae = models.latent_dim_of(run.variables["params"]) > 0
   face_pred = evaluation.Predictions(*(None if a is None else a[faces] for a in pred))
-  ref_z = None
+  ref = None
   if vae and run.reference_images is not None and len(run.reference_images):
-    ref_z = evaluation.predict(run.variables, run.reference_images, run.batch_size,
-                               dtype=dtype, recon=run.recon).z_mean
-  scores = evaluation.risk_scores_from_predictions(face_pred, run.bins, ref_z)
+    ref = evaluation.predict(run.variables, run.reference_images, run.batch_size, dtype=dtype,
+                             recon=run.recon)
+  scores = evaluation.risk_scores_from_predictions(face_pred, run.bins,
+                                                   None if ref is None else ref.z_mean)
   return {"pred": pred, "face_pred": face_pred, "metrics": metrics, "threshold": threshold,
-          "faces": faces, "scores": scores, "reference": ref_z is not None, "vae": vae}
+          "faces": faces, "scores": scores, "reference": ref is not None,
+          "reference_pred": ref, "vae": vae}
 
 
 def latent_accuracy_band(curve: evaluation.LatentAccuracy,

@@ -13,8 +13,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxface import evaluation
+from jaxface.eval import latent_bias as bias_lib
 from jaxface.eval.formatting import frac_pct
 from jaxface.report import figures as fig_lib
+from jaxface.report import figures_latent
 from jaxface.report import findings as fnd
 from jaxface.report import page as page_lib
 from jaxface.report.findings import RunArtifacts
@@ -105,6 +107,7 @@ def diagnostics_section(page: page_lib.Page, run: RunArtifacts, result: dict, sl
     found["reconstruction"] = _reconstruction(page, f)
     found.update(_traversal(page, f))
     found["accuracy_vs_latent"] = _accuracy_vs_latent(page, f)
+  found["latent_bias"] = latent_bias_section(page, f, result)
   found["scores_by_group"] = _faces_by_score(page, f, result["reference"])
   _scores_by_group(page, f, found["scores_by_group"])
   if result["vae"]:
@@ -187,6 +190,129 @@ def _accuracy_vs_latent(page: page_lib.Page, f: _Faces) -> dict:
               "values are detected less reliably.", f.run.name)
   return {"mean_curve": curve.mean_curve, "band_low": band_low, "band_high": band_high,
           "share": curve.share}
+
+
+def _latent_bias_faces(f: _Faces, result: dict) -> tuple[tuple | None, list[str]]:
+  """The faces of the latent-bias section and why others were passed over.
+
+  The training faces (those resampling weighs) where they carry enough labelled faces of each
+  skin tone, else the test faces.
+
+  Returns:
+    ``((which, z_mean (N, k), face_prob (N,), groups (N,)) or None, ['which: reason', ...])``.
+  """
+  ref = result.get("reference_pred")
+  candidates = [("test faces", f.pred.z_mean, f.pred.face_prob, f.groups)]
+  if ref is not None and f.run.reference_groups is not None:
+    candidates.insert(0, ("training faces", ref.z_mean, ref.face_prob,
+                          np.asarray(f.run.reference_groups)))
+  reasons = []
+  for candidate in candidates:
+    reason = bias_lib.skip_reason(*bias_lib.skin_tone(candidate[3]), candidate[1])
+    if reason is None:
+      return candidate, reasons
+    reasons.append(f"{candidate[0]}: {reason}")
+  return None, reasons
+
+
+def _latent_bias_text(found: bias_lib.LatentBias, which: str, run_mass: float | None) -> str:
+  """Two or three sentences of what the latent-bias figure shows, from its numbers."""
+  best_dim, best_axis = int(np.argmax(found.dim_auc)), int(np.argmax(found.axis_auc))
+  dim_auc, axis_auc = found.dim_auc[best_dim], found.axis_auc[best_axis]
+  strength = ("separated" if found.probe_auc >= 0.8 else
+              "weakly separated" if found.probe_auc >= 0.6 else "not separated")
+  text = (f"On the {which} ({found.n_darker} darker, {found.n_lighter} lighter), skin tone is "
+          f"{strength} by a direction (linear probe AUC {found.probe_auc:.2f} on held-out "
+          "faces)")
+  if found.probe_auc >= 0.8 and found.probe_auc >= dim_auc + 0.1:
+    text += f" but by no single latent dimension better than {dim_auc:.2f} (z[{best_dim}]); "
+  else:
+    text += f"; the best single latent dimension, z[{best_dim}], reaches {dim_auc:.2f}; "
+  text += (f"the best principal axis, axis {best_axis + 1} "
+           f"({100 * found.axis_variance_share[best_axis]:.1f}% of the variance), reaches "
+           f"{axis_auc:.2f}.")
+  if np.isfinite(found.error_axis_auc):
+    side = "further towards" if found.error_axis_auc > 0.5 else "no further towards"
+    text += (f" Along the error axis the darker faces lie {side} the classifier's errors than "
+             f"the lighter ones (AUC {found.error_axis_auc:.2f}).")
+  text += (f" The darker faces are {100 * found.darker_share:.1f}% of these faces and get "
+           f"{100 * found.darker_mass_latent:.1f}% of the mass of density resampling over the "
+           "latent dimensions")
+  if np.isfinite(found.darker_mass_error_axis):
+    text += f", {100 * found.darker_mass_error_axis:.1f}% along the error axis"
+  if run_mass is not None:
+    text += (f"; the run's own resampling signal gave the darker training faces "
+             f"{100 * run_mass:.1f}% of its mass in its last epoch")
+  return text + "."
+
+
+def _latent_bias_table(found: bias_lib.LatentBias, n_rows: int = 5) -> str:
+  """The principal axes that separate the skin tones best, then the probe and the error axis."""
+  rows = []
+  for a in np.argsort(-found.axis_auc, kind="stable")[:n_rows]:
+    loading = found.axis_direction[a]
+    top = np.argsort(-np.abs(loading), kind="stable")[:3]
+    rows.append([f"principal axis {a + 1}", f"{100 * found.axis_variance_share[a]:.1f}",
+                 f"{found.axis_auc[a]:.3f}",
+                 ", ".join(f"z[{int(d)}] {loading[d]:+.2f}" for d in top)])
+  best_dim = int(np.argmax(found.dim_auc))
+  rows += [[f"latent dimension z[{best_dim}] (the best)", "–", f"{found.dim_auc[best_dim]:.3f}",
+            "–"],
+           ["linear probe (held-out half)", "–", f"{found.probe_auc:.3f}", "–"],
+           ["error axis (darker towards the errors)", "–", fnd.format_fixed(
+               found.error_axis_auc, 3) if np.isfinite(found.error_axis_auc) else "–", "–"]]
+  return page_lib.table(["direction", "variance explained %", "AUC darker vs lighter",
+                         "largest loadings (darker side +)"], rows)
+
+
+def latent_bias_section(page: page_lib.Page, f: _Faces, result: dict) -> dict:
+  """Where skin tone lives in the run's latent space (:mod:`jaxface.eval.latent_bias`).
+
+  Shown for a VAE whose faces carry groups of both skin tones; otherwise a line says why not.
+  Returns the section's findings, or ``{'skipped': reason}``.
+  """
+  page.heading("Where the bias lives in the latent", 3)
+  chosen, reasons = (_latent_bias_faces(f, result) if result["vae"] else
+                     (None, ["the standard CNN has no latent space"]))
+  if chosen is None:
+    reason = "; ".join(reasons)
+    page.para(f"Not shown: {reason}.")
+    return {"skipped": reason}
+  which, z_mean, face_prob, groups = chosen
+  note = f" Not on the {'; '.join(reasons)}." if reasons else ""
+  darker, known = bias_lib.skin_tone(groups)
+  z_mean, face_prob, darker = z_mean[known], face_prob[known], darker[known]
+  alpha = float(((f.run.config or {}).get("resampling") or {}).get("alpha", 1e-3))
+  found = bias_lib.latent_bias(z_mean, face_prob, darker, bins=f.run.bins, alpha=alpha)
+  records = [r for r in f.run.resampling or () if r.get("mass_by_group")]
+  run_mass = bias_lib.darker_mass(records[-1]["mass_by_group"]) if records else None
+  text = _latent_bias_text(found, which, run_mass)
+  name, slug = f.run.name, f.slug
+  path = figures_latent.plot_latent_bias(found, page.out_dir / f"{slug}_latent_bias.png",
+                                         f"{name}: darker vs lighter {which} in the latent space")
+  page.figure(path, f"{name}: how well each direction of the latent space separates the "
+              f"darker from the lighter {which} (the group names' first letter, read for this "
+              "figure only), as the ROC AUC of the faces' coordinates (0.5: not at all, 1: "
+              "fully). Left: the principal axes of the active dimensions with the share of the "
+              "variance each explains; right: every latent dimension, sorted. Dashed: a "
+              "least-squares probe on the whitened codes, fitted on half the faces and scored on "
+              "the other half; dotted: the direction that predicts the classifier's loss on "
+              f"these faces.{note} {text}", name)
+  page.raw(_latent_bias_table(found))
+  best = int(np.argmax(found.axis_auc))
+  traversal = bias_lib.axis_traversal(f.run.variables, z_mean, found.axis_direction[best],
+                                      float(found.axis_std[best]), best, dtype=f.dtype)
+  projection = (z_mean - z_mean.mean(axis=0)) @ found.axis_direction[best]
+  path = figures_latent.plot_axis_traversal(
+      projection, darker, traversal, page.out_dir / f"{slug}_latent_bias_traversal.png",
+      f"{name}: decoded mean face along principal axis {best + 1}")
+  page.figure(path, f"{name}: the mean latent code of the {which} decoded after moving it along "
+              f"principal axis {best + 1}, the one that separates the skin tones best (AUC "
+              f"{found.axis_auc[best]:.2f}), from -2 to 2 standard deviations of the faces; "
+              "above, the density of the darker and of the lighter faces along that axis.", name)
+  return {"faces": which, "passed_over": reasons, "best_axis": best, "best_dim": int(np.argmax(found.dim_auc)),
+          "darker_mass_run": run_mass, "text": text,
+          **{k: v for k, v in found._asdict().items() if k != "axis_direction"}}
 
 
 def _faces_by_score(page: page_lib.Page, f: _Faces, reference: bool) -> dict:
