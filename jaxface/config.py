@@ -52,14 +52,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.name = "dbvae"  # shown in reports and comparisons
   config.seed = 0
 
-  config.model = ml_collections.ConfigDict()
-  # 'cnn' (standard classifier: latent_dim 0, signal 'none' or 'groups'), 'ssvae' (latent_dim
-  # >= 1, signal 'none') or 'dbvae' (latent_dim >= 1, a resampling signal); checked to agree.
-  config.model.kind = "dbvae"
-  config.model.latent_dim = 100  # 0 for the CNN
-  config.model.n_filters = 12
-  # 'auto' (cpu_fast on the CPU backend, else flax), 'flax' or 'cpu_fast' (jaxface.models)
-  config.model.impl = "auto"
+  config.model = _model_config()
 
   config.data = data.default_data_config()
 
@@ -86,44 +79,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss.kl_weight = 5e-4
   config.loss.recon = "l1"  # 'l1' (labs) or 'l2' (paper)
 
-  config.resampling = ml_collections.ConfigDict()
-  # 'none', 'latent', 'latent+epistemic', or 'groups' (mass by labelled group, see
-  # group_power: a known-groups baseline for any model, not a latent method)
-  config.resampling.signal = "latent"
-  config.resampling.bins = 10
-  config.resampling.alpha = 1e-3
-  config.resampling.combine = "max"  # 'max' (lab) or 'product' (paper)
-  # latent histograms: 'vmap' (jnp.histogram), 'scatter' (CPU fast path) or 'auto' (scatter on
-  # CPU, else vmap); see jaxface.resampling
-  config.resampling.histogram_impl = "auto"
-  # signal 'groups': group g gets sampling mass proportional to n_g ** (1 - group_power); 1
-  # balances the groups, 0.5 weights them by the square root of their size.
-  config.resampling.group_power = 1.0
-  # signal 'latent_pca' / 'clusters': the top `components` principal axes of the latent
-  # dimensions whose variance of z_mean over the faces exceeds `active_variance`, whitened;
-  # 'latent_pca' takes the product of per-component histogram densities (bins, alpha),
-  # 'clusters' gives each of `clusters` k-means clusters the same mass.
-  config.resampling.components = 4
-  config.resampling.active_variance = 1e-2
-  config.resampling.clusters = 8
-  # signal 'errors' (any model): misclassified training faces ('mistakes') or faces in
-  # proportion to their loss ('loss') get up to `error_upweight` times the weight, from the
-  # model at the end of the previous epoch (uniform in the first epoch).
-  config.resampling.error_kind = "mistakes"
-  config.resampling.error_upweight = 5.0
-  # signal 'error_axis' (a VAE): inverse density (bins, alpha, combine) along this many whitened
-  # latent directions that predict those errors (jaxface.resampling.error_axes says which).
-  config.resampling.error_axes = 1
-  # Each epoch's probabilities: momentum * the previous epoch's + (1 - momentum) * the signal's,
-  # in [0, 1) (0 = the signal alone).
-  config.resampling.momentum = 0.0
-  # Blends ('a+b'): comma-separated weights, one per signal ('' = equal weights).
-  config.resampling.blend_weights = ""
-  # After the signal: temper the probabilities (p ** t) so that the Kish effective sample size
-  # is this fraction of the faces (0 = off), then cap every face at `max_weight` times the
-  # uniform probability (0 = off).
-  config.resampling.target_ess = 0.0
-  config.resampling.max_weight = 0.0
+  config.resampling = _resampling_config()
 
   config.batch_size = 32  # global batch: half faces, half non-faces
   config.num_epochs = 2
@@ -154,6 +110,62 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.write_report = True  # experiments/run.py writes WORKDIR/report/ after training
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
   return config
+
+
+def _model_config() -> ml_collections.ConfigDict:
+  """The ``model`` fields of :func:`get_base_config`."""
+  model = ml_collections.ConfigDict()
+  # 'cnn' (standard classifier: latent_dim 0, signal 'none' or 'groups'), 'ssvae' (latent_dim
+  # >= 1, signal 'none') or 'dbvae' (latent_dim >= 1, a resampling signal); checked to agree.
+  model.kind = "dbvae"
+  model.latent_dim = 100  # 0 for the CNN
+  model.n_filters = 12
+  # 'auto' (cpu_fast on the CPU backend, else flax), 'flax' or 'cpu_fast' (jaxface.models)
+  model.impl = "auto"
+  return model
+
+
+def _resampling_config() -> ml_collections.ConfigDict:
+  """The ``resampling`` fields of :func:`get_base_config`."""
+  resampling = ml_collections.ConfigDict()
+  # 'none', 'latent', 'latent+epistemic', or 'groups' (mass by labelled group, see
+  # group_power: a known-groups baseline for any model, not a latent method)
+  resampling.signal = "latent"
+  resampling.bins = 10
+  resampling.alpha = 1e-3
+  resampling.combine = "max"  # 'max' (lab) or 'product' (paper)
+  # latent histograms: 'vmap' (jnp.histogram), 'scatter' (CPU fast path) or 'auto' (scatter on
+  # CPU, else vmap); see jaxface.resampling
+  resampling.histogram_impl = "auto"
+  # signal 'groups': group g gets sampling mass proportional to n_g ** (1 - group_power); 1
+  # balances the groups, 0.5 weights them by the square root of their size.
+  resampling.group_power = 1.0
+  # signal 'latent_pca' / 'clusters': the top `components` principal axes of the latent
+  # dimensions whose variance of z_mean over the faces exceeds `active_variance`, whitened;
+  # 'latent_pca' takes the product of per-component histogram densities (bins, alpha),
+  # 'clusters' gives each of `clusters` k-means clusters the same mass.
+  resampling.components = 4
+  resampling.active_variance = 1e-2
+  resampling.clusters = 8
+  # signal 'errors' (any model): misclassified training faces ('mistakes') or faces in
+  # proportion to their loss ('loss') get up to `error_upweight` times the weight, from the
+  # model at the end of the previous epoch (uniform in the first epoch).
+  resampling.error_kind = "mistakes"
+  resampling.error_upweight = 5.0
+  # signal 'error_axis' (a VAE): inverse density (bins, alpha, combine) along this many whitened
+  # latent directions that predict those errors (jaxface.resampling.error_axes says which).
+  resampling.error_axes = 1
+  # Each epoch's probabilities: momentum * the previous epoch's + (1 - momentum) * the signal's,
+  # in [0, 1) (0 = the signal alone).
+  resampling.momentum = 0.0
+  # Blends ('a+b'): comma-separated weights, one per signal ('' = equal weights).
+  resampling.blend_weights = ""
+  # After the signal: temper the probabilities (p ** t) so that the Kish effective sample size
+  # is this fraction of the faces (0 = off), then cap every face at `max_weight` times the
+  # uniform probability (0 = off).
+  resampling.target_ess = 0.0
+  resampling.max_weight = 0.0
+  return resampling
 
 
 def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
