@@ -458,7 +458,8 @@ def test_evaluate_runs_the_evaluators_the_config_lists_in_order():
 
 def test_config_files_and_smoke_option():
   import importlib.util
-  for name in ("cnn", "ssvae", "dbvae"):
+  shipped = {}
+  for name in ("cnn", "ssvae", "dbvae", "dbvae_errors"):
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -473,8 +474,12 @@ def test_config_files_and_smoke_option():
     # the shipped budget: 4 epochs on a cosine decay, with augmentation
     config = module.get_config()
     assert (config.num_epochs, config.lr_schedule, config.augment.enabled) == (4, "cosine", True)
-  dbvae = module.get_config()
-  assert (dbvae.resampling.signal, dbvae.resampling.error_upweight) == ("errors", 20.0)
+    shipped[name] = config
+  # the DB-VAE resamples through its latent; the mistakes alone have their own config
+  assert (shipped["dbvae"].resampling.signal, shipped["dbvae"].resampling.error_axes) == (
+      "error_axis", 1)
+  errors = shipped["dbvae_errors"].resampling
+  assert (errors.signal, errors.error_upweight) == ("errors", 20.0)
   for name in ("cnn_lab", "dbvae_lab"):  # the labs' recipes stay reachable
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
