@@ -62,7 +62,8 @@ def test_the_figures_are_the_signals_on_the_runs_training_faces(run, probe, tmp_
   }
   by_signal = {r["signal"]: r for r in records}
   for spec, p in expected.items():
-    p = np.asarray(p, np.float64) / np.sum(p)
+    p = np.asarray(p, np.float64)
+    p = p / p.sum()
     figures = by_signal[spec]
     assert figures["ess_fraction"] == pytest.approx(
         resampling.effective_sample_size(p) / p.size, rel=1e-5)
