@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxface import evaluation
 from jaxface.eval.operating_point import roc_auc
-from jaxface.resampling import error_axes, histograms, latent_axes
+from jaxface.resampling import error_axes, histograms, latent_axes, weights
 
 PyTree = Any
 
@@ -205,7 +205,7 @@ def latent_bias(z_mean: np.ndarray, face_prob: np.ndarray, darker: np.ndarray, *
                                                  jnp.asarray(active), n_active), np.float64)
   m = min(n_axes, n_active)
   direction, std, share = _principal_axes(z, u[:, :m], active, darker)
-  score = np.asarray(error_axes.error_score(face_prob, "loss"))
+  score = np.asarray(weights.error_score(face_prob, "loss"))
   error_auc, error_mass = float("nan"), float("nan")
   if score.max() > score.min():
     error_axis = np.asarray(error_axes.error_directions(u, score))[0]

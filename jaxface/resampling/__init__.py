@@ -14,7 +14,7 @@
 """
 
 from jaxface.resampling.error_axes import (error_axis_probabilities, error_axis_weights,
-                                           error_directions, error_score)
+                                           error_directions)
 from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array, bias_score,
                                            resolve_histogram_impl, sampling_probabilities)
 from jaxface.resampling.latent_axes import (ACTIVE_VARIANCE, active_dimensions,
@@ -24,5 +24,5 @@ from jaxface.resampling.registry import (SIGNALS, Signal, blend_weights, face_pr
                                          needed_outputs, signal_parts)
 from jaxface.resampling.weights import (ERROR_KINDS, blend, blend_probabilities, cap_weights,
                                         effective_sample_size, epistemic_probabilities,
-                                        epistemic_score, error_probabilities,
+                                        epistemic_score, error_probabilities, error_score,
                                         group_balanced_probabilities, temper_to_ess)

@@ -8,7 +8,7 @@ classifier gets wrong point at that direction. :func:`error_axis_probabilities`:
 
 1. whitens the active latent dimensions (:func:`latent_axes.whitened_components` with every
    active component), ``u`` (N, m);
-2. scores each face's error (:func:`error_score`, the ``kind`` of
+2. scores each face's error (:func:`jaxface.resampling.weights.error_score`, the ``kind`` of
    :func:`jaxface.resampling.error_probabilities`);
 3. finds the axes (:func:`error_directions`): first the ridge least-squares direction that
    predicts the error score from ``u``; then, for more axes, the directions orthogonal to it
@@ -40,26 +40,6 @@ from jaxface.resampling import histograms, latent_axes, weights
 Array = jax.Array
 
 RIDGE = 1e-3  # ridge of the least-squares fit, relative to the unit variance of each component
-
-
-def error_score(face_prob: Array, kind: str = "mistakes") -> Array:
-  """Each face's error as :func:`jaxface.resampling.error_probabilities` reads it.
-
-  Args:
-    face_prob: (N,) or (N, 1) the classifier's p(face) for each training face.
-    kind: ``'mistakes'`` (1 where p(face) <= 0.5, else 0) or ``'loss'`` (``-log p(face)``
-      divided by its largest value, in [0, 1]).
-
-  Returns:
-    (N,) float32 non-negative scores. Jittable (``kind`` static).
-  """
-  if kind not in weights.ERROR_KINDS:
-    raise ValueError(f"kind must be one of {weights.ERROR_KINDS}, got {kind!r}")
-  p = jnp.ravel(jnp.asarray(face_prob, jnp.float32))
-  if kind == "mistakes":
-    return (p <= 0.5).astype(jnp.float32)
-  bce = -jnp.log(jnp.clip(p, 1e-7, 1.0))
-  return bce / jnp.maximum(jnp.max(bce), 1e-12)
 
 
 @functools.partial(jax.jit, static_argnames=("n_axes",))
@@ -162,7 +142,7 @@ def error_axis_probabilities(z_mean: Array, face_prob: Array, n_axes: int = 1, b
   if np.shape(face_prob) not in ((z.shape[0],), (z.shape[0], 1)):
     raise ValueError(f"face_prob must be (N,) or (N, 1) with the N = {z.shape[0]} faces of "
                      f"z_mean, got shape {np.shape(face_prob)}")
-  score = np.asarray(error_score(face_prob, kind))
+  score = np.asarray(weights.error_score(face_prob, kind))
   active = latent_axes.active_dimensions(z_mean, threshold)
   n_active = int(jnp.sum(active))
   if n_active < 2:

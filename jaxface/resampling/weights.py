@@ -115,6 +115,30 @@ def effective_sample_size(p: Array) -> float:
 ERROR_KINDS = ("mistakes", "loss")
 
 
+def error_score(face_prob: Array, kind: str = "mistakes") -> Array:
+  """Each face's error, the quantity :func:`error_probabilities` up-weights.
+
+  Args:
+    face_prob: (N,) or (N, 1) the classifier's p(face) for each training face.
+    kind: ``'mistakes'`` (1 where p(face) <= 0.5, else 0) or ``'loss'`` (``-log p(face)``
+      divided by its largest value, in [0, 1]).
+
+  Returns:
+    (N,) float32 non-negative scores. Jittable (``kind`` static).
+  """
+  if kind not in ERROR_KINDS:
+    raise ValueError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
+  p = jnp.asarray(face_prob, jnp.float32)
+  if p.ndim == 2 and p.shape[1] == 1:
+    p = p[:, 0]
+  if p.ndim != 1:
+    raise ValueError(f"face_prob must be (N,) or (N, 1), got shape {p.shape}")
+  if kind == "mistakes":
+    return (p <= 0.5).astype(jnp.float32)
+  bce = -jnp.log(jnp.clip(p, 1e-7, 1.0))
+  return bce / jnp.maximum(jnp.max(bce), 1e-12)
+
+
 def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mistakes") -> Array:
   """Sampling probabilities that favour the faces the classifier gets wrong (JTT-style).
 
@@ -133,20 +157,13 @@ def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mi
   Returns:
     (N,) float32 probabilities summing to 1.
   """
-  if kind not in ERROR_KINDS:
-    raise ValueError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
   if not isinstance(upweight, jax.core.Tracer) and not upweight >= 1:
     raise ValueError(f"upweight must be >= 1, got {upweight}")
-  p = jnp.asarray(face_prob, jnp.float32)
-  if p.ndim == 2 and p.shape[1] == 1:
-    p = p[:, 0]
-  if p.ndim != 1:
-    raise ValueError(f"face_prob must be (N,) or (N, 1), got shape {p.shape}")
+  score = error_score(face_prob, kind)
   if kind == "mistakes":
-    w = jnp.where(p <= 0.5, upweight, 1.0)
+    w = jnp.where(score > 0, upweight, 1.0)
   else:
-    bce = -jnp.log(jnp.clip(p, 1e-7, 1.0))
-    w = 1.0 + (upweight - 1.0) * bce / jnp.maximum(jnp.max(bce), 1e-12)
+    w = 1.0 + (upweight - 1.0) * score
   return w / jnp.sum(w)
 
 
