@@ -134,9 +134,9 @@ def error_axis_probabilities(z_mean: Array, face_prob: Array, n_axes: int = 1, b
     two latent dimensions are active or every face has the same error score (no mistakes, or
     all mistaken).
   """
-  z = latent_axes._finite_codes(z_mean)
+  z = latent_axes.finite_codes(z_mean)
   bins = histograms.check_histogram_args(z_mean, bins, alpha)
-  latent_axes._check_positive_int(n_axes, "n_axes")
+  latent_axes.check_positive_int(n_axes, "n_axes")
   if combine not in histograms.COMBINE_MODES:
     raise ValueError(f"combine must be one of {histograms.COMBINE_MODES}, got {combine!r}")
   if np.shape(face_prob) not in ((z.shape[0],), (z.shape[0], 1)):
@@ -146,11 +146,11 @@ def error_axis_probabilities(z_mean: Array, face_prob: Array, n_axes: int = 1, b
   active = latent_axes.active_dimensions(z_mean, threshold)
   n_active = int(jnp.sum(active))
   if n_active < 2:
-    return latent_axes._uniform_with_warning(
+    return latent_axes.uniform_with_warning(
         z.shape[0], f"only {n_active} latent dimension(s) vary over the faces, no direction "
         "to fit the errors on")
   if score.max() == score.min():
-    return latent_axes._uniform_with_warning(
+    return latent_axes.uniform_with_warning(
         z.shape[0], "the classifier's error score is the same for every face (no mistakes, or "
         "only mistakes), no direction to fit it on")
   return _error_axis_probabilities(jnp.asarray(z_mean), active, jnp.asarray(score),

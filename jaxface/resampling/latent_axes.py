@@ -25,7 +25,7 @@ Array = jax.Array
 ACTIVE_VARIANCE = 1e-2  # a latent dimension is active when Var[z_mean] over the faces exceeds it
 
 
-def _finite_codes(z_mean, name: str = "z_mean") -> np.ndarray | None:
+def finite_codes(z_mean, name: str = "z_mean") -> np.ndarray | None:
   """Checks a concrete (N, k) code array; returns it as NumPy (None when traced)."""
   if isinstance(z_mean, jax.core.Tracer):
     return None
@@ -83,7 +83,7 @@ def _latent_pca_probabilities(z_mean, active, alpha, m, bins):
 
 def _resolve_components(z_mean, m: int, threshold: float) -> tuple[Array, bool]:
   """The active-dimension mask, checked against ``m``; also whether any dimension is active."""
-  _check_positive_int(m, "m")
+  check_positive_int(m, "m")
   active = active_dimensions(z_mean, threshold)
   n_active = int(jnp.sum(active))
   if n_active and m > n_active:
@@ -92,12 +92,14 @@ def _resolve_components(z_mean, m: int, threshold: float) -> tuple[Array, bool]:
   return active, n_active > 0
 
 
-def _check_positive_int(value, name: str) -> None:
+def check_positive_int(value, name: str) -> None:
+  """Raises ValueError naming ``name`` unless ``value`` is an int >= 1 (not a bool)."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _uniform_with_warning(n: int, why: str) -> Array:
+def uniform_with_warning(n: int, why: str) -> Array:
+  """(n,) float32 uniform probabilities, logging ``why`` once (a signal's stated fallback)."""
   logging.warning("%s: sampling the faces uniformly", why)
   return jnp.full((n,), 1.0 / n, jnp.float32)
 
@@ -123,11 +125,11 @@ def latent_pca_probabilities(z_mean: Array, m: int = 4, bins: int = 10, alpha: f
     (N,) float32 probabilities summing to 1; uniform (with a warning) when no dimension is
     active, e.g. identical codes.
   """
-  z = _finite_codes(z_mean)
+  z = finite_codes(z_mean)
   histograms.check_histogram_args(z_mean, bins, alpha)
   active, any_active = _resolve_components(z_mean, m, threshold)
   if not any_active:
-    return _uniform_with_warning(z.shape[0], "no latent dimension varies over the faces")
+    return uniform_with_warning(z.shape[0], "no latent dimension varies over the faces")
   return _latent_pca_probabilities(jnp.asarray(z_mean), active, jnp.float32(alpha), m, int(bins))
 
 
@@ -200,11 +202,11 @@ def cluster_probabilities(z_mean: Array, k: int = 8, m: int = 4,
     (N,) float32 probabilities summing to 1 (uniform, with a warning, when no dimension is
     active).
   """
-  z = _finite_codes(z_mean)
-  _check_positive_int(k, "k")
+  z = finite_codes(z_mean)
+  check_positive_int(k, "k")
   if k > z.shape[0]:
     raise ValueError(f"k = {k} clusters asked for, but there are only {z.shape[0]} faces")
   active, any_active = _resolve_components(z_mean, m, threshold)
   if not any_active:
-    return _uniform_with_warning(z.shape[0], "no latent dimension varies over the faces")
+    return uniform_with_warning(z.shape[0], "no latent dimension varies over the faces")
   return _cluster_probabilities(jax.random.key(seed), jnp.asarray(z_mean), active, m, k)
