@@ -16,7 +16,7 @@ def shared_data_dir() -> Path:
 
   Tests that need a data set in it skip when the set is missing.
   """
-  return Path(os.environ.get("JAXFACE_SHARED_DATA") or REPO.parent / "shared" / "data")
+  return load_experiment("shared_paths", "shared_paths").shared_data_root()
 
 
 def tiny_config(kind: str = "dbvae", **overrides):
