@@ -60,6 +60,7 @@ DARK = ("DF", "DM")
 MANIFEST = Path("utkface-bias") / "manifest.csv"  # the data sets, relative to --data_root
 PPB = Path("ppb-faces")
 NONFACE_PHOTOS = Path("nonface-photos") / "images"
+NONFACE_TRAIN_PHOTOS = Path("nonface-photos") / "train_images"
 
 # Lab pipeline on this data (peer_torch_study.py, 3 seeds), quoted in the issue.
 LAB_BASELINE = {
@@ -147,13 +148,22 @@ def default_test_sets(ppb: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 def default_whole_images(data_root: Path) -> dict[str, str]:
   """``config.whole_images`` fields for the PPB portraits of ``data_root`` (SystemExit naming
-  ``--data_root`` when they or the non-face photos are absent)."""
+  ``--data_root`` when they or the non-face photos are absent).
+
+  When ``nonface-photos/train_images`` is there, its validation photos (and the validation
+  portraits of ``config.whole_images.val_faces_rule``) set the whole-photo threshold, so the
+  test photos' false-photo rate is measured, not set.
+  """
   ppb, photos = data_root / PPB, data_root / NONFACE_PHOTOS
   if not (ppb / "portraits").is_dir() or not photos.is_dir():
     raise SystemExit(f"--whole_images needs {ppb / 'portraits'} and {photos}: no such folder "
                      "(set --data_root or $JAXFACE_SHARED_DATA)")
-  return {"sets": f"ppb_portraits={ppb / 'portraits'}",
-          "boxes": f"ppb_portraits={ppb / 'faces.csv'}", "non_face_photos": str(photos)}
+  fields = {"sets": f"ppb_portraits={ppb / 'portraits'}",
+            "boxes": f"ppb_portraits={ppb / 'faces.csv'}", "non_face_photos": str(photos)}
+  val_photos = data_root / NONFACE_TRAIN_PHOTOS
+  if val_photos.is_dir():
+    fields["val_non_face_photos"] = str(val_photos)
+  return fields
 
 
 def parse_named(entries: Sequence[str], flag: str) -> dict[str, str]:
@@ -553,6 +563,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "../shared/data beside the repository)")
   parser.add_argument("--manifest", default=None,
                       help=f"the training data's manifest (default: DATA_ROOT/{MANIFEST})")
+  parser.add_argument("--train_sets", nargs="+", default=[], metavar="NAME=MANIFEST",
+                      help="a study axis: every row and seed on each training manifest "
+                           "(WORKDIR/NAME/...), one table per test set with the darker share "
+                           "as a column, and a figure (skew.md, skew.png)")
   parser.add_argument("--workdir", default="/tmp/jaxface-study")
   parser.add_argument("--seeds", type=int, default=None,
                       help="number of seeds (0 .. N-1); default 3, 1 with --quick")
@@ -636,11 +650,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.xla_cache:
     jax.config.update("jax_compilation_cache_dir", args.xla_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from jaxface import train
-
   data_root = Path(args.data_root)
+  if args.train_sets and (args.planted or args.manifest):
+    raise SystemExit("--train_sets replaces --manifest and --planted: give one of them")
   manifest = None if args.planted else Path(args.manifest or data_root / MANIFEST).resolve()
-  if manifest is not None and not manifest.is_file():
+  if manifest is not None and not args.train_sets and not manifest.is_file():
     flag = "--manifest" if args.manifest else "--data_root (or $JAXFACE_SHARED_DATA)"
     raise SystemExit(f"manifest not found: {manifest}; set {flag}, or pass --planted")
   root = Path(args.workdir)
@@ -653,7 +667,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   specs = [dataclasses.replace(s, overrides=common + s.overrides) for s in specs]
   if len({s.name for s in specs}) != len(specs):
     raise SystemExit("two study rows have the same name")
-  runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
   test_sets = parse_named(args.test_set, "--test_set")
   test_attributes = parse_named(args.test_attributes, "--test_attributes")
   if not test_sets and not args.no_test_sets:
@@ -663,37 +676,81 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if unknown:
     raise SystemExit(f"--test_attributes {unknown[0]}: no --test_set of that name")
   whole_images = default_whole_images(data_root) if args.whole_images else None
+  if args.train_sets:  # the skew axis: WORKDIR/<set>/<config>/seed<k>
+    train_sets = {name: str(Path(path).resolve())
+                  for name, path in parse_named(args.train_sets, "--train_sets").items()}
+    for name, path in train_sets.items():
+      if not Path(path).is_file():
+        raise SystemExit(f"--train_sets {name}: no manifest at {path}")
+  else:
+    train_sets = {"": None if manifest is None else str(manifest)}
+  runs_by_set = {name: {s.name: [] for s in specs} for name in train_sets}
   datasets_by_config: dict[str, Any] = {}
-  for seed in range(args.seeds):  # seed-major: a partial study has every config
-    for spec in specs:
-      workdir = root / spec.name / f"seed{seed}"
-      done = workdir / "metrics.json"
-      if args.aggregate_only and not done.exists():
-        continue
-      if not done.exists():
-        config = run_config(spec, seed, None if manifest is None else str(manifest),
-                            epochs=args.epochs,
-                            batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            steps_per_epoch=args.steps_per_epoch,
-                            val_fraction=args.val_fraction,
-                            bn_recalibration_batches=args.bn_recalibration_batches,
-                            test_sets=test_sets, test_attributes=test_attributes,
-                            whole_images=whole_images)
-        start = time.perf_counter()
-        train.train_and_evaluate(config, workdir,
-                                 shared_datasets(datasets_by_config, config.data))
-        print(json.dumps({"run": spec.name, "seed": seed,
-                          "seconds": round(time.perf_counter() - start, 1),
-                          "load": round(os.getloadavg()[0], 2)}), flush=True)
-      final = json.loads(done.read_text())
-      summary = run_summary(final)
-      summary["seed"] = seed
-      summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
-                              final["eval"].get("test_sets", {}).items()}
-      summary["whole_images"] = {name: whole_image_summary(figures) for name, figures in
-                                 final["eval"].get("whole_images", {}).items()}
-      runs[spec.name].append(summary)
+  for seed in range(args.seeds):  # seed-major: a partial study has every set and config
+    for set_name, set_manifest in train_sets.items():
+      for spec in specs:
+        workdir = root / set_name / spec.name / f"seed{seed}"
+        summary = run_or_load(spec, seed, set_manifest, workdir, args, test_sets=test_sets,
+                              test_attributes=test_attributes, whole_images=whole_images,
+                              datasets_by_config=datasets_by_config)
+        if summary is not None:
+          runs_by_set[set_name][spec.name].append(summary)
+  tables = {"test_sets": test_sets, "test_attributes": test_attributes,
+            "whole_images": whole_images}
+  if not args.train_sets:
+    return write_study(args, manifest, root, runs_by_set[""], **tables)
+  results = {name: write_study(args, Path(train_sets[name]), root / name, runs, **tables,
+                               echo=False)
+             for name, runs in runs_by_set.items()}
+  import study_skew
 
+  return study_skew.write(root, train_sets, results, argv_text=" ".join(sys.argv[1:]))
+
+
+def run_or_load(spec: RunSpec, seed: int, manifest: str | None, workdir: Path,
+                args: argparse.Namespace, *, test_sets: dict[str, str],
+                test_attributes: dict[str, str], whole_images: dict[str, str] | None,
+                datasets_by_config: dict[str, Any]) -> dict[str, Any] | None:
+  """Trains one (config, seed) unless its ``metrics.json`` exists, then returns its study
+  figures (None with ``--aggregate_only`` and no finished run)."""
+  from jaxface import train
+
+  done = workdir / "metrics.json"
+  if args.aggregate_only and not done.exists():
+    return None
+  if not done.exists():
+    config = run_config(spec, seed, manifest, epochs=args.epochs,
+                        batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        steps_per_epoch=args.steps_per_epoch,
+                        val_fraction=args.val_fraction,
+                        bn_recalibration_batches=args.bn_recalibration_batches,
+                        test_sets=test_sets, test_attributes=test_attributes,
+                        whole_images=whole_images)
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir, shared_datasets(datasets_by_config, config.data))
+    print(json.dumps({"run": spec.name, "seed": seed, "workdir": str(workdir),
+                      "seconds": round(time.perf_counter() - start, 1),
+                      "load": round(os.getloadavg()[0], 2)}), flush=True)
+  final = json.loads(done.read_text())
+  summary = run_summary(final)
+  summary["seed"] = seed
+  summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
+                          final["eval"].get("test_sets", {}).items()}
+  summary["whole_images"] = {name: whole_image_summary(figures) for name, figures in
+                             final["eval"].get("whole_images", {}).items()}
+  return summary
+
+
+def write_study(args: argparse.Namespace, manifest: Path | None, root: Path,
+                runs: dict[str, list[dict[str, Any]]], *, test_sets: dict[str, str],
+                test_attributes: dict[str, str], whole_images: dict[str, str] | None,
+                echo: bool = True) -> dict[str, Any]:
+  """Aggregates the runs of one training set over seeds and writes ``root/study.json`` and
+  ``root/study.md`` (printed with ``echo``).
+
+  Returns:
+    The study.json content.
+  """
   rows = {name: aggregate(r) for name, r in runs.items() if r}
   reference = reference_runs(args.reference_log) if args.reference_log else {}
   if args.reference_from and not reference:
@@ -762,7 +819,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   root.mkdir(parents=True, exist_ok=True)
   (root / "study.json").write_text(json.dumps(result, indent=2))
   (root / "study.md").write_text(md + "\n")
-  print(md, flush=True)
+  if echo:
+    print(md, flush=True)
   return result
 
 

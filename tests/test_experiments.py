@@ -87,6 +87,79 @@ def test_study_quick_is_resumable(tmp_path):
   assert again["summary"]["cnn"]["E_A"] == cnn["E_A"]
 
 
+def _more_darker_faces(tiny: Path, path: Path, extra: int = 8) -> Path:
+  """``tiny`` plus ``extra`` further DF and DM training faces of the real manifest."""
+  with open(tiny, newline="") as f:
+    rows = list(csv.DictReader(f))
+  kept = {row["path"] for row in rows}
+  added = {"DF": 0, "DM": 0}
+  with open(DATA / "manifest.csv", newline="") as f:
+    for row in csv.DictReader(f):
+      full = str(DATA / row["path"])
+      group = row["group"]
+      if (row["split"] == "train" and group in added and added[group] < extra
+          and full not in kept):
+        rows.append({**row, "path": full})
+        added[group] += 1
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(),
+                    reason=f"{DATA} is not present (set JAXFACE_SHARED_DATA)")
+def test_study_train_sets_axis_tables_figure_and_resume(tmp_path):
+  study = _load("study")
+  few = _tiny_manifest(tmp_path / "few.csv")
+  more = _more_darker_faces(few, tmp_path / "more.csv")
+  argv = ["--quick", "--train_sets", f"more={more}", f"few={few}",
+          "--workdir", str(tmp_path / "runs"), "--steps_per_epoch", "2", "--xla_cache", "",
+          "--no_test_sets"]
+  result = study.main(argv)
+  root = tmp_path / "runs" / "quick"
+  # Ordered by the darker share: 16 of 32 training faces, then 32 of 48.
+  assert list(result["train_sets"]) == ["few", "more"]
+  assert result["train_sets"]["few"]["share_dark"] == pytest.approx(50.0)
+  assert result["train_sets"]["more"]["n_dark"] == 32
+  for name in ("few", "more"):  # every row on every set, each set its own study
+    assert (root / name / "cnn" / "seed0" / "metrics.json").is_file()
+    assert "| cnn | 1 |" in (root / name / "study.md").read_text()
+  table = (root / "skew.md").read_text()
+  assert "Test set `utkface_test`:" in table
+  assert "| cnn | few | 50.0 | 16 | 1 |" in table
+  assert "| dbvae-product-a0.01 | more | 66.7 | 32 | 1 |" in table
+  assert set(result["gains_over_cnn"]["utkface_test"]) == {"dbvae-product-a0.01"}
+  assert (root / "skew.png").stat().st_size > 0
+  curve = result["curves"]["utkface_test"]["worst"]["cnn"]
+  assert [point[0] for point in curve] == pytest.approx([50.0, 200 / 3])
+  metrics = root / "few" / "cnn" / "seed0" / "metrics.json"
+  stamp = metrics.stat().st_mtime_ns
+  again = study.main(argv)  # finished runs are skipped
+  assert metrics.stat().st_mtime_ns == stamp
+  assert again["curves"] == json.loads(json.dumps(result["curves"]))
+
+
+def test_study_train_sets_bad_input(tmp_path):
+  study = _load("study")
+  with pytest.raises(SystemExit, match="--train_sets replaces"):
+    study.main(["--planted", "--train_sets", f"a={tmp_path / 'a.csv'}"])
+  with pytest.raises(SystemExit, match="--train_sets a: no manifest"):
+    study.main(["--train_sets", f"a={tmp_path / 'a.csv'}", "--workdir", str(tmp_path)])
+  with pytest.raises(SystemExit, match="NAME=PATH"):
+    study.main(["--train_sets", "a", "--workdir", str(tmp_path)])
+
+
+def test_skew_exchange_rate_interpolates_the_cnn_curve():
+  skew = _load("study_skew")
+  curve = [(100, 80.0), (200, 90.0), (500, 96.0)]
+  assert skew.exchange_rate(curve, 79.0) == ("<= 1x", None)
+  assert skew.exchange_rate(curve, 85.0) == ("1.5x", pytest.approx(1.5))
+  assert skew.exchange_rate(curve, 93.0) == ("3.5x", pytest.approx(3.5))
+  assert skew.exchange_rate(curve, 97.0) == ("> 5.0x", None)
+
+
 def test_default_test_sets_are_the_ppb_crops_where_present(tmp_path):
   study = _load("study")
   assert study.default_test_sets(tmp_path / "nowhere") == ({}, {})
