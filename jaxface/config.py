@@ -165,6 +165,11 @@ def _resampling_config() -> ml_collections.ConfigDict:
   # uniform probability (0 = off).
   resampling.target_ess = 0.0
   resampling.max_weight = 0.0
+  # The non-faces (any model, any signal; jaxface.resampling.non_faces): from the second epoch
+  # on, the `non_face_top` share of the training non-faces scored most face-like at the epoch's
+  # start are drawn `non_face_upweight` times as often (1 = uniform, off).
+  resampling.non_face_upweight = 1.0
+  resampling.non_face_top = 0.05
   return resampling
 
 
@@ -266,6 +271,10 @@ def _validate_resampling(config: ml_collections.ConfigDict, fail, parts: list[st
     fail("resampling.error_upweight", "must be >= 1")
   if not 0 <= rs.target_ess <= 1:
     fail("resampling.target_ess", "must be in (0, 1], or 0 for no tempering")
+  if not rs.get("non_face_upweight", 1.0) >= 1:
+    fail("resampling.non_face_upweight", "must be >= 1 (1 = uniform non-faces)")
+  if not 0 < rs.get("non_face_top", 0.05) <= 1:
+    fail("resampling.non_face_top", "must be in (0, 1]")
   if not (rs.max_weight == 0 or rs.max_weight >= 1):
     fail("resampling.max_weight", "must be >= 1 (times the uniform probability), or 0 for no cap")
   if config.resampling.bins < 1:

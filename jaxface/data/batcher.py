@@ -83,6 +83,8 @@ class Batcher:
     self.steps_per_epoch = int(steps_per_epoch)
     self._probs: np.ndarray | None = None
     self._cdf: np.ndarray | None = None
+    self._non_face_probs: np.ndarray | None = None
+    self._non_face_cdf: np.ndarray | None = None
 
   @property
   def num_faces(self) -> int:
@@ -99,32 +101,30 @@ class Batcher:
       return np.full(self.num_faces, 1.0 / self.num_faces)
     return self._probs.copy()
 
+  @property
+  def non_face_probabilities(self) -> np.ndarray:
+    """(n_non_faces,) float64 sampling probabilities of the non-faces, in
+    ``data.non_face_indices()`` order."""
+    if self._non_face_probs is None:
+      return np.full(self.num_non_faces, 1.0 / self.num_non_faces)
+    return self._non_face_probs.copy()
+
   def set_face_probabilities(self, p: np.ndarray | None) -> None:
     """Sets the faces' sampling weights (normalised here); None restores uniform sampling.
 
     Args:
       p: (n_faces,) non-negative finite weights, in ``data.face_indices()`` order, not all zero.
     """
-    if p is None:
-      self._probs = self._cdf = None
-      return
-    p = np.asarray(p, dtype=np.float64)
-    if p.shape != (self.num_faces,):
-      raise DataError(f"face probabilities must have shape ({self.num_faces},) (one per face), "
-                      f"got {p.shape}")
-    if not np.isfinite(p).all():
-      raise DataError(f"face probabilities contain {np.count_nonzero(~np.isfinite(p))} NaN or "
-                      f"infinite values, e.g. at face {int(np.flatnonzero(~np.isfinite(p))[0])}")
-    if (p < 0).any():
-      raise DataError(f"face probabilities contain {np.count_nonzero(p < 0)} negative values, "
-                      f"e.g. {p[p < 0][0]} at face {int(np.flatnonzero(p < 0)[0])}")
-    total = p.sum()
-    if not total > 0:
-      raise DataError("face probabilities are all zero")
-    self._probs = p / total
-    cdf = np.cumsum(self._probs)
-    cdf /= cdf[-1]
-    self._cdf = cdf
+    self._probs, self._cdf = _normalised(p, self.num_faces, "face")
+
+  def set_non_face_probabilities(self, p: np.ndarray | None) -> None:
+    """Sets the non-faces' sampling weights (normalised here); None restores uniform sampling.
+
+    Args:
+      p: (n_non_faces,) non-negative finite weights, in ``data.non_face_indices()`` order, not
+        all zero.
+    """
+    self._non_face_probs, self._non_face_cdf = _normalised(p, self.num_non_faces, "non-face")
 
   def batch_indices(self, epoch: int, step: int) -> np.ndarray:
     """Dataset indices of batch ``(epoch, step)``: (batch_size,) int64, the faces of
@@ -135,12 +135,8 @@ class Batcher:
       raise DataError(f"epoch must be >= 0, got {epoch}")
     rng = np.random.Generator(np.random.PCG64([self.seed, epoch, step]))
     half = self.batch_size // 2
-    if self._cdf is None:
-      face_pos = rng.integers(self.num_faces, size=half)
-    else:
-      face_pos = np.searchsorted(self._cdf, rng.random(half), side="right")
-      np.minimum(face_pos, self.num_faces - 1, out=face_pos)
-    non_face_pos = rng.integers(self.num_non_faces, size=half)
+    face_pos = _draw(rng, self._cdf, self.num_faces, half)
+    non_face_pos = _draw(rng, self._non_face_cdf, self.num_non_faces, half)
     return np.concatenate([self._faces[face_pos], self._non_faces[non_face_pos]])
 
   def batch(self, epoch: int, step: int) -> Batch:
@@ -210,3 +206,40 @@ class Batcher:
       stop.set()
       thread.join()
 
+
+
+def _normalised(p: np.ndarray | None, n: int, what: str
+                ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+  """``(probabilities, cdf)`` of the weights ``p`` (n,), or ``(None, None)`` for None.
+
+  Raises:
+    DataError: a wrong shape, a NaN, infinite or negative weight, or all zero (the message
+      names the ``what`` and the first offending position).
+  """
+  if p is None:
+    return None, None
+  p = np.asarray(p, dtype=np.float64)
+  if p.shape != (n,):
+    raise DataError(f"{what} probabilities must have shape ({n},) (one per {what}), "
+                    f"got {p.shape}")
+  if not np.isfinite(p).all():
+    raise DataError(f"{what} probabilities contain {np.count_nonzero(~np.isfinite(p))} NaN or "
+                    f"infinite values, e.g. at {what} {int(np.flatnonzero(~np.isfinite(p))[0])}")
+  if (p < 0).any():
+    raise DataError(f"{what} probabilities contain {np.count_nonzero(p < 0)} negative values, "
+                    f"e.g. {p[p < 0][0]} at {what} {int(np.flatnonzero(p < 0)[0])}")
+  total = p.sum()
+  if not total > 0:
+    raise DataError(f"{what} probabilities are all zero")
+  probs = p / total
+  cdf = np.cumsum(probs)
+  cdf /= cdf[-1]
+  return probs, cdf
+
+
+def _draw(rng: np.random.Generator, cdf: np.ndarray | None, n: int, size: int) -> np.ndarray:
+  """``size`` positions in [0, n): uniform without a cdf, else by inverting it."""
+  if cdf is None:
+    return rng.integers(n, size=size)
+  pos = np.searchsorted(cdf, rng.random(size), side="right")
+  return np.minimum(pos, n - 1, out=pos)

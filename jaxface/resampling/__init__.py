@@ -9,6 +9,8 @@
   classifier's errors, and the density along them (:func:`error_axis_probabilities`).
 * :mod:`~jaxface.resampling.weights`: reconstruction-error, classifier-error and group weights;
   blends, tempering to an effective sample size and caps.
+* :mod:`~jaxface.resampling.non_faces`: the non-faces scored most face-like, drawn more often
+  (:func:`hard_non_face_weights`).
 * :mod:`~jaxface.resampling.registry`: the signals of ``config.resampling.signal`` by name
   (:data:`SIGNALS`) and the epoch-start pass's computation (:func:`face_probabilities`).
 """
@@ -20,6 +22,8 @@ from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array
 from jaxface.resampling.latent_axes import (ACTIVE_VARIANCE, active_dimensions,
                                             cluster_probabilities, kmeans,
                                             latent_pca_probabilities, whitened_components)
+from jaxface.resampling import non_faces
+from jaxface.resampling.non_faces import hard_count, hard_non_face_weights
 from jaxface.resampling.registry import (SIGNALS, Signal, blend_weights, face_probabilities,
                                          needed_outputs, signal_parts)
 from jaxface.resampling.weights import (ERROR_KINDS, blend, blend_probabilities, cap_weights,

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
@@ -42,7 +43,8 @@ from jaxface.eval import whole_photos
 from jaxface.sharding import shard_batch
 from jaxface.train import metric_log
 from jaxface.train.batch_norm import recalibrate_batch_norm
-from jaxface.train.resample import resampling_probabilities
+from jaxface.train.resample import (non_face_probabilities, non_face_weights,
+                                    resampling_probabilities)
 from jaxface.train.start import Position, Run, start_run
 
 PyTree = Any
@@ -128,6 +130,24 @@ def _resample(run: Run, position: Position) -> None:
                    metric_log.resampling_fields(epoch, info))
 
 
+def _resample_non_faces(run: Run, position: Position) -> None:
+  """The non-faces' sampling weights for the epoch: scored afresh at its first step and kept in
+  ``position.history['non_face_hard']`` (so a resumed epoch draws the same batches)."""
+  config, history = run.config, position.history
+  if position.step_in_epoch == 0:
+    hard, info = non_face_probabilities(config, position.state.variables, run.batcher.data,
+                                        run.mesh, position.epoch)
+    history["non_face_hard"] = hard.tolist()
+    history.setdefault("non_face_resampling", []).append(info)
+    if info["n_hard"]:
+      logging.info("epoch %d non-faces: the %d scored most face-like (p >= %.3f) hold %.1f%% of "
+                   "the mass", position.epoch, info["n_hard"], info["min_face_prob_hard"],
+                   100 * info["mass_hard"])
+  run.batcher.set_non_face_probabilities(non_face_weights(
+      run.batcher.num_non_faces, np.asarray(history.get("non_face_hard", []), np.int64),
+      config.resampling.non_face_upweight))
+
+
 def _train_epoch(run: Run, position: Position, log: metric_log.StepLog,
                  stop_at_step: int | None) -> int | None:
   """The rest of the current epoch's steps; the global step it stopped at, or None.
@@ -139,6 +159,8 @@ def _train_epoch(run: Run, position: Position, log: metric_log.StepLog,
   config, steps_per_epoch = run.config, run.batcher.steps_per_epoch
   if position.step_in_epoch == 0 and config.resampling.signal != "none":
     _resample(run, position)
+  if config.resampling.non_face_upweight > 1:
+    _resample_non_faces(run, position)
   log.start_window()
   for batch in run.batcher.epoch_batches(position.epoch, position.step_in_epoch):
     global_step = position.epoch * steps_per_epoch + position.step_in_epoch + 1
@@ -195,6 +217,8 @@ def _finish(run: Run, position: Position, log: metric_log.StepLog,
   }
   if "hard_negatives" in history:
     final["hard_negatives"] = history["hard_negatives"]
+  if "non_face_resampling" in history:
+    final["non_face_resampling"] = history["non_face_resampling"]
   if run.is_main:
     (run.workdir / "metrics.json").write_text(
         json.dumps(final, indent=2, default=metric_log.json_default))

@@ -65,3 +65,49 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
     info["mass_by_group"] = {g: float(p[groups == g].sum()) for g in train_faces.group_names}
     info["share_by_group"] = {g: float(np.mean(groups == g)) for g in train_faces.group_names}
   return p, info
+
+
+def non_face_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
+                           train: data_lib.FaceData, mesh: Mesh, epoch: int
+                           ) -> tuple[np.ndarray, dict[str, Any]]:
+  """The epoch-start pass on the other side: the training non-faces scored most face-like
+  drawn ``resampling.non_face_upweight`` times as often (:mod:`jaxface.resampling.non_faces`).
+
+  Args:
+    config: the run config (``resampling.non_face_upweight`` / ``non_face_top``,
+      ``eval_batch_size``, ``model.impl`` are read).
+    variables: current model variables.
+    train: the training set (its non-faces, in ``non_face_indices()`` order, are scored).
+    mesh: device mesh for the scoring pass.
+    epoch: the epoch about to start; epoch 0 is uniform (an untrained model's scores say
+      nothing).
+
+  Returns:
+    ``(hard, info)``: (k,) int positions of the up-weighted non-faces among the training
+    non-faces (empty in epoch 0), and a JSON-ready summary (``n_hard``, the lowest p(face) among
+    them, their share of the sampling mass).
+  """
+  rs = config.resampling
+  if epoch == 0:
+    return np.zeros(0, np.int64), {"epoch": epoch, "n_hard": 0}
+  images = train.images[train.non_face_indices()]
+  scores = inference.infer(variables, images, ("face_prob",), mesh=mesh,
+                           batch_size=config.eval_batch_size, dtype=compute_dtype(config),
+                           impl=config.model.impl)["face_prob"]
+  k = resampling.non_faces.hard_count(len(scores), float(rs.non_face_top))
+  hard, p = resampling.non_faces.hard_non_face_weights(scores, k, float(rs.non_face_upweight))
+  hard = np.asarray(hard, np.int64)
+  info = {"epoch": epoch, "n_hard": int(k), "n_non_faces": int(len(scores)),
+          "min_face_prob_hard": float(scores[hard].min()),
+          "mass_hard": float(np.asarray(p, np.float64)[hard].sum())}
+  return hard, info
+
+
+def non_face_weights(n: int, hard: np.ndarray, upweight: float) -> np.ndarray | None:
+  """(n,) sampling weights: ``upweight`` at the positions ``hard``, 1 elsewhere (None, i.e.
+  uniform, when ``hard`` is empty)."""
+  if not len(hard):
+    return None
+  weights = np.ones(n, np.float64)
+  weights[np.asarray(hard, np.int64)] = upweight
+  return weights
