@@ -74,8 +74,8 @@ class RunSpec:
   """One configuration of the study (all seeds share it)."""
   name: str
   kind: str  # 'cnn', 'ssvae' or 'dbvae'
-  alpha: float = 0.0
-  combine: str = "max"
+  alpha: float | None = None  # resampling.alpha; None keeps the base config's
+  combine: str | None = None  # resampling.combine; None keeps the base config's
   signal: str = ""  # config.resampling.signal; '' = 'none' for the CNN, 'latent' for the DB-VAE
   group_power: float = 1.0  # config.resampling.group_power (signal 'groups')
   overrides: tuple[tuple[str, str], ...] = ()  # ('resampling.target_ess', '0.3'), ... last
@@ -201,8 +201,10 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
     config.resampling.signal = "none"
   else:
     config.resampling.signal = spec.signal or "latent"
-    config.resampling.alpha = spec.alpha
-    config.resampling.combine = spec.combine
+    if spec.alpha is not None:
+      config.resampling.alpha = spec.alpha
+    if spec.combine is not None:
+      config.resampling.combine = spec.combine
   if manifest is not None:
     config.data.source = "manifest"
     config.data.path = str(manifest)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import load_experiment, shared_data_dir
 
+from jaxface import config as config_lib
+
 DATA = shared_data_dir() / "utkface-bias"
 
 
@@ -193,6 +195,9 @@ def test_study_rows_ablation_and_planted_data(tmp_path):
   pca = json.loads((runs / "dbvae-pca" / "seed0" / "config.json").read_text())
   assert pca["resampling"]["signal"] == "latent_pca" and pca["model"]["latent_dim"] == 8
   assert pca["data"]["source"] == "planted" and pca["data"]["val_fraction"] == 0.2
+  # A named row keeps the base config's histogram settings unless it sets them.
+  base = config_lib.get_base_config().resampling
+  assert (pca["resampling"]["alpha"], pca["resampling"]["combine"]) == (base.alpha, base.combine)
   row = result["summary"]["dbvae-pca"]
   assert row["ess_pct"]["mean"] == pytest.approx(50.0, rel=1e-2)
   assert {"val_E_A", "val_worst_rate", "mass_dark"} <= set(row)
