@@ -4,6 +4,7 @@
         [--seeds 3] [--alphas 0.1 0.01 0.001] [--combines max product] [--quick]
         [--reference_log /tmp/peer_study.log] [--planted] [--ablation]
         [--row NAME KIND FIELD=VALUE ...] [--data_root DIR]
+        [--train_sets NAME=MANIFEST ...] [--whole_images | --scan_rows ROW ...]
 
 Every run goes through ``jaxface.train.train_and_evaluate`` with the same seed, data and budget
 (2 epochs, batch 32, Adam 5e-4). By default the whole training split is trained on
@@ -28,6 +29,15 @@ positives the per-group rates and ROC AUCs.
 Writes ``WORKDIR/study.json`` (every run, and mean / std over seeds per config) and
 ``WORKDIR/study.md`` (the table), and prints the Markdown. With ``--reference_log`` (the JSON
 lines of ``peer_torch_study.py``) the lab pipeline's rows are added for comparison.
+
+The bias-level study: ``--train_sets dark05=A.csv dark25=B.csv`` trains every row and seed on
+each training manifest (``WORKDIR/<set>/<config>/seed<k>/``, each set with its own study.md) and
+writes ``WORKDIR/skew.md``, ``skew.json`` and ``skew.png``: per test set a table with the darker
+share of the training faces as a column, each row's worst-group gain over the CNN paired by
+seed, the exchange rate (how many more darker training faces the CNN needs to match a row), and
+the figure (``experiments/study_skew.py``). Whole photos: ``--whole_images`` scans them at the
+end of every run; ``--scan_rows ROW ...`` scans only those rows' runs, after training
+(``experiments/study_scan.py``).
 
 The real data sets (``utkface-bias/``, ``ppb-faces/``, ``nonface-photos/``) are read from
 ``--data_root``, by default ``$JAXFACE_SHARED_DATA``, else ``../shared/data`` beside the
@@ -622,6 +632,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--whole_images", action="store_true",
                       help="also scan the whole PPB portraits and the non-face photos at the end "
                            "of every run (config.whole_images; minutes per run on a CPU)")
+  parser.add_argument("--scan_rows", nargs="+", default=[], metavar="ROW",
+                      help="scan the whole PPB portraits and non-face photos with the finished "
+                           "runs of these rows only, after training (RUN/whole_images.json; "
+                           "about 2 min per run on a CPU)")
   parser.add_argument("--no_test_sets", action="store_true",
                       help="no extra test sets (not even the default PPB crops)")
   parser.add_argument("--aggregate_only", action="store_true",
@@ -669,6 +683,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   specs = [dataclasses.replace(s, overrides=common + s.overrides) for s in specs]
   if len({s.name for s in specs}) != len(specs):
     raise SystemExit("two study rows have the same name")
+  unknown_rows = sorted(set(args.scan_rows) - {s.name for s in specs})
+  if unknown_rows:
+    raise SystemExit(f"--scan_rows {unknown_rows[0]}: no study row of that name")
+  if args.scan_rows:
+    default_whole_images(data_root)  # the photos are there
   test_sets = parse_named(args.test_set, "--test_set")
   test_attributes = parse_named(args.test_attributes, "--test_attributes")
   if not test_sets and not args.no_test_sets:
@@ -738,8 +757,13 @@ def run_or_load(spec: RunSpec, seed: int, manifest: str | None, workdir: Path,
   summary["seed"] = seed
   summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
                           final["eval"].get("test_sets", {}).items()}
-  summary["whole_images"] = {name: whole_image_summary(figures) for name, figures in
-                             final["eval"].get("whole_images", {}).items()}
+  whole = final["eval"].get("whole_images") or {}
+  if not whole and spec.name in args.scan_rows:
+    import study_scan
+
+    whole = study_scan.scan_run(workdir, default_whole_images(Path(args.data_root)))
+  summary["whole_images"] = {name: whole_image_summary(figures)
+                             for name, figures in whole.items()}
   return summary
 
 
@@ -814,10 +838,12 @@ def write_study(args: argparse.Namespace, manifest: Path | None, root: Path,
            "AUC = each group's ROC AUC against the set's own non-faces (the test split's when "
            "it has none).")
   if whole_rows:
-    md += ("\n\nWhole images: every run scans the whole photos at the end; 'found' = a window "
-           "at or above the threshold overlaps the face box with IoU >= 0.3 (any window for a "
-           "portrait without a box), at the threshold that leaves at most 5% of the non-face "
-           "photos with a detection (and at 0.5).")
+    md += ("\n\nWhole images: the runs scan the whole photos at the end (or after training, "
+           "--scan_rows); 'found' = a window above the threshold overlaps the face box with "
+           "IoU >= 0.3 (any window for a portrait without a box), at the threshold that leaves "
+           "at most 5% of the validation non-face photos with a detection (of the test "
+           "non-face photos where there are no validation photos; the test portraits are "
+           "those the validation rule leaves), and at 0.5.")
   root.mkdir(parents=True, exist_ok=True)
   (root / "study.json").write_text(json.dumps(result, indent=2))
   (root / "study.md").write_text(md + "\n")

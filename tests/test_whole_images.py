@@ -371,6 +371,34 @@ def test_study_has_a_table_per_whole_image_set(tmp_path):
   assert "Whole images `pp`:" in md and "DM found @0.5 %" in md
 
 
+def test_study_scans_the_runs_of_scan_rows_after_training_as_a_run_would(tmp_path):
+  study = load_experiment("study", "_experiments_study_scan")
+  root = tmp_path / "data"
+  portraits, table, non_faces = _sets(tmp_path / "made")
+  (root / "ppb-faces").mkdir(parents=True)
+  portraits.rename(root / "ppb-faces" / "portraits")
+  table.rename(root / "ppb-faces" / "faces.csv")
+  (root / "nonface-photos").mkdir()
+  non_faces.rename(root / "nonface-photos" / "images")
+  common = ["--planted", "--seeds", "1", "--combines", "--steps_per_epoch", "2", "--epochs",
+            "1", "--xla_cache", "", "--no_test_sets", "--data_root", str(root)]
+  tiny = ["data.n_train_faces=48", "data.n_train_non_faces=48", "data.n_test_per_group=4",
+          "data.n_test_non_faces=16", "data.image_size=32", "model.n_filters=4",
+          "bn_recalibration_batches=1", "eval_batch_size=32", "batch_size=16"]
+  with pytest.raises(SystemExit, match="--scan_rows dbvae: no study row"):
+    study.main(common + ["--workdir", str(tmp_path / "x"), "--scan_rows", "dbvae"])
+  after = study.main(common + ["--workdir", str(tmp_path / "after"), "--scan_rows", "cnn",
+                               "--set", *tiny])
+  assert (tmp_path / "after" / "cnn" / "seed0" / "whole_images.json").is_file()
+  during = study.main(common + ["--workdir", str(tmp_path / "during"), "--whole_images",
+                                "--set", *tiny])
+  scanned = after["whole_images"]["summary"]["ppb_portraits"]["cnn"]
+  in_run = during["whole_images"]["summary"]["ppb_portraits"]["cnn"]
+  assert scanned == in_run  # the last checkpoint is the state the run ended with
+  assert {"found_LF", "false_photos", "threshold"} <= set(scanned)
+
+
+# ------------------------------------------------------------------------------ PPB and photos
 # ------------------------------------------------------------------------------ PPB and photos
 
 
