@@ -49,15 +49,22 @@ def _tiny_manifest(path: Path, per_group_train: int = 8, per_group_test: int = 4
     if counts.get(key, 0) < limit:
       counts[key] = counts.get(key, 0) + 1
       kept.append({**row, "path": str(DATA / row["path"])})
+  return _write_manifest(path, kept)
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
-    writer.writerows(kept)
+    writer.writerows(rows)
   return path
 
 
-@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(),
-                    reason=f"{DATA} is not present (set JAXFACE_SHARED_DATA)")
+needs_utkface = pytest.mark.skipif(not (DATA / "manifest.csv").is_file(),
+                                   reason=f"{DATA} is not present (set JAXFACE_SHARED_DATA)")
+
+
+@needs_utkface
 def test_study_quick_is_resumable(tmp_path):
   study = _load("study")
   manifest = _tiny_manifest(tmp_path / "manifest.csv")
@@ -103,15 +110,10 @@ def _more_darker_faces(tiny: Path, path: Path, extra: int = 8) -> Path:
           and full not in kept):
         rows.append({**row, "path": full})
         added[group] += 1
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  return path
+  return _write_manifest(path, rows)
 
 
-@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(),
-                    reason=f"{DATA} is not present (set JAXFACE_SHARED_DATA)")
+@needs_utkface
 def test_study_train_sets_axis_tables_figure_and_resume(tmp_path):
   study = _load("study")
   few = _tiny_manifest(tmp_path / "few.csv")
