@@ -155,6 +155,8 @@ def _resampling_config() -> ml_collections.ConfigDict:
   # signal 'error_axis' (a VAE): inverse density (bins, alpha, combine) along this many whitened
   # latent directions that predict those errors (jaxface.resampling.error_axes says which).
   resampling.error_axes = 1
+  # signals 'shift_errors' / 'shift_error_axis': the same, with the errors read under strong
+  # photometric shifts of each face (jaxface.inference.PHOTOMETRIC_SHIFTS).
   # Each epoch's probabilities: momentum * the previous epoch's + (1 - momentum) * the signal's,
   # in [0, 1) (0 = the signal alone).
   resampling.momentum = 0.0

@@ -23,7 +23,12 @@ from jaxface.sharding import make_mesh, shard_batch
 
 PyTree = Any
 
-OUTPUTS = ("face_prob", "y_logit", "z_mean", "z_logvar", "recon_error", "x_recon")
+OUTPUTS = ("face_prob", "y_logit", "z_mean", "z_logvar", "recon_error", "x_recon",
+           "face_prob_shifted")
+# The photometric shifts of ``face_prob_shifted``, (gain, contrast) pairs far outside the training
+# augmentation: darker, flatter, and both. A face the classifier finds only in its own lighting
+# is one whose detection does not generalise.
+PHOTOMETRIC_SHIFTS = ((0.45, 1.0), (1.0, 0.45), (0.65, 0.65))
 _DECODER_OUTPUTS = frozenset({"recon_error", "x_recon"})
 
 
@@ -32,6 +37,13 @@ def unit_float(images: jax.Array) -> jax.Array:
   if images.dtype == jnp.uint8:
     return images.astype(jnp.float32) * (1.0 / 255.0)
   return images.astype(jnp.float32)
+
+
+def photometric_shift(x: jax.Array, gain: float, contrast: float) -> jax.Array:
+  """Images (..., H, W, 3) in [0, 1] with their contrast scaled by ``contrast`` around each
+  image's mean, then their brightness by ``gain``, clipped to [0, 1]."""
+  mean = jnp.mean(x, axis=(-3, -2, -1), keepdims=True)
+  return jnp.clip((mean + (x - mean) * contrast) * gain, 0.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("outputs", "dtype", "recon", "impl"))
@@ -47,6 +59,11 @@ def _infer_batch(variables: PyTree, images: jax.Array, outputs: tuple[str, ...],
                             impl=impl).astype(jnp.float32)
     out["recon_error"] = losses.reconstruction_loss(x, x_recon, recon)
     out["x_recon"] = jnp.clip(x_recon, 0.0, 1.0)
+  if "face_prob_shifted" in outputs:
+    out["face_prob_shifted"] = jnp.min(jnp.stack([
+        jax.nn.sigmoid(models.encode(variables, photometric_shift(x, gain, contrast),
+                                     train=False, dtype=dtype, impl=impl).y_logit)
+        for gain, contrast in PHOTOMETRIC_SHIFTS]), axis=0)
   return {name: out[name].astype(jnp.float32) for name in outputs}
 
 
@@ -105,7 +122,9 @@ def infer(variables: PyTree, images: np.ndarray, outputs: Sequence[str] = ("face
     outputs: names from :data:`OUTPUTS`: ``face_prob`` (N,), ``y_logit`` (N,), ``z_mean``
       (N, k), ``z_logvar`` (N, k) (k = 0 for the standard CNN), and for a VAE ``recon_error``
       (N,) (the ``recon`` error of the image decoded from ``z_mean``) and ``x_recon``
-      (N, H, W, 3) (that image, clipped to [0, 1]). The decoder runs only for the last two.
+      (N, H, W, 3) (that image, clipped to [0, 1]); the decoder runs only for these two.
+      ``face_prob_shifted`` (N,): the lowest p(face) over the :data:`PHOTOMETRIC_SHIFTS` of the
+      image (:func:`photometric_shift`).
     mesh: the device mesh (default: this process's devices).
     batch_size: the largest number of images per pass.
     dtype: compute dtype; outputs are float32.
@@ -128,7 +147,7 @@ def infer(variables: PyTree, images: np.ndarray, outputs: Sequence[str] = ("face
                      f"{sorted(_DECODER_OUTPUTS & set(outputs))} need a VAE")
   if images.shape[0] == 0:
     shapes = {"face_prob": (0,), "y_logit": (0,), "z_mean": (0, k), "z_logvar": (0, k),
-              "recon_error": (0,), "x_recon": images.shape}
+              "recon_error": (0,), "x_recon": images.shape, "face_prob_shifted": (0,)}
     return {name: np.zeros(shapes[name], np.float32) for name in outputs}
   mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
   fn = functools.partial(_infer_batch, variables, outputs=outputs, dtype=jnp.dtype(dtype),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -53,3 +54,23 @@ def test_infer_refuses_unknown_outputs_and_a_decoder_the_cnn_lacks(vae_variables
   empty = inference.infer(vae_variables, _images(0), ("face_prob", "z_mean", "x_recon"))
   assert empty["face_prob"].shape == (0,) and empty["z_mean"].shape == (0, 8)
   assert empty["x_recon"].shape == (0, 32, 32, 3)
+
+
+def test_face_prob_shifted_is_the_lowest_p_face_over_the_photometric_shifts(vae_variables):
+  rng = np.random.default_rng(5)  # weights whose p(face) varies from image to image
+  vae_variables = {**vae_variables, "params": jax.tree.map(
+      lambda w: w + 0.3 * rng.normal(size=w.shape).astype(w.dtype), vae_variables["params"])}
+  images = _images(9, seed=3)
+  x = images.astype(np.float32) / 255
+  got = inference.infer(vae_variables, images, ("face_prob_shifted",), batch_size=4)
+  per_shift = []
+  for gain, contrast in inference.PHOTOMETRIC_SHIFTS:
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)  # NumPy reference of the shift
+    shifted = np.clip((mean + (x - mean) * contrast) * gain, 0.0, 1.0)
+    per_shift.append(inference.infer(vae_variables, shifted, ("face_prob",))["face_prob"])
+  np.testing.assert_allclose(got["face_prob_shifted"], np.min(per_shift, axis=0), rtol=1e-5,
+                             atol=1e-6)
+  plain = inference.infer(vae_variables, images, ("face_prob",))["face_prob"]
+  assert not np.allclose(got["face_prob_shifted"], plain)  # the shifts change what it sees
+  empty = inference.infer(vae_variables, _images(0), ("face_prob_shifted",))
+  assert empty["face_prob_shifted"].shape == (0,)

@@ -22,6 +22,7 @@ def _inputs(n=N, seed=0):
   z_mean = rng.normal(size=(n, 6)).astype(np.float32)
   z_mean[: n // 10, :3] += 3.0  # a rare corner of the latent
   return {"z_mean": z_mean, "face_prob": rng.random(n).astype(np.float32),
+          "face_prob_shifted": rng.random(n).astype(np.float32),
           "recon_error": rng.random(n).astype(np.float32),
           "groups": rng.choice(np.array(["DF", "DM", "LF", "LM"]), size=n)}
 
@@ -46,11 +47,12 @@ def _float64(p):
 def test_the_registry_holds_the_configs_signals():
   assert config_lib.SIGNALS == ("none",) + tuple(resampling.SIGNALS)
   assert config_lib.SIGNALS == ("none", "groups", "latent", "epistemic", "latent_pca",
-                                "clusters", "errors", "error_axis")
+                                "clusters", "errors", "error_axis", "shift_errors",
+                                "shift_error_axis")
   assert config_lib.BLEND_SIGNALS == ("latent", "epistemic", "latent_pca", "clusters", "errors",
-                                      "error_axis")
+                                      "error_axis", "shift_errors", "shift_error_axis")
   assert config_lib.LATENT_SIGNALS == ("latent", "epistemic", "latent_pca", "clusters",
-                                       "error_axis")
+                                       "error_axis", "shift_error_axis")
   with pytest.raises(TypeError):
     resampling.SIGNALS["toy"] = resampling.SIGNALS["errors"]  # read-only: copy to extend
 
@@ -69,6 +71,9 @@ def test_each_entry_is_the_function_it_wraps_bit_for_bit():
       "errors": resampling.error_probabilities(inputs["face_prob"], 3.0, "loss"),
       "error_axis": resampling.error_axis_probabilities(z, inputs["face_prob"], 1, 8, 0.01,
                                                         "product", "loss", 0.05),
+      "shift_errors": resampling.error_probabilities(inputs["face_prob_shifted"], 3.0, "loss"),
+      "shift_error_axis": resampling.error_axis_probabilities(
+          z, inputs["face_prob_shifted"], 1, 8, 0.01, "product", "loss", 0.05),
   }
   assert set(expected) == set(resampling.SIGNALS)
   for name, want in expected.items():
@@ -86,6 +91,7 @@ def test_needed_outputs():
   assert resampling.needed_outputs("errors") == ("face_prob",)
   assert resampling.needed_outputs("latent + epistemic") == ("z_mean", "recon_error")
   assert resampling.needed_outputs("errors+latent_pca+clusters") == ("face_prob", "z_mean")
+  assert resampling.needed_outputs("shift_error_axis") == ("z_mean", "face_prob_shifted")
   with pytest.raises(ValueError, match="unknown"):
     resampling.needed_outputs("pca")
 
@@ -170,7 +176,8 @@ def test_a_new_signal_is_one_function_and_one_entry():
     config_lib.validate_config(config, 1)
   assert "toy" not in resampling.SIGNALS and "toy" not in config_lib.SIGNALS
   cnn = tiny_config("cnn", **{"resampling.signal": "toy"})
-  with pytest.raises(ValueError, match="no latent space: use 'none', 'groups' or 'errors'"):
+  with pytest.raises(ValueError,
+                     match="no latent space: use 'none', 'groups', 'errors' or 'shift_errors'"):
     config_lib.validate_config(cnn, 1, registry=signals)
   alone = _with_toy(blendable=False)
   with pytest.raises(ValueError, match="can be blended"):

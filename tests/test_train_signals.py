@@ -150,3 +150,12 @@ def test_cnn_refuses_latent_signals():
   config = tiny_config("cnn", **{"resampling.signal": "latent_pca"})
   with pytest.raises(ValueError, match="no latent space"):
     config_lib.validate_config(config, 1)
+
+
+def test_a_dbvae_trains_with_the_shifted_error_axis(tmp_path):
+  config = tiny_config("dbvae", **{"resampling.signal": "shift_error_axis",
+                                   "resampling.error_kind": "loss"})
+  metrics = train.train_and_evaluate(config, tmp_path).metrics
+  first, second = metrics["resampling"]
+  assert first["ess_fraction"] == pytest.approx(1.0)  # epoch 0: uniform
+  assert second["ess_fraction"] < 1.0  # the shifted errors move the mass

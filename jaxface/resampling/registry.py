@@ -86,6 +86,17 @@ def _error_axis(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
                                              rs.active_variance)
 
 
+def _shift_errors(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
+  return weights.error_probabilities(inputs["face_prob_shifted"], rs.error_upweight,
+                                     rs.error_kind)
+
+
+def _shift_error_axis(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
+  return error_axes.error_axis_probabilities(inputs["z_mean"], inputs["face_prob_shifted"],
+                                             rs.error_axes, rs.bins, rs.alpha, rs.combine,
+                                             rs.error_kind, rs.active_variance)
+
+
 SIGNALS: Mapping[str, Signal] = types.MappingProxyType({
     # Mass by labelled group (group_power): a known-groups baseline, not a latent method.
     "groups": Signal(_groups, needs_groups=True, blendable=False),
@@ -103,6 +114,12 @@ SIGNALS: Mapping[str, Signal] = types.MappingProxyType({
     # error_kind, bins, alpha, combine, active_variance).
     "error_axis": Signal(_error_axis, ("z_mean", "face_prob"), needs_latent=True,
                          uniform_in_first_epoch=True),
+    # The same two read the classifier's errors under strong photometric shifts (the lowest
+    # p(face) over jaxface.inference.PHOTOMETRIC_SHIFTS): the faces whose detection does not
+    # carry over to other lighting, which the training errors alone do not show.
+    "shift_errors": Signal(_shift_errors, ("face_prob_shifted",), uniform_in_first_epoch=True),
+    "shift_error_axis": Signal(_shift_error_axis, ("z_mean", "face_prob_shifted"),
+                               needs_latent=True, uniform_in_first_epoch=True),
 })
 
 
