@@ -634,8 +634,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "of every run (config.whole_images; minutes per run on a CPU)")
   parser.add_argument("--scan_rows", nargs="+", default=[], metavar="ROW",
                       help="scan the whole PPB portraits and non-face photos with the finished "
-                           "runs of these rows only, after training (RUN/whole_images.json; "
-                           "about 2 min per run on a CPU)")
+                           "runs of these rows only, after training (RUN/whole_images.json, "
+                           "read by every later study of the run; about 2 min per run on a "
+                           "CPU)")
   parser.add_argument("--no_test_sets", action="store_true",
                       help="no extra test sets (not even the default PPB crops)")
   parser.add_argument("--aggregate_only", action="store_true",
@@ -757,10 +758,10 @@ def run_or_load(spec: RunSpec, seed: int, manifest: str | None, workdir: Path,
   summary["seed"] = seed
   summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
                           final["eval"].get("test_sets", {}).items()}
-  whole = final["eval"].get("whole_images") or {}
-  if not whole and spec.name in args.scan_rows:
-    import study_scan
+  import study_scan
 
+  whole = final["eval"].get("whole_images") or study_scan.saved_scan(workdir)
+  if not whole and spec.name in args.scan_rows and not args.aggregate_only:
     whole = study_scan.scan_run(workdir, default_whole_images(Path(args.data_root)))
   summary["whole_images"] = {name: whole_image_summary(figures)
                              for name, figures in whole.items()}

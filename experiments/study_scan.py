@@ -17,6 +17,12 @@ from typing import Any
 SCAN_FILE = "whole_images.json"
 
 
+def saved_scan(workdir: Path) -> dict[str, Any]:
+  """The whole-photo figures scanned after training, ``{}`` when the run has none."""
+  path = workdir / SCAN_FILE
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def scan_run(workdir: Path, fields: Mapping[str, str]) -> dict[str, Any]:
   """Scans a finished run's whole-photo sets, or reads the scan it already has.
 
@@ -28,9 +34,8 @@ def scan_run(workdir: Path, fields: Mapping[str, str]) -> dict[str, Any]:
   Returns:
     ``{set name: figures}`` as in ``metrics['eval']['whole_images']``.
   """
-  path = workdir / SCAN_FILE
-  if path.is_file():
-    return json.loads(path.read_text())
+  if saved_scan(workdir):
+    return saved_scan(workdir)
   from jaxface.checkpoints import load_run
   from jaxface.eval import whole_photos
   from jaxface.train.metric_log import json_default
@@ -41,5 +46,6 @@ def scan_run(workdir: Path, fields: Mapping[str, str]) -> dict[str, Any]:
   sets = whole_photos.load_whole_image_sets(settings, int(config.data.image_size))
   figures = whole_photos.evaluate_sets(variables, sets, settings,
                                        dtype=config.dtype, impl=config.model.impl)
+  path = workdir / SCAN_FILE
   path.write_text(json.dumps(figures, default=json_default))
   return json.loads(path.read_text())

@@ -395,6 +395,10 @@ def test_study_scans_the_runs_of_scan_rows_after_training_as_a_run_would(tmp_pat
   scanned = after["whole_images"]["summary"]["ppb_portraits"]["cnn"]
   in_run = during["whole_images"]["summary"]["ppb_portraits"]["cnn"]
   assert scanned == in_run  # the last checkpoint is the state the run ended with
+  # A later study of the same runs reads the scan, with or without --scan_rows.
+  again = study.main(common + ["--workdir", str(tmp_path / "after"), "--aggregate_only",
+                               "--set", *tiny])
+  assert again["whole_images"]["summary"]["ppb_portraits"]["cnn"] == scanned
   assert {"found_LF", "false_photos", "threshold"} <= set(scanned)
 
 
