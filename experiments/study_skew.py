@@ -45,7 +45,8 @@ def _crop_fields(groups: list[str], fitzpatrick: bool) -> list[tuple[str, str, i
   fields = [("worst @1%FP", "op_worst_rate", 1), ("Var[A] @1%FP", "op_Var_A", 1)]
   fields += [(f"{g} @1%FP", f"op_rate_{g}", 1) for g in groups]
   if fitzpatrick:
-    fields += [("type 6 @1%FP", "fitzpatrick_op_rate_6", 1)]
+    fields += [("type 6 @1%FP", "fitzpatrick_op_rate_6", 1),
+               ("types 1-3 - type 6 @1%FP", "type6_gap", 1)]
   fields += [("worst @0.5", "worst_rate", 1)]
   if fitzpatrick:
     fields += [("type 6 @0.5", "fitzpatrick_rate_6", 1)]
@@ -77,11 +78,21 @@ def per_seed(results: Mapping[str, dict[str, Any]], test_set: str, kind: str
   for set_name, result in results.items():
     for row, runs in result["runs"].items():
       summaries = (list(runs) if kind == "test" else
-                   [{**r[kind][test_set], "seed": r["seed"]} for r in runs
+                   [_with_type6_gap({**r[kind][test_set], "seed": r["seed"]}) for r in runs
                     if test_set in r.get(kind, {})])
       if summaries:
         out.setdefault(row, {})[set_name] = summaries
   return out
+
+
+def _with_type6_gap(summary: dict[str, Any]) -> dict[str, Any]:
+  """``summary`` with ``type6_gap``: the mean rate of Fitzpatrick types 1-3 minus type 6's at
+  the operating point (points), where the set has them."""
+  lighter = [summary.get(f"fitzpatrick_op_rate_{t}") for t in (1, 2, 3)]
+  darkest = summary.get("fitzpatrick_op_rate_6")
+  if darkest is not None and None not in lighter:
+    summary["type6_gap"] = float(np.mean(lighter)) - darkest
+  return summary
 
 
 def _stats(summaries: list[dict[str, Any]], key: str) -> tuple[float, float, int] | None:

@@ -298,3 +298,12 @@ def test_offset_check_scores_the_training_faces_shifted_and_reads_only(tmp_path,
   assert "| 0.2500 |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="not a finished run"):
     script.main([str(tmp_path / "nowhere")])
+
+
+def test_skew_type6_gap_is_types_1_to_3_minus_type_6_where_present():
+  skew = _load("study_skew")
+  rates = {f"fitzpatrick_op_rate_{t}": r for t, r in ((1, 100.0), (2, 98.0), (3, 99.0),
+                                                      (6, 80.0))}
+  assert skew._with_type6_gap(dict(rates))["type6_gap"] == pytest.approx(19.0)
+  del rates["fitzpatrick_op_rate_2"]
+  assert "type6_gap" not in skew._with_type6_gap(dict(rates))
