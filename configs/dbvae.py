@@ -2,19 +2,24 @@
 its latent space, without group labels: at the start of every epoch after the first, the
 faces are drawn by the inverse histogram density of their codes along the latent direction that
 best predicts the classifier's current mistakes (``resampling.signal='error_axis'``: ridge least
-squares on the whitened ``z_mean``, 10 bins, alpha 1e-3; uniform in the first epoch). Latent
-100, batch 32, Adam 5e-4 on a cosine decay, 4 epochs, augmentation on. Without data flags it
-trains on the embedded planted-bias faces (no download):
+squares on the whitened ``z_mean``, 10 bins, alpha 1e-3), tempered to an effective sample size
+of 30% of the faces (``resampling.target_ess``); on the other side of the boundary the 5% of
+the training non-faces it scores most face-like are drawn 10 times as often
+(``resampling.non_face_upweight``). Uniform in the first epoch. Latent 100, batch 32, Adam 5e-4
+on a cosine decay, 4 epochs, augmentation on. Without data flags it trains on the embedded
+planted-bias faces (no download):
 
     python experiments/run.py --config=configs/dbvae.py --workdir=/tmp/jaxface/dbvae
     python experiments/run.py --config=configs/dbvae.py:smoke --workdir=/tmp/jaxface/smoke
 
-Results and how the signal was chosen (on validation data, at 1% false positives):
-experiments/results/study_latent_signals.md. Variants: the classifier's mistakes up-weighted
-without the latent, configs/dbvae_errors.py; the lab's per-dimension latent histograms,
-configs/dbvae_lab.py or ``--config.resampling.signal=latent``; the paper's product of
-densities, ``--config.resampling.signal=latent --config.resampling.combine=product``; the
-capsa lab's bias + epistemic blend, ``--config.resampling.signal=latent+epistemic``.
+Results and how the setting was chosen (on validation data, at 1% false positives):
+experiments/results/study_non_faces_planted.md and study_latent_signals.md. Variants: the
+classifier's mistakes up-weighted without the latent, configs/dbvae_errors.py; the lab's
+per-dimension latent histograms, configs/dbvae_lab.py or ``--config.resampling.signal=latent``;
+the paper's product of densities, ``--config.resampling.signal=latent
+--config.resampling.combine=product``; the capsa lab's bias + epistemic blend,
+``--config.resampling.signal=latent+epistemic``; the latent error axis alone,
+``--config.resampling.target_ess=0 --config.resampling.non_face_upweight=1``.
 """
 
 from jaxface import config as config_lib
@@ -28,5 +33,8 @@ def get_config(arg: str | None = None):
   config.resampling.error_axes = 1
   config.resampling.bins = 10
   config.resampling.alpha = 1e-3
+  config.resampling.target_ess = 0.3
+  config.resampling.non_face_upweight = 10.0
+  config.resampling.non_face_top = 0.05
   config_lib.apply_recommended_training(config)
   return config_lib.with_options(config, arg)

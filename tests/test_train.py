@@ -476,8 +476,10 @@ def test_config_files_and_smoke_option():
     assert (config.num_epochs, config.lr_schedule, config.augment.enabled) == (4, "cosine", True)
     shipped[name] = config
   # the DB-VAE resamples through its latent; the mistakes alone have their own config
-  assert (shipped["dbvae"].resampling.signal, shipped["dbvae"].resampling.error_axes) == (
-      "error_axis", 1)
+  dbvae = shipped["dbvae"].resampling
+  assert (dbvae.signal, dbvae.error_axes, dbvae.alpha, dbvae.target_ess) == (
+      "error_axis", 1, 1e-3, 0.3)
+  assert (dbvae.non_face_upweight, dbvae.non_face_top) == (10.0, 0.05)
   errors = shipped["dbvae_errors"].resampling
   assert (errors.signal, errors.error_upweight) == ("errors", 20.0)
   for name in ("cnn_lab", "dbvae_lab"):  # the labs' recipes stay reachable
