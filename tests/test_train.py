@@ -426,7 +426,8 @@ def test_unknown_field_and_indivisible_batch():
     config_lib.validate_config(tiny_config("dbvae", batch_size=18), 4)
   with pytest.raises(ValueError, match="half faces, half non-faces each"):
     config_lib.validate_config(tiny_config("dbvae", batch_size=20), 4)
-  with pytest.raises(ValueError, match="no latent space: use 'none', 'groups' or 'errors'"):
+  with pytest.raises(ValueError,
+                     match="no latent space: use 'none', 'groups', 'errors' or 'shift_errors'"):
     config_lib.validate_config(tiny_config("cnn", **{"resampling.signal": "latent"}), 1)
   with pytest.raises(ValueError, match="resampling.signal"):
     config_lib.validate_config(tiny_config("dbvae", **{"resampling.signal": "group"}), 1)
