@@ -155,8 +155,9 @@ def _resampling_config() -> ml_collections.ConfigDict:
   # signal 'error_axis' (a VAE): inverse density (bins, alpha, combine) along this many whitened
   # latent directions that predict those errors (jaxface.resampling.error_axes says which).
   resampling.error_axes = 1
-  # signals 'shift_errors' / 'shift_error_axis': the same, with the errors read under strong
-  # photometric shifts of each face (jaxface.inference.PHOTOMETRIC_SHIFTS).
+  # (Signals 'shift_errors' / 'shift_error_axis': the same two, with the errors read under
+  # strong photometric shifts of each face, jaxface.inference.PHOTOMETRIC_SHIFTS.)
+
   # Each epoch's probabilities: momentum * the previous epoch's + (1 - momentum) * the signal's,
   # in [0, 1) (0 = the signal alone).
   resampling.momentum = 0.0
@@ -273,9 +274,9 @@ def _validate_resampling(config: ml_collections.ConfigDict, fail, parts: list[st
     fail("resampling.error_upweight", "must be >= 1")
   if not 0 <= rs.target_ess <= 1:
     fail("resampling.target_ess", "must be in (0, 1], or 0 for no tempering")
-  if not rs.get("non_face_upweight", 1.0) >= 1:
+  if not rs.non_face_upweight >= 1:
     fail("resampling.non_face_upweight", "must be >= 1 (1 = uniform non-faces)")
-  if not 0 < rs.get("non_face_top", 0.05) <= 1:
+  if not 0 < rs.non_face_top <= 1:
     fail("resampling.non_face_top", "must be in (0, 1]")
   if not (rs.max_weight == 0 or rs.max_weight >= 1):
     fail("resampling.max_weight", "must be >= 1 (times the uniform probability), or 0 for no cap")

@@ -22,7 +22,6 @@ from jaxface.resampling.histograms import (COMBINE_MODES, HISTOGRAM_IMPLS, Array
 from jaxface.resampling.latent_axes import (ACTIVE_VARIANCE, active_dimensions,
                                             cluster_probabilities, kmeans,
                                             latent_pca_probabilities, whitened_components)
-from jaxface.resampling import non_faces
 from jaxface.resampling.non_faces import hard_count, hard_non_face_weights
 from jaxface.resampling.registry import (SIGNALS, Signal, blend_weights, face_probabilities,
                                          needed_outputs, signal_parts)

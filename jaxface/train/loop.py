@@ -43,8 +43,7 @@ from jaxface.eval import whole_photos
 from jaxface.sharding import shard_batch
 from jaxface.train import metric_log
 from jaxface.train.batch_norm import recalibrate_batch_norm
-from jaxface.train.resample import (non_face_probabilities, non_face_weights,
-                                    resampling_probabilities)
+from jaxface.train.resample import hard_non_faces, non_face_weights, resampling_probabilities
 from jaxface.train.start import Position, Run, start_run
 
 PyTree = Any
@@ -135,8 +134,8 @@ def _resample_non_faces(run: Run, position: Position) -> None:
   ``position.history['non_face_hard']`` (so a resumed epoch draws the same batches)."""
   config, history = run.config, position.history
   if position.step_in_epoch == 0:
-    hard, info = non_face_probabilities(config, position.state.variables, run.batcher.data,
-                                        run.mesh, position.epoch)
+    hard, info = hard_non_faces(config, position.state.variables, run.batcher.data, run.mesh,
+                                position.epoch)
     history["non_face_hard"] = hard.tolist()
     history.setdefault("non_face_resampling", []).append(info)
     if info["n_hard"]:

@@ -67,11 +67,12 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
   return p, info
 
 
-def non_face_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
-                           train: data_lib.FaceData, mesh: Mesh, epoch: int
-                           ) -> tuple[np.ndarray, dict[str, Any]]:
-  """The epoch-start pass on the other side: the training non-faces scored most face-like
-  drawn ``resampling.non_face_upweight`` times as often (:mod:`jaxface.resampling.non_faces`).
+def hard_non_faces(config: ml_collections.ConfigDict, variables: PyTree,
+                   train: data_lib.FaceData, mesh: Mesh, epoch: int
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+  """The epoch-start pass on the other side: the training non-faces the model scores most
+  face-like, to be drawn ``resampling.non_face_upweight`` times as often
+  (:mod:`jaxface.resampling.non_faces`; the weights: :func:`non_face_weights`).
 
   Args:
     config: the run config (``resampling.non_face_upweight`` / ``non_face_top``,
@@ -94,18 +95,20 @@ def non_face_probabilities(config: ml_collections.ConfigDict, variables: PyTree,
   scores = inference.infer(variables, images, ("face_prob",), mesh=mesh,
                            batch_size=config.eval_batch_size, dtype=compute_dtype(config),
                            impl=config.model.impl)["face_prob"]
-  k = resampling.non_faces.hard_count(len(scores), float(rs.non_face_top))
-  hard, p = resampling.non_faces.hard_non_face_weights(scores, k, float(rs.non_face_upweight))
+  k = resampling.hard_count(len(scores), float(rs.non_face_top))
+  hard, _ = resampling.hard_non_face_weights(scores, k, float(rs.non_face_upweight))
   hard = np.asarray(hard, np.int64)
+  weights = non_face_weights(len(scores), hard, float(rs.non_face_upweight))
   info = {"epoch": epoch, "n_hard": int(k), "n_non_faces": int(len(scores)),
           "min_face_prob_hard": float(scores[hard].min()),
-          "mass_hard": float(np.asarray(p, np.float64)[hard].sum())}
+          "mass_hard": float(weights[hard].sum() / weights.sum())}
   return hard, info
 
 
 def non_face_weights(n: int, hard: np.ndarray, upweight: float) -> np.ndarray | None:
   """(n,) sampling weights: ``upweight`` at the positions ``hard``, 1 elsewhere (None, i.e.
-  uniform, when ``hard`` is empty)."""
+  uniform, when ``hard`` is empty). The batcher's non-face weights, at an epoch's start and on
+  resuming it alike."""
   if not len(hard):
     return None
   weights = np.ones(n, np.float64)
