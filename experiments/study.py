@@ -64,6 +64,8 @@ if str(HERE) not in sys.path:
   sys.path.insert(0, str(HERE))
 
 from jaxface.data import GROUPS  # noqa: E402
+import study_scan  # noqa: E402
+import study_skew  # noqa: E402
 from shared_paths import shared_data_root  # noqa: E402
 
 DARK = ("DF", "DM")
@@ -687,8 +689,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   unknown_rows = sorted(set(args.scan_rows) - {s.name for s in specs})
   if unknown_rows:
     raise SystemExit(f"--scan_rows {unknown_rows[0]}: no study row of that name")
-  if args.scan_rows:
-    default_whole_images(data_root)  # the photos are there
+  scan_fields = default_whole_images(data_root) if args.scan_rows else None
   test_sets = parse_named(args.test_set, "--test_set")
   test_attributes = parse_named(args.test_attributes, "--test_attributes")
   if not test_sets and not args.no_test_sets:
@@ -714,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workdir = root / set_name / spec.name / f"seed{seed}"
         summary = run_or_load(spec, seed, set_manifest, workdir, args, test_sets=test_sets,
                               test_attributes=test_attributes, whole_images=whole_images,
-                              datasets_by_config=datasets_by_config)
+                              scan_fields=scan_fields, datasets_by_config=datasets_by_config)
         if summary is not None:
           runs_by_set[set_name][spec.name].append(summary)
   tables = {"test_sets": test_sets, "test_attributes": test_attributes,
@@ -724,17 +725,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results = {name: write_study(args, Path(train_sets[name]), root / name, runs, **tables,
                                echo=False)
              for name, runs in runs_by_set.items()}
-  import study_skew
-
-  return study_skew.write(root, train_sets, results, argv_text=" ".join(sys.argv[1:]))
+  return study_skew.write(root, train_sets, results,
+                          argv_text=" ".join(sys.argv[1:] if argv is None else argv))
 
 
 def run_or_load(spec: RunSpec, seed: int, manifest: str | None, workdir: Path,
                 args: argparse.Namespace, *, test_sets: dict[str, str],
                 test_attributes: dict[str, str], whole_images: dict[str, str] | None,
+                scan_fields: dict[str, str] | None,
                 datasets_by_config: dict[str, Any]) -> dict[str, Any] | None:
   """Trains one (config, seed) unless its ``metrics.json`` exists, then returns its study
-  figures (None with ``--aggregate_only`` and no finished run)."""
+  figures (None with ``--aggregate_only`` and no finished run). A run of ``--scan_rows``
+  without whole-photo figures is scanned with ``scan_fields`` (``config.whole_images``)."""
   from jaxface import train
 
   done = workdir / "metrics.json"
@@ -758,11 +760,9 @@ def run_or_load(spec: RunSpec, seed: int, manifest: str | None, workdir: Path,
   summary["seed"] = seed
   summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
                           final["eval"].get("test_sets", {}).items()}
-  import study_scan
-
   whole = final["eval"].get("whole_images") or study_scan.saved_scan(workdir)
   if not whole and spec.name in args.scan_rows and not args.aggregate_only:
-    whole = study_scan.scan_run(workdir, default_whole_images(Path(args.data_root)))
+    whole = study_scan.scan_run(workdir, scan_fields)
   summary["whole_images"] = {name: whole_image_summary(figures)
                              for name, figures in whole.items()}
   return summary

@@ -24,7 +24,8 @@ def saved_scan(workdir: Path) -> dict[str, Any]:
 
 
 def scan_run(workdir: Path, fields: Mapping[str, str]) -> dict[str, Any]:
-  """Scans a finished run's whole-photo sets, or reads the scan it already has.
+  """Scans a finished run's whole-photo sets into ``RUN/whole_images.json`` (see
+  :func:`saved_scan` for a scan already made).
 
   Args:
     workdir: the run directory (its latest checkpoint is read, nothing in it is rewritten but
@@ -34,8 +35,6 @@ def scan_run(workdir: Path, fields: Mapping[str, str]) -> dict[str, Any]:
   Returns:
     ``{set name: figures}`` as in ``metrics['eval']['whole_images']``.
   """
-  if saved_scan(workdir):
-    return saved_scan(workdir)
   from jaxface.checkpoints import load_run
   from jaxface.eval import whole_photos
   from jaxface.train.metric_log import json_default
@@ -46,6 +45,6 @@ def scan_run(workdir: Path, fields: Mapping[str, str]) -> dict[str, Any]:
   sets = whole_photos.load_whole_image_sets(settings, int(config.data.image_size))
   figures = whole_photos.evaluate_sets(variables, sets, settings,
                                        dtype=config.dtype, impl=config.model.impl)
-  path = workdir / SCAN_FILE
-  path.write_text(json.dumps(figures, default=json_default))
-  return json.loads(path.read_text())
+  text = json.dumps(figures, default=json_default)
+  (workdir / SCAN_FILE).write_text(text)
+  return json.loads(text)  # as saved_scan will read it

@@ -132,6 +132,7 @@ def test_study_train_sets_axis_tables_figure_and_resume(tmp_path):
     assert "| cnn | 1 |" in (root / name / "study.md").read_text()
   table = (root / "skew.md").read_text()
   assert "Test set `utkface_test`:" in table
+  assert f"    python experiments/study.py --quick --train_sets more={more} few={few}" in table
   assert "| cnn | few | 50.0 | 16 | 1 |" in table
   assert "| dbvae-product-a0.01 | more | 66.7 | 32 | 1 |" in table
   assert set(result["gains_over_cnn"]["utkface_test"]) == {"dbvae-product-a0.01"}
