@@ -88,3 +88,18 @@ def report_of_two_runs(tmp_path: Path, config, other):
   index = report.write_report(tmp_path / "run", compare=[tmp_path / "run_other"],
                               datasets=datasets)
   return result, index
+
+
+def last_checkpoint(workdir: Path, config, n_faces: int):
+  """A run's latest checkpoint as ``(flat parameters, face probabilities, meta)``."""
+  import jax
+  import numpy as np
+
+  from jaxface import checkpoints, train
+
+  ckpts = checkpoints.Checkpoints(Path(workdir) / "checkpoints", keep=config.keep_checkpoints)
+  abstract = jax.eval_shape(lambda: train.create_train_state(
+      jax.random.key(0), config, train.make_optimizer(config)))
+  state, probs, meta = ckpts.restore_latest(abstract, n_faces)
+  ckpts.close()
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)]), probs, meta

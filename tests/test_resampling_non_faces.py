@@ -3,12 +3,11 @@ epochs, checkpoints and resumption."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import last_checkpoint, tiny_config
 
-from jaxface import checkpoints, resampling, train
+from jaxface import resampling, train
 from jaxface import config as config_lib
 from jaxface import data as data_lib
 from jaxface.data import DataError
@@ -93,15 +92,6 @@ def test_bad_non_face_settings_are_refused_by_field(field, value, message):
     config_lib.validate_config(config, 1)
 
 
-def _last_params(workdir, config, n_faces):
-  ckpts = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
-  abstract = jax.eval_shape(lambda: train.create_train_state(
-      jax.random.key(0), config, train.make_optimizer(config)))
-  state, _, meta = ckpts.restore_latest(abstract, n_faces)
-  ckpts.close()
-  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)]), meta
-
-
 def test_a_run_resamples_its_non_faces_and_resumes_exactly(tmp_path):
   config = tiny_config("cnn", **{"resampling.non_face_upweight": 20.0,
                                  "resampling.non_face_top": 0.1})
@@ -122,10 +112,10 @@ def test_a_run_resamples_its_non_faces_and_resumes_exactly(tmp_path):
   # non-faces, from the positions the checkpoint holds.
   train.train_and_evaluate(config, tmp_path / "resumed", datasets, stop_at_step=10)
   n_faces = len(datasets["train"].face_indices())
-  _, meta = _last_params(tmp_path / "resumed", config, n_faces)
+  _, _, meta = last_checkpoint(tmp_path / "resumed", config, n_faces)
   assert meta["step_in_epoch"] == 2 and len(meta["history"]["non_face_hard"]) == second["n_hard"]
   resumed = train.train_and_evaluate(config, tmp_path / "resumed", datasets).metrics
   assert resumed["non_face_resampling"] == full["non_face_resampling"]
-  params_full, _ = _last_params(tmp_path / "full", config, n_faces)
-  params_resumed, _ = _last_params(tmp_path / "resumed", config, n_faces)
+  params_full, _, _ = last_checkpoint(tmp_path / "full", config, n_faces)
+  params_resumed, _, _ = last_checkpoint(tmp_path / "resumed", config, n_faces)
   np.testing.assert_allclose(params_resumed, params_full, rtol=1e-6, atol=1e-7)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
-from jaxface import checkpoints, inference, resampling, sharding, train
+from jaxface import inference, resampling, sharding, train
 from jaxface import config as config_lib
 from jaxface import data as data_lib
 
-from helpers import tiny_config
+from helpers import last_checkpoint, tiny_config
 
 
 def _faces(config):
@@ -90,13 +89,8 @@ def test_momentum_mixes_in_the_batchers_probabilities(monkeypatch):
 
 def _last_checkpoint(workdir, config):
   """(face probabilities, parameters) of a run's latest checkpoint."""
-  n_faces = len(_faces(config))
-  ckpts = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
-  abstract = jax.eval_shape(lambda: train.create_train_state(
-      jax.random.key(0), config, train.make_optimizer(config)))
-  state, probs, _ = ckpts.restore_latest(abstract, n_faces)
-  ckpts.close()
-  return probs, np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+  params, probs, _ = last_checkpoint(workdir, config, len(_faces(config)))
+  return probs, params
 
 
 def test_a_run_with_momentum_resumes_exactly(tmp_path):
