@@ -55,6 +55,10 @@ flags.DEFINE_float("max_false_rate", 0.05, "Largest share of non-face photos wit
 _DEFAULTS = whole_photos.default_whole_images_config()
 flags.DEFINE_float("nms_iou", _DEFAULTS.nms_iou, "Non-maximum suppression: overlap (IoU) above "
                    "which a lower-scoring box is dropped, in (0, 1].")
+flags.DEFINE_string("min_neighbours", _DEFAULTS.min_neighbours,
+                    "Windows needed above the threshold around a detection, itself included "
+                    "(overlap above --nms_iou); several ('1,2,3') are chosen on the validation "
+                    "portraits of --val_nonface.")
 flags.DEFINE_string("val_nonface", "", "Folder of non-face photos whose --val_nonface_rule part "
                     "chooses the threshold (not test photos).")
 flags.DEFINE_string("val_nonface_rule", _DEFAULTS.val_non_face_rule,
@@ -105,15 +109,19 @@ def _photo_entry(result: detect.ScanResult, photo: np.ndarray, png: str,
 
 def scan_and_draw(variables, paths: list[Path], options: detect.ScanOptions, out: Path,
                   mesh: Mesh | None, max_drawn: int, model: dict,
-                  nms_iou: float = _DEFAULTS.nms_iou) -> tuple[dict, dict]:
+                  nms_iou: float = _DEFAULTS.nms_iou,
+                  min_neighbours: int = 1) -> tuple[dict, dict]:
   """Scans the photos, writes a PNG for each; returns (JSON entries, errors) by path.
 
   ``model``: the run's ``dtype`` and ``impl`` (:func:`run_model`); ``nms_iou``: the overlap of
-  the non-maximum suppression.
+  the non-maximum suppression; ``min_neighbours`` > 1: windows are scored by
+  :func:`jaxface.detect.support_scores` (the ``probs`` of the JSON are then those scores).
   """
   results, errors = detect.scan_files(variables, paths, options, mesh,
                                       progress=len(paths) > 20, **model)
   scanned = [str(path) for path in paths if str(path) in results]
+  results = dict(zip(scanned, detect.with_support([results[key] for key in scanned], nms_iou,
+                                                  min_neighbours)))
   kept = detect.nms_detections([results[key] for key in scanned], nms_iou,
                                max_out=max(1, max_drawn))
   entries, taken = {}, set()
@@ -137,7 +145,8 @@ def evaluate(variables, options: detect.ScanOptions, mesh: Mesh | None, model: d
   settings.update({
       "sets": f"ppb={ppb / 'portraits'}", "boxes": f"ppb={ppb / 'faces.csv'}",
       "non_face_photos": FLAGS.nonface, "max_false_rate": FLAGS.max_false_rate,
-      "nms_iou": FLAGS.nms_iou, "val_non_face_photos": FLAGS.val_nonface,
+      "nms_iou": FLAGS.nms_iou, "min_neighbours": FLAGS.min_neighbours,
+      "val_non_face_photos": FLAGS.val_nonface,
       "val_non_face_rule": FLAGS.val_nonface_rule, "val_faces_rule": FLAGS.val_faces_rule,
       "stride_frac": options.stride_frac, "n_scales": options.n_scales,
       "batch_size": options.batch_size})
@@ -177,6 +186,10 @@ def main(argv):
     detect.check_options(options)
     if not 0 < FLAGS.nms_iou <= 1:
       raise ValueError(f"--nms_iou = {FLAGS.nms_iou}: must be in (0, 1]")
+    rules = whole_photos.min_neighbours_candidates({"min_neighbours": FLAGS.min_neighbours})
+    if images and len(rules) > 1:
+      raise ValueError(f"--min_neighbours = {FLAGS.min_neighbours!r}: photos given with "
+                       "--images are scanned under one rule")
   except (OSError, ValueError) as e:
     _error(str(e))
     return 1
@@ -192,7 +205,7 @@ def main(argv):
       except ValueError as e:
         errors[str(item)] = str(e)
     entries, scan_errors = scan_and_draw(variables, paths, options, out, mesh, FLAGS.max_drawn,
-                                         run_model(config), FLAGS.nms_iou)
+                                         run_model(config), FLAGS.nms_iou, rules[0])
     errors.update(scan_errors)
     for message in errors.values():
       _error(message)

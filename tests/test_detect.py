@@ -275,6 +275,56 @@ def test_nms_detections_leave_one_box_per_face():
   assert len(detect.nms_detections([result], 0.3, max_out=1)[0][0]) == 1
 
 
+def reference_support(boxes: np.ndarray, probs: np.ndarray, iou_threshold: float,
+                      k: int) -> np.ndarray:
+  """Support scores in plain NumPy: min(p, k-th highest p among the window's neighbours)."""
+  corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1).astype(np.float64)
+  out = np.zeros(len(probs), np.float32)
+  for i in range(len(probs)):
+    iw = np.clip(np.minimum(corners[i, 2], corners[:, 2]) - np.maximum(corners[i, 0], corners[:, 0]), 0, None)
+    ih = np.clip(np.minimum(corners[i, 3], corners[:, 3]) - np.maximum(corners[i, 1], corners[:, 1]), 0, None)
+    inter = iw * ih
+    union = boxes[i, 2] ** 2 + boxes[:, 2].astype(np.float64) ** 2 - inter
+    neighbours = inter / union > iou_threshold
+    neighbours[i] = True
+    ranked = np.sort(probs[neighbours])[::-1]
+    if len(ranked) >= k:
+      out[i] = min(probs[i], ranked[k - 1])
+  return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_support_scores_are_the_neighbour_reference(k):
+  rng = np.random.default_rng(k)
+  for n in (1, 4, 30, 60):
+    boxes = _random_boxes(rng, n, False)
+    probs = rng.random(n).astype(np.float32)
+    got = np.asarray(detect.support_scores(boxes, probs, 0.3, k))
+    np.testing.assert_array_equal(got, reference_support(boxes, probs, 0.3, k))
+  np.testing.assert_array_equal(detect.support_scores(boxes, probs, 0.3, 1), probs)
+  with pytest.raises(ValueError, match="min_neighbours"):
+    detect.support_scores(boxes, probs, 0.3, 0)
+
+
+def test_support_needs_k_windows_above_the_threshold_around_a_face():
+  # A face found by three overlapping windows; a lone false window scoring higher elsewhere.
+  boxes = np.array([(10, 10, 40), (12, 10, 40), (10, 14, 40), (100, 20, 30)], np.int32)
+  probs = np.array([0.9, 0.95, 0.8, 0.99], np.float32)
+  scan = detect.ScanResult(boxes, probs, boxes[3], 0.99, True, 0.5)
+  lone = detect.ScanResult(boxes[:1], np.array([0.97], np.float32), boxes[0], 0.97, True, 0.5)
+  assert all(a is b for a, b in zip(detect.with_support([scan, lone], 0.3, 1), [scan, lone]))
+  two, lone_two = detect.with_support([scan, lone], 0.3, 2)
+  np.testing.assert_allclose(two.probs, [0.9, 0.9, 0.8, 0.0])
+  assert two.best_box.tolist() == [10, 10, 40] and two.best_prob == pytest.approx(0.9)
+  assert lone_two.best_prob == 0.0 and not lone_two.face_present
+  three, = detect.with_support([scan], 0.3, 3)
+  np.testing.assert_allclose(three.probs, [0.8, 0.8, 0.8, 0.0])
+  # Padded, chunked photos score as each alone.
+  many = detect.with_support([scan, lone] * 5, 0.3, 2, chunk=3)
+  for got, want in zip(many, [two, lone_two] * 5):
+    np.testing.assert_array_equal(got.probs, want.probs)
+
+
 @pytest.mark.parametrize("impl", ["flax", "cpu_fast"])
 def test_scan_classifies_in_the_run_s_dtype_and_impl_as_inference_does(tiny_variables, impl):
   photos = [_photo(70, 100, seed=6)]
@@ -453,3 +503,29 @@ def test_cli_with_only_bad_inputs_fails_with_messages(tmp_path, smoke_run):
               f"--images={tmp_path / 'empty'}")
   assert proc.returncode == 1
   assert "error: " in proc.stderr and "folder holds no image" in proc.stderr
+
+
+def test_cli_min_neighbours_scores_windows_by_their_support(tmp_path, smoke_run):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(_photo(60, 80, 7)).save(photos / "rgb.png")
+  proc = _cli(f"--workdir={smoke_run}", f"--out={tmp_path / 'bad'}", "--min_neighbours=1,2",
+              f"--images={photos}")
+  assert proc.returncode == 1
+  assert "--min_neighbours = '1,2': photos given with --images are scanned under one rule" \
+      in proc.stderr
+  entries = {}
+  for k in (1, 3):
+    out = tmp_path / f"k{k}"
+    proc = _cli(f"--workdir={smoke_run}", f"--out={out}", f"--min_neighbours={k}",
+                "--threshold=0.0", f"--images={photos}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entries[k] = json.loads((out / "detections.json").read_text())["photos"]
+  plain, support = (entries[k][str(photos / "rgb.png")] for k in (1, 3))
+  assert len(plain["detections"]) == plain["n_windows"] == support["n_windows"]  # threshold 0
+  boxes = np.array([d["box"] for d in plain["detections"]], np.int32)
+  probs = np.array([d["prob"] for d in plain["detections"]], np.float32)
+  want = reference_support(boxes, probs, 0.3, 3)
+  got = {tuple(d["box"]): d["prob"] for d in support["detections"]}
+  assert got == pytest.approx({tuple(b): p for b, p in zip(boxes.tolist(), want) if p > 0})
+  assert support["best_prob"] == pytest.approx(want.max())

@@ -297,12 +297,53 @@ def test_validation_photos_choose_the_threshold_and_the_test_photos_measure_it(t
      r"'image_id % M == R'"),
     ({"nms_iou": 0.0}, r"config.whole_images.nms_iou = 0.0: must be in \(0, 1\]"),
     ({"nms_iou": 1.5}, r"config.whole_images.nms_iou = 1.5"),
+    ({"min_neighbours": "0"}, r"config.whole_images.min_neighbours = '0': must be distinct "
+     r"integers >= 1"),
+    ({"min_neighbours": "1,two"}, r"config.whole_images.min_neighbours = '1,two'"),
+    ({"min_neighbours": "2,2"}, r"config.whole_images.min_neighbours = '2,2'"),
+    ({"min_neighbours": "1,2", "val_faces_rule": ""}, r"config.whole_images.min_neighbours = "
+     r"'1,2': several candidates are chosen on validation portraits"),
 ])
 def test_bad_validation_splits_name_the_field(tmp_path, fields, message):
   fields = {k: str(tmp_path / "nonface") if v == "NONFACE" else v for k, v in fields.items()}
   config = _validation_config(tmp_path, **fields)
   with pytest.raises(DataError, match=message):
     whole_photos.load_whole_image_sets(config.whole_images, 32)
+
+
+def test_min_neighbours_candidates_are_chosen_on_the_validation_portraits(tmp_path):
+  config = _validation_config(tmp_path, min_neighbours="1,2,40")
+  sets = whole_photos.load_whole_image_sets(config.whole_images, 32)
+  variables = models.init_variables(jax.random.key(1), latent_dim=0, n_filters=4, image_size=32)
+  figures = whole_photos.evaluate_sets(variables, sets, config.whole_images)["portraits"]
+  rule = figures["decision_rule"]
+  candidates = rule["candidates"]
+  assert sorted(candidates) == ["1", "2", "40"]
+  worst = {k: c["val_summary"]["worst_rate"] for k, c in candidates.items()}
+  best = max(worst.values())
+  assert rule["min_neighbours"] == min(int(k) for k, w in worst.items() if w == best)
+  # Each candidate is the single-rule evaluation of the same scans.
+  for k, candidate in candidates.items():
+    config.whole_images.min_neighbours = k
+    alone = whole_photos.evaluate_sets(variables, sets, config.whole_images)["portraits"]
+    assert alone["threshold"] == candidate["threshold"]
+    assert alone["val"]["summary"] == candidate["val_summary"]
+    assert "candidates" not in alone["decision_rule"]
+    assert alone["decision_rule"]["min_neighbours"] == int(k)
+    if k == str(rule["min_neighbours"]):
+      assert alone["summary"] == figures["summary"]
+  # No photo holds 40 overlapping windows above a threshold: nothing is ever detected.
+  assert candidates["40"]["threshold"] == 0.0
+  assert candidates["40"]["val_false_detections"]["n_with_detection"] == 0
+  json.dumps(figures)
+  line = whole_photos.summary_lines("portraits", figures)[0]
+  assert ("overlapping detections (chosen on the validation portraits)" in line) == (
+      rule["min_neighbours"] > 1)
+  # The study reads the chosen rule and the plain threshold rule beside it.
+  row = load_experiment("study", "_experiments_study_rules").whole_image_summary(figures)
+  assert row["min_neighbours"] == rule["min_neighbours"]
+  assert row["false_photos_k1"] == 100 * candidates["1"]["false_detections"]["rate"]
+  assert row.get("worst_rate_k1") == candidates["1"]["summary"]["worst_rate"]
 
 
 def test_a_portrait_without_an_image_id_is_named(tmp_path):
@@ -400,6 +441,21 @@ def test_study_scans_the_runs_of_scan_rows_after_training_as_a_run_would(tmp_pat
                                "--set", *tiny])
   assert again["whole_images"]["summary"]["ppb_portraits"]["cnn"] == scanned
   assert {"found_LF", "false_photos", "threshold"} <= set(scanned)
+  # A scan made with the fields asked for is read; one made with others is scanned again.
+  saved = tmp_path / "after" / "cnn" / "seed0" / "whole_images.json"
+  figures = json.loads(saved.read_text())
+  assert figures["ppb_portraits"]["scan_fields"]["non_face_photos"] == str(
+      root / "nonface-photos" / "images")
+  before = saved.stat().st_mtime_ns
+  study.main(common + ["--workdir", str(tmp_path / "after"), "--scan_rows", "cnn", "--set",
+                       *tiny])
+  assert saved.stat().st_mtime_ns == before
+  figures["ppb_portraits"]["scan_fields"]["min_iou"] = 0.9
+  figures["ppb_portraits"]["threshold"] = -1.0
+  saved.write_text(json.dumps(figures))
+  rescanned = study.main(common + ["--workdir", str(tmp_path / "after"), "--scan_rows", "cnn",
+                                   "--set", *tiny])
+  assert rescanned["whole_images"]["summary"]["ppb_portraits"]["cnn"] == scanned
 
 
 # ------------------------------------------------------------------------------ PPB and photos

@@ -28,6 +28,13 @@ Fields of ``config.whole_images`` (:func:`default_whole_images_config`):
   without one takes each portrait's group from its PPB-style file name and counts any window.
 * ``non_face_photos`` (``''``): a folder of test photos without faces; required with ``sets``.
 * ``max_false_rate`` (0.05), ``min_iou`` (0.3), ``nms_iou`` (0.3, in (0, 1]): as above.
+* ``min_neighbours`` (``'1'``): windows needed above the threshold around a detection, the
+  window itself included (its neighbours overlap it with IoU above ``nms_iou``;
+  :func:`jaxface.detect.support_scores`); the threshold is chosen on the support scores. Several
+  candidates (``'1,2,3'``) need validation portraits: the one whose validation portraits' worst
+  group is found most often is used (ties: the fewest); each candidate's validation and test
+  figures are kept under ``decision_rule.candidates`` (the test figures of the others are
+  measured, never used to choose).
 * ``val_non_face_photos`` (``''``): a folder of non-face photos (e.g. nonface-photos'
   ``train_images/``) whose files selected by ``val_non_face_rule`` (``'index % 4 == 0'``: every
   4th file by sorted name) set the threshold; none may be a test photo.
@@ -75,6 +82,7 @@ def default_whole_images_config() -> ml_collections.ConfigDict:
       "max_false_rate": 0.05,
       "min_iou": 0.3,
       "nms_iou": 0.3,
+      "min_neighbours": "1",
       "val_non_face_photos": "",
       "val_non_face_rule": "index % 4 == 0",
       "val_faces_rule": "image_id % 4 == 0",
@@ -112,6 +120,24 @@ def scan_options(config: ml_collections.ConfigDict, input_size: int) -> detect.S
                             batch_size=int(config.batch_size), input_size=int(input_size))
 
 
+def min_neighbours_candidates(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The ``config.whole_images.min_neighbours`` candidates (``'2'``, ``'1,2,3'`` or an int).
+
+  Raises:
+    DataError: naming the field, for anything but distinct integers >= 1.
+  """
+  value = setting(config, "min_neighbours")
+  try:
+    candidates = tuple(int(word) for word in str(value).split(","))
+  except ValueError:
+    candidates = ()
+  if (isinstance(value, (bool, float)) or not candidates or min(candidates) < 1
+      or len(set(candidates)) != len(candidates)):
+    raise DataError(f"config.whole_images.min_neighbours = {value!r}: must be distinct "
+                    "integers >= 1, e.g. '1' or '1,2,3'")
+  return candidates
+
+
 def check_settings(config: ml_collections.ConfigDict, input_size: int) -> detect.ScanOptions:
   """The scan options of ``config.whole_images``, after checking its numeric fields.
 
@@ -125,6 +151,7 @@ def check_settings(config: ml_collections.ConfigDict, input_size: int) -> detect
     value = setting(config, field)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
       raise DataError(f"config.whole_images.{field} = {value!r}: must be in (0, 1]")
+  min_neighbours_candidates(config)
   options = scan_options(config, input_size)
   try:
     detect.check_options(options)
@@ -181,6 +208,10 @@ def load_whole_image_sets(config: ml_collections.ConfigDict, input_size: int,
                     "needed for config.whole_images.sets (false detections are counted on it)")
   non_faces = folder_photos(config.non_face_photos, "whole_images.non_face_photos")
   test, val, val_non_faces = validation_split(config, photos, non_faces)
+  if len(min_neighbours_candidates(config)) > 1 and not val:
+    raise DataError(f"config.whole_images.min_neighbours = {config.min_neighbours!r}: several "
+                    "candidates are chosen on validation portraits; set "
+                    "config.whole_images.val_non_face_photos and val_faces_rule")
   return WholeImageSets(test, {name: faces.get(name, {}) for name in sets}, non_faces, options,
                         val, val_non_faces)
 
@@ -214,12 +245,15 @@ def setting(config: ml_collections.ConfigDict, field: str) -> Any:
   return config.get(field, default_whole_images_config()[field])
 
 
-def decision_rule(sets: WholeImageSets, config: ml_collections.ConfigDict) -> dict[str, Any]:
+def decision_rule(sets: WholeImageSets, config: ml_collections.ConfigDict,
+                  min_neighbours: int = 1) -> dict[str, Any]:
   """How the threshold was chosen and which photos were held out (JSON-ready)."""
   held_out = bool(sets.val_non_face_photos)
+  support = (f" in support score (at least {min_neighbours} overlapping windows above it)"
+             if min_neighbours > 1 else "")
   return {
-      "rule": "a window is detected when its probability is above the threshold; the "
-              f"threshold leaves at most {float(config.max_false_rate):g} of the "
+      "rule": f"a window is detected when its probability{support} is above the threshold; "
+              f"the threshold leaves at most {float(config.max_false_rate):g} of the "
               f"{'validation' if held_out else 'test'} non-face photos with a detection",
       "threshold_photos": "val_non_face_photos" if held_out else "non_face_photos",
       "n_threshold_photos": len(sets.val_non_face_photos if held_out else sets.non_face_photos),
@@ -227,6 +261,7 @@ def decision_rule(sets: WholeImageSets, config: ml_collections.ConfigDict) -> di
       "val_non_face_rule": str(config.val_non_face_rule) if held_out else None,
       "val_faces_rule": str(config.val_faces_rule) if sets.val_photos else None,
       "nms_iou": float(setting(config, "nms_iou")),
+      "min_neighbours": int(min_neighbours),
   }
 
 
@@ -240,13 +275,47 @@ def _boxes_after_nms(figures: dict[str, Any], scans: Mapping[str, detect.ScanRes
                                    else None)
 
 
-def _validation_figures(scans: Mapping[str, detect.ScanResult], faces: Mapping[str, Any],
-                        val_max_probs: Mapping[str, float], threshold: float,
-                        min_iou: float) -> dict[str, Any]:
-  """The validation portraits' and photos' figures at the chosen threshold."""
-  found = faces_found(scans, faces, threshold, min_iou)
-  return {"n_photos": len(scans), "false_detections": false_detections(val_max_probs, threshold),
-          "faces_found": found, "summary": group_figures(found["all"])}
+def _best_scores(scans: Mapping[str, detect.ScanResult]) -> dict[str, float]:
+  """File name -> the highest window score of each scanned photo."""
+  return {Path(key).name: r.best_prob for key, r in scans.items()}
+
+
+def _rule_figures(scans: Mapping[str, Mapping[str, detect.ScanResult]], faces: Mapping[str, Any],
+                  config: ml_collections.ConfigDict, min_neighbours: int,
+                  default_threshold: float) -> dict[str, Any]:
+  """The figures of one set under one ``min_neighbours`` rule, from finished scans.
+
+  ``scans`` holds ``'test'`` (the portraits), ``'non_face_photos'`` and, where there are
+  validation photos, ``'val'`` (portraits) and ``'val_non_face_photos'``.
+  """
+  nms_iou = float(setting(config, "nms_iou"))
+  scored = {part: dict(zip(photos, detect.with_support(list(photos.values()), nms_iou,
+                                                       min_neighbours)))
+            for part, photos in scans.items()}
+  threshold = None
+  if "val_non_face_photos" in scored:
+    threshold, _ = threshold_at_fpr(list(_best_scores(scored["val_non_face_photos"]).values()),
+                                    float(config.max_false_rate))
+  figures = whole_image_figures(scored["test"], faces, _best_scores(scored["non_face_photos"]),
+                                default_threshold, float(config.max_false_rate),
+                                float(config.min_iou), threshold=threshold)
+  _boxes_after_nms(figures, scored["test"], nms_iou)
+  if "val" in scored:
+    found = faces_found(scored["val"], faces, figures["threshold"], float(config.min_iou))
+    figures["val"] = {
+        "n_photos": len(scored["val"]), "faces_found": found,
+        "false_detections": false_detections(_best_scores(scored["val_non_face_photos"]),
+                                             figures["threshold"]),
+        "summary": group_figures(found["all"])}
+  return figures
+
+
+def _chosen(by_rule: Mapping[int, dict[str, Any]]) -> int:
+  """The rule whose validation portraits' worst group is found most often (ties: fewest)."""
+  def key(k):
+    worst = by_rule[k].get("val", {}).get("summary", {}).get("worst_rate")
+    return (-1.0 if worst is None else worst, -k)
+  return max(by_rule, key=key)
 
 
 def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collections.ConfigDict,
@@ -257,7 +326,8 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
   Args:
     variables: model variables.
     sets: :func:`load_whole_image_sets` (or sets made by hand, e.g. one of PPB portraits).
-    config: ``config.whole_images`` (``max_false_rate``, ``min_iou``, ``nms_iou``, the rules).
+    config: ``config.whole_images`` (``max_false_rate``, ``min_iou``, ``nms_iou``,
+      ``min_neighbours``, the rules).
     mesh: the device mesh the window batches are sharded over.
     progress: progress bars over photos.
     dtype: the compute dtype of the scan (the run's ``config.dtype``).
@@ -265,39 +335,41 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
 
   Returns:
     ``{name: figures}``: :func:`whole_image_figures` of the test portraits (at the threshold
-    of the validation photos where there are some), plus ``boxes_per_portrait`` (after NMS),
-    ``decision_rule``, ``errors`` (unreadable photos by path: they are skipped),
-    ``n_photos``, ``options`` and, with validation portraits, ``val``.
+    of the validation photos where there are some) under the chosen ``min_neighbours``, plus
+    ``boxes_per_portrait`` (after NMS), ``decision_rule``, ``errors`` (unreadable photos by
+    path: they are skipped), ``n_photos``, ``options`` and, with validation portraits, ``val``.
   """
   scan = dict(options=sets.options, mesh=mesh, progress=progress, dtype=dtype, impl=impl)
-  errors, max_probs = {}, {}
+  errors, non_face_scans = {}, {}
   for field, photos in (("val_non_face_photos", sets.val_non_face_photos),
                         ("non_face_photos", sets.non_face_photos)):
     if photos:
-      try:
-        max_probs[field], field_errors = non_face_max_probs(variables, photos, **scan)
-      except DataError as err:
-        raise DataError(f"config.whole_images.{field}: {err}") from None
+      non_face_scans[field], field_errors = detect.scan_files(variables, photos, **scan)
+      if not non_face_scans[field]:
+        raise DataError(f"config.whole_images.{field}: none of the {len(photos)} non-face "
+                        "photos could be read")
       errors.update(field_errors)
-  threshold = None
-  if "val_non_face_photos" in max_probs:
-    threshold, _ = threshold_at_fpr(list(max_probs["val_non_face_photos"].values()),
-                                    float(config.max_false_rate))
+  candidates = min_neighbours_candidates(config)
   out = {}
   for name, photos in sets.photos.items():
-    scans, set_errors = detect.scan_files(variables, photos, **scan)
-    figures = whole_image_figures(scans, sets.faces[name], max_probs["non_face_photos"],
-                                  sets.options.threshold, float(config.max_false_rate),
-                                  float(config.min_iou), threshold=threshold)
-    _boxes_after_nms(figures, scans, float(setting(config, "nms_iou")))
-    figures.update(decision_rule=decision_rule(sets, config), n_photos=len(photos),
-                   options=sets.options._asdict())
+    scans = dict(non_face_scans)
+    scans["test"], set_errors = detect.scan_files(variables, photos, **scan)
     if sets.val_photos:
-      val_scans, val_errors = detect.scan_files(variables, sets.val_photos[name], **scan)
+      scans["val"], val_errors = detect.scan_files(variables, sets.val_photos[name], **scan)
       set_errors.update(val_errors)
-      figures["val"] = _validation_figures(val_scans, sets.faces[name],
-                                           max_probs["val_non_face_photos"],
-                                           figures["threshold"], float(config.min_iou))
+    by_rule = {k: _rule_figures(scans, sets.faces[name], config, k, sets.options.threshold)
+               for k in candidates}
+    chosen = _chosen(by_rule)
+    figures = by_rule[chosen]
+    figures.update(decision_rule=decision_rule(sets, config, chosen), n_photos=len(photos),
+                   options=sets.options._asdict())
+    if len(candidates) > 1:
+      figures["decision_rule"]["candidates"] = {
+          str(k): {"threshold": f["threshold"], "val_summary": f["val"]["summary"],
+                   "val_false_detections": f["val"]["false_detections"],
+                   "summary": f["summary"], "faces_found": f["faces_found"]["all"],
+                   "false_detections": f["false_detections"]}
+          for k, f in by_rule.items()}
     figures["errors"] = {**errors, **set_errors}
     out[name] = figures
   return out
@@ -312,6 +384,10 @@ def summary_lines(name: str, figures: Mapping[str, Any]) -> list[str]:
     vd = figures["val"]["false_detections"] if "val" in figures else None
     chosen = (f" set on {rule['n_threshold_photos']} validation non-face photos"
               + (f" ({vd['n_with_detection']} with a detection)" if vd else "") + "; test")
+  if rule.get("min_neighbours", 1) > 1:
+    chosen = (f" on windows with at least {rule['min_neighbours'] - 1} overlapping detections"
+              f"{' (chosen on the validation portraits)' if 'candidates' in rule else ''},"
+              + chosen)
   lines = [f"-- whole images {name}: {len(figures['portraits'])} photos scanned"
            + (f", {len(figures['errors'])} unreadable skipped" if figures.get("errors") else "")
            + f"; threshold {figures['threshold']:.4f}{chosen} ({fd['n_with_detection']}/"
