@@ -13,6 +13,7 @@ from jaxface import data, detect, models, train
 from jaxface.data import DataError
 from jaxface.data.ppb import portrait_id
 from jaxface.eval import operating_point, whole_photos
+from jaxface.report import set_sections
 
 from helpers import load_experiment, report_of_two_runs, shared_data_dir, tiny_config
 
@@ -383,6 +384,17 @@ def test_report_has_a_whole_image_section_with_examples(tmp_path):
   mine = result.metrics["eval"]["whole_images"]["portraits"]
   assert section["cnn-a"]["faces_found"] == mine["faces_found"]
   assert section["cnn-a"]["threshold"] == mine["threshold"]
+  # The test non-face photos scoring highest, highest first, marked where one is a detection.
+  worst = mine["false_windows"]
+  assert 0 < len(worst) <= whole_photos.FALSE_WINDOWS
+  probs = [w["best_prob"] for w in worst]
+  assert probs == sorted(probs, reverse=True)
+  assert [w["detected"] for w in worst] == [p > mine["threshold"] for p in probs]
+  assert {Path(w["file"]).name for w in worst if w["detected"]} == set(
+      mine["false_detections"]["photos_with_detection"])
+  rows = set_sections._example_portraits(mine, 3)
+  assert rows[-1][0] == "non-face" and len(rows[-1][1]) == min(3, len(worst))
+  assert [e["found"] for e in rows[-1][1]] == [not w["detected"] for w in worst[:3]]
   for slug in ("cnn-a", "cnn-b"):
     png = index.parent / f"{slug}_portraits_examples.png"
     assert png.stat().st_size > 0

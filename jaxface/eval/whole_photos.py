@@ -63,13 +63,14 @@ from jax.sharding import Mesh
 from jaxface import detect
 from jaxface.data import DataError, load_face_boxes, parse_named_paths
 from jaxface.eval.formatting import percent
-from jaxface.eval.operating_point import threshold_at_fpr
+from jaxface.eval.operating_point import detected, threshold_at_fpr
 # The figures are part of this module's interface.
 from jaxface.eval.photo_figures import (false_detections, faces_found,  # noqa: F401
                                         group_figures, iou, whole_image_figures)
 from jaxface.eval.photo_splits import folder_photos, validation_split
 
 PyTree = Any
+FALSE_WINDOWS = 8  # the highest-scoring test non-face photos kept for the report
 
 
 def default_whole_images_config() -> ml_collections.ConfigDict:
@@ -280,6 +281,15 @@ def _best_scores(scans: Mapping[str, detect.ScanResult]) -> dict[str, float]:
   return {Path(key).name: r.best_prob for key, r in scans.items()}
 
 
+def _false_windows(scans: Mapping[str, detect.ScanResult], threshold: float,
+                   n: int = FALSE_WINDOWS) -> list[dict[str, Any]]:
+  """The ``n`` non-face photos with the highest best window: file, box, score, detected."""
+  worst = sorted(scans.items(), key=lambda item: (-item[1].best_prob, item[0]))[:n]
+  return [{"file": str(key), "best_box": [int(v) for v in r.best_box],
+           "best_prob": float(r.best_prob), "detected": bool(detected(r.best_prob, threshold))}
+          for key, r in worst]
+
+
 def _rule_figures(scans: Mapping[str, Mapping[str, detect.ScanResult]], faces: Mapping[str, Any],
                   config: ml_collections.ConfigDict, min_neighbours: int,
                   default_threshold: float) -> dict[str, Any]:
@@ -300,6 +310,7 @@ def _rule_figures(scans: Mapping[str, Mapping[str, detect.ScanResult]], faces: M
                                 default_threshold, float(config.max_false_rate),
                                 float(config.min_iou), threshold=threshold)
   _boxes_after_nms(figures, scored["test"], nms_iou)
+  figures["false_windows"] = _false_windows(scored["non_face_photos"], figures["threshold"])
   if "val" in scored:
     found = faces_found(scored["val"], faces, figures["threshold"], float(config.min_iou))
     figures["val"] = {
@@ -336,7 +347,8 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
   Returns:
     ``{name: figures}``: :func:`whole_image_figures` of the test portraits (at the threshold
     of the validation photos where there are some) under the chosen ``min_neighbours``, plus
-    ``boxes_per_portrait`` (after NMS), ``decision_rule``, ``errors`` (unreadable photos by
+    ``boxes_per_portrait`` (after NMS), ``false_windows`` (the test non-face photos with the
+    highest best window, highest first), ``decision_rule``, ``errors`` (unreadable photos by
     path: they are skipped), ``n_photos``, ``options`` and, with validation portraits, ``val``.
   """
   scan = dict(options=sets.options, mesh=mesh, progress=progress, dtype=dtype, impl=impl)

@@ -200,6 +200,16 @@ def _example_portraits(figures: dict, per_group: int) -> list[tuple[str, list[di
                      "prob": entries[i]["best_prob"], "found": entries[i]["found"]})
     if photos:
       rows.append((group, photos))
+  false_photos = []  # the non-face photos scoring highest: red where one is a detection
+  for entry in figures.get("false_windows", [])[:per_group]:
+    try:
+      photo = detect.read_photo(entry["file"])
+    except ValueError:
+      continue
+    false_photos.append({"photo": photo, "box": entry["best_box"], "prob": entry["best_prob"],
+                         "found": not entry["detected"]})
+  if false_photos:
+    rows.append(("non-face", false_photos))
   return rows
 
 
@@ -238,5 +248,6 @@ def whole_image_section(page: page_lib.Page, name: str, runs: Sequence[RunArtifa
     page.figure(path, f"{run.name} on {name}: photos of each group, from its lowest to its "
                 "highest best-window score, with the best window (green: the face is found at "
                 f"the threshold {figures['threshold']:.5f}; red: missed) and its face "
-                "probability.", run.name)
+                "probability; last row: the test non-face photos with the highest-scoring "
+                "windows (red: a false detection).", run.name)
   return {r.name: f for r, f in zip(runs, figures_list) if f}
