@@ -15,7 +15,8 @@ Boxes are ``(x0, y0, side)`` in photo pixels (x0 from the left, y0 from the top)
 detection when its face probability is above the threshold
 (:func:`jaxface.eval.operating_point.detected`, the rule of every evaluation); greedy
 non-maximum suppression (:func:`nms`, jitted on padded arrays, vmapped over photos by
-:func:`nms_detections`) leaves one box per face. Whole-photo evaluation (faces found on
+:func:`nms_detections`) leaves one box per face, and :func:`support_scores` lets a detection
+need several overlapping windows (both in :mod:`jaxface.boxes`, re-exported here). Whole-photo evaluation (faces found on
 portraits at a threshold calibrated on non-face photos) is :mod:`jaxface.eval.whole_photos`.
 """
 
@@ -35,6 +36,9 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from jaxface import models
+# Boxes, NMS and neighbour support are part of this module's interface.
+from jaxface.boxes import (box_corners, corner_iou, nms, nms_detections,  # noqa: F401
+                           support_scores, with_support)  # noqa: F401
 from jaxface.data import IMAGE_EXTENSIONS, DataError
 from jaxface.eval.operating_point import detected
 from jaxface.pyramid import cut_windows, make_atlas, pad_to_canvas, scan_layout, window_batches
@@ -152,196 +156,8 @@ def scan_image(variables: PyTree, image: np.ndarray, options: ScanOptions = Scan
 
 
 # --------------------------------------------------------------------------------------------
-# Non-maximum suppression
+# Detections
 # --------------------------------------------------------------------------------------------
-
-
-def box_corners(boxes: Any, xp: Any = np) -> Any:
-  """Boxes as corners: (..., 3) squares ``(x0, y0, side)`` or (..., 4) ``(x0, y0, x1, y1)``.
-
-  Args:
-    boxes: (..., 3) or (..., 4) boxes (NumPy or JAX, as ``xp``).
-    xp: ``numpy`` or ``jax.numpy``.
-
-  Returns:
-    (..., 4) ``(x0, y0, x1, y1)``.
-  """
-  if boxes.shape[-1] == 4:
-    return boxes
-  if boxes.shape[-1] != 3:
-    raise ValueError(f"boxes must be (..., 3) squares or (..., 4) corners, got {boxes.shape}")
-  return xp.concatenate([boxes[..., :2], boxes[..., :2] + boxes[..., 2:3]], axis=-1)
-
-
-def corner_iou(box: Any, boxes: Any, xp: Any = np) -> Any:
-  """Intersection over union of one corner box (4,) with many (N, 4); 0 where both are empty."""
-  iw = xp.clip(xp.minimum(box[2], boxes[:, 2]) - xp.maximum(box[0], boxes[:, 0]), 0, None)
-  ih = xp.clip(xp.minimum(box[3], boxes[:, 3]) - xp.maximum(box[1], boxes[:, 1]), 0, None)
-  inter = iw * ih
-  union = ((box[2] - box[0]) * (box[3] - box[1])
-           + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
-  return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("max_out",))
-def nms(boxes: jax.Array, scores: jax.Array, iou_threshold: float | jax.Array, max_out: int,
-        valid: jax.Array | None = None) -> jax.Array:
-  """Greedy non-maximum suppression on fixed-size (padded) arrays; vmappable over photos.
-
-  The highest-scoring box left is kept, and every box left that overlaps it with IoU above
-  ``iou_threshold`` is dropped, until ``max_out`` boxes are kept or none is left. Equal scores
-  go by index.
-
-  Args:
-    boxes: (N, 3) squares ``(x0, y0, side)`` as the scanner gives them, or (N, 4) corners.
-    scores: (N,) scores (face probabilities).
-    iou_threshold: overlap above which a lower-scoring box is dropped, in (0, 1].
-    max_out: the most boxes kept (static).
-    valid: (N,) bool; boxes that are not valid (padding, or below a detection threshold) are
-      never kept and drop nothing. Default: every box.
-
-  Returns:
-    (max_out,) int32 indices into ``boxes`` of the kept boxes, highest score first, then -1.
-  """
-  if boxes.shape[0] == 0:
-    return jnp.full((max_out,), -1, jnp.int32)
-  order = jnp.argsort(-scores, stable=True)
-  corners = box_corners(jnp.asarray(boxes, jnp.float32), jnp)[order]
-  alive = (jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool))[order]
-
-  def keep_next(i, carry):
-    alive, kept = carry
-    first = jnp.argmax(alive)  # the first alive box in score order
-    found = alive[first]
-    overlaps = corner_iou(corners[first], corners, jnp) > iou_threshold
-    alive = jnp.where(found, alive & ~overlaps, alive).at[first].set(False)
-    return alive, kept.at[i].set(jnp.where(found, order[first], -1).astype(jnp.int32))
-
-  _, kept = jax.lax.fori_loop(0, max_out, keep_next,
-                              (alive, jnp.full((max_out,), -1, jnp.int32)))
-  return kept
-
-
-@functools.partial(jax.jit, static_argnames=("max_out",))
-def _nms_photos(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
-                iou_threshold: jax.Array, max_out: int) -> jax.Array:
-  """:func:`nms` of each photo: (P, N, 3), (P, N), (P, N) -> (P, max_out)."""
-  return jax.vmap(lambda b, p, v: nms(b, p, iou_threshold, max_out, v))(boxes, scores, valid)
-
-
-def _bucket(n: int) -> int:
-  """``n`` rounded up to a power of two (at least 16): few shapes to compile."""
-  return max(16, 1 << (max(n, 1) - 1).bit_length())
-
-
-def nms_detections(results: Sequence[ScanResult], iou_threshold: float,
-                   threshold: float | None = None, max_out: int = 64
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-  """The detections of each scan after :func:`nms`: one box per face, highest first.
-
-  The photos' windows are padded to one size and suppressed in one vmapped call.
-
-  Args:
-    results: scans of photos.
-    iou_threshold: the NMS overlap, in (0, 1].
-    threshold: the detection threshold (default: each scan's); ``-inf`` keeps every window.
-    max_out: the most boxes kept per photo.
-
-  Returns:
-    Per photo ``(boxes (D, 3) int32, probs (D,) float32)``, D <= ``max_out``.
-  """
-  if not results:
-    return []
-  n = _bucket(max(len(r.boxes) for r in results))
-  boxes = np.zeros((len(results), n, 3), np.int32)
-  probs = np.zeros((len(results), n), np.float32)
-  valid = np.zeros((len(results), n), bool)
-  for i, r in enumerate(results):
-    t = r.threshold if threshold is None else threshold
-    boxes[i, :len(r.boxes)], probs[i, :len(r.probs)] = r.boxes, r.probs
-    valid[i, :len(r.probs)] = detected(r.probs, t)
-  kept = np.asarray(_nms_photos(boxes, probs, valid, jnp.float32(iou_threshold), max_out))
-  out = []
-  for r, k in zip(results, kept):
-    k = k[k >= 0]
-    out.append((r.boxes[k], r.probs[k]))
-  return out
-
-
-@functools.partial(jax.jit, static_argnames=("min_neighbours",))
-def support_scores(boxes: jax.Array, probs: jax.Array, iou_threshold: float | jax.Array,
-                   min_neighbours: int, valid: jax.Array | None = None) -> jax.Array:
-  """Each window's score when a detection needs ``min_neighbours`` overlapping detections.
-
-  A window's neighbours are itself and the windows overlapping it with IoU above
-  ``iou_threshold``; its support score is the lower of its probability and the
-  ``min_neighbours``-th highest probability among its neighbours. A window is above a threshold
-  in support score exactly when it and at least ``min_neighbours - 1`` of its neighbours are
-  above it in probability (the grouping rule of classical cascades), so every threshold rule
-  applies to these scores unchanged. ``min_neighbours`` 1 gives the probabilities back.
-
-  Args:
-    boxes: (N, 3) squares ``(x0, y0, side)`` or (N, 4) corners.
-    probs: (N,) face probabilities.
-    iou_threshold: the overlap above which two windows are neighbours.
-    min_neighbours: windows (the window itself included) needed above a threshold (static).
-    valid: (N,) bool; invalid windows (padding) neither count as neighbours nor score.
-
-  Returns:
-    (N,) float32 support scores; 0 (never a detection: thresholds are scores, >= 0) for a
-    window with fewer than ``min_neighbours`` valid neighbours, and for an invalid one.
-  """
-  if min_neighbours < 1:
-    raise ValueError(f"min_neighbours must be >= 1, got {min_neighbours}")
-  probs = jnp.asarray(probs, jnp.float32)
-  valid = jnp.ones(probs.shape, bool) if valid is None else jnp.asarray(valid, bool)
-  scores = jnp.where(valid, probs, 0.0)
-  if min_neighbours == 1 or probs.shape[0] == 0:
-    return scores
-  corners = box_corners(jnp.asarray(boxes, jnp.float32), jnp)
-  iou = jax.vmap(lambda box: corner_iou(box, corners, jnp))(corners)  # (N, N)
-  neighbours = (iou > iou_threshold) | jnp.eye(probs.shape[0], dtype=bool)
-  neighbour_probs = jnp.where(neighbours & valid[None, :], scores[None, :], -jnp.inf)
-  columns = jnp.arange(probs.shape[0])
-  for _ in range(min(min_neighbours, probs.shape[0]) - 1):  # drop the highest k - 1 (k small;
-    top = jnp.argmax(neighbour_probs, axis=1)  # 15x faster than lax.top_k on a CPU)
-    neighbour_probs = jnp.where(columns[None, :] == top[:, None], -jnp.inf, neighbour_probs)
-  kth = jnp.max(neighbour_probs, axis=1)
-  if min_neighbours > probs.shape[0]:  # fewer windows in the photo than needed
-    kth = jnp.zeros_like(kth)
-  return jnp.where(valid, jnp.maximum(jnp.minimum(scores, kth), 0.0), 0.0)
-
-
-def with_support(results: Sequence[ScanResult], iou_threshold: float, min_neighbours: int,
-                 chunk: int = 16) -> list[ScanResult]:
-  """Scans whose probabilities are replaced by :func:`support_scores` (1: unchanged).
-
-  The photos' windows are padded to one size and scored in vmapped chunks of ``chunk`` photos;
-  ``best_box`` / ``best_prob`` / ``face_present`` follow the new scores.
-  """
-  if min_neighbours == 1 or not results:
-    return list(results)
-  n = _bucket(max(len(r.boxes) for r in results))
-  score = jax.jit(jax.vmap(lambda b, p, iou, v: support_scores(b, p, iou, min_neighbours, v),
-                           in_axes=(0, 0, None, 0)))
-  out = []
-  for start in range(0, len(results), chunk):
-    part = results[start:start + chunk]
-    boxes = np.zeros((len(part), n, 3), np.int32)
-    probs = np.zeros((len(part), n), np.float32)
-    valid = np.zeros((len(part), n), bool)
-    for i, r in enumerate(part):
-      boxes[i, :len(r.boxes)], probs[i, :len(r.probs)], valid[i, :len(r.probs)] = (
-          r.boxes, r.probs, True)
-    scores = np.asarray(score(boxes, probs, jnp.float32(iou_threshold), valid))
-    for r, s in zip(part, scores):
-      s = s[:len(r.probs)]
-      best = int(np.argmax(s)) if len(s) else 0
-      best_prob = float(s[best]) if len(s) else 0.0
-      out.append(r._replace(probs=s, best_box=r.boxes[best] if len(s) else r.best_box,
-                            best_prob=best_prob,
-                            face_present=bool(detected(best_prob, r.threshold))))
-  return out
 
 
 def detections(result: ScanResult, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
