@@ -138,6 +138,33 @@ def nms_detections(results: Sequence[ScanResult], iou_threshold: float,
   return out
 
 
+def _support_rules(boxes: jax.Array, probs: jax.Array, iou_threshold: float | jax.Array,
+                   rules: tuple[int, ...], valid: jax.Array | None = None) -> jax.Array:
+  """:func:`support_scores` of every rule in ``rules`` (ascending), in one pass: (R, N)."""
+  probs = jnp.asarray(probs, jnp.float32)
+  valid = jnp.ones(probs.shape, bool) if valid is None else jnp.asarray(valid, bool)
+  scores = jnp.where(valid, probs, 0.0)
+  n = probs.shape[0]
+  if rules[-1] == 1 or n == 0:
+    return jnp.broadcast_to(scores, (len(rules), n))
+  corners = box_corners(jnp.asarray(boxes, jnp.float32), jnp)
+  iou = jax.vmap(lambda box: corner_iou(box, corners, jnp))(corners)  # (N, N)
+  neighbours = (iou > iou_threshold) | jnp.eye(n, dtype=bool)
+  neighbour_probs = jnp.where(neighbours & valid[None, :], scores[None, :], -jnp.inf)
+  columns = jnp.arange(n)
+  kth = {}
+  for k in range(1, min(rules[-1], n) + 1):  # the k-th highest: drop the highest k - 1 (k
+    if k > 1:  # small; argmax passes are 15x faster than lax.top_k on a CPU)
+      top = jnp.argmax(neighbour_probs, axis=1)
+      neighbour_probs = jnp.where(columns[None, :] == top[:, None], -jnp.inf, neighbour_probs)
+    if k in rules:
+      kth[k] = jnp.max(neighbour_probs, axis=1)
+  out = [jnp.where(valid, jnp.maximum(jnp.minimum(scores, kth[k]), 0.0), 0.0) if k <= n
+         else jnp.zeros_like(scores)  # fewer windows in the photo than needed
+         for k in rules]
+  return jnp.stack(out)
+
+
 @functools.partial(jax.jit, static_argnames=("min_neighbours",))
 def support_scores(boxes: jax.Array, probs: jax.Array, iou_threshold: float | jax.Array,
                    min_neighbours: int, valid: jax.Array | None = None) -> jax.Array:
@@ -163,52 +190,63 @@ def support_scores(boxes: jax.Array, probs: jax.Array, iou_threshold: float | ja
   """
   if min_neighbours < 1:
     raise ValueError(f"min_neighbours must be >= 1, got {min_neighbours}")
-  probs = jnp.asarray(probs, jnp.float32)
-  valid = jnp.ones(probs.shape, bool) if valid is None else jnp.asarray(valid, bool)
-  scores = jnp.where(valid, probs, 0.0)
-  if min_neighbours == 1 or probs.shape[0] == 0:
-    return scores
-  corners = box_corners(jnp.asarray(boxes, jnp.float32), jnp)
-  iou = jax.vmap(lambda box: corner_iou(box, corners, jnp))(corners)  # (N, N)
-  neighbours = (iou > iou_threshold) | jnp.eye(probs.shape[0], dtype=bool)
-  neighbour_probs = jnp.where(neighbours & valid[None, :], scores[None, :], -jnp.inf)
-  columns = jnp.arange(probs.shape[0])
-  for _ in range(min(min_neighbours, probs.shape[0]) - 1):  # drop the highest k - 1 (k small;
-    top = jnp.argmax(neighbour_probs, axis=1)  # 15x faster than lax.top_k on a CPU)
-    neighbour_probs = jnp.where(columns[None, :] == top[:, None], -jnp.inf, neighbour_probs)
-  kth = jnp.max(neighbour_probs, axis=1)
-  if min_neighbours > probs.shape[0]:  # fewer windows in the photo than needed
-    kth = jnp.zeros_like(kth)
-  return jnp.where(valid, jnp.maximum(jnp.minimum(scores, kth), 0.0), 0.0)
+  return _support_rules(boxes, probs, iou_threshold, (min_neighbours,), valid)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("rules",))
+def _support_photos(boxes: jax.Array, probs: jax.Array, valid: jax.Array,
+                    iou_threshold: jax.Array, rules: tuple[int, ...]) -> jax.Array:
+  """:func:`_support_rules` of each photo: (P, N, 3), (P, N), (P, N) -> (R, P, N)."""
+  scores = jax.vmap(lambda b, p, v: _support_rules(b, p, iou_threshold, rules, v))(
+      boxes, probs, valid)
+  return jnp.moveaxis(scores, 1, 0)
+
+
+def with_support_rules(results: Sequence[ScanResult], iou_threshold: float,
+                       rules: Sequence[int], chunk: int = 16
+                       ) -> dict[int, list[ScanResult]]:
+  """The scans under each rule, probabilities replaced by :func:`support_scores`.
+
+  All rules come from one pass over each photo's neighbours; photos are taken in chunks of
+  ``chunk`` with similar window counts, padded to a multiple of 128 windows. ``best_box`` /
+  ``best_prob`` / ``face_present`` follow the new scores; rule 1 is the scans unchanged.
+
+  Returns:
+    ``{rule: [ScanResult per photo, in the order given]}``.
+  """
+  rules = tuple(sorted(set(int(k) for k in rules)))
+  if not rules or rules[0] < 1:
+    raise ValueError(f"min_neighbours must be >= 1, got {rules}")
+  out: dict[int, list] = {k: list(results) for k in rules}
+  needed = tuple(k for k in rules if k > 1)
+  if not needed or not results:
+    return out
+  order = sorted(range(len(results)), key=lambda i: len(results[i].boxes))
+  for start in range(0, len(order), chunk):
+    part = order[start:start + chunk]
+    n = max(128, -(-max(len(results[i].boxes) for i in part) // 128) * 128)
+    boxes = np.zeros((len(part), n, 3), np.int32)
+    probs = np.zeros((len(part), n), np.float32)
+    valid = np.zeros((len(part), n), bool)
+    for j, i in enumerate(part):
+      r = results[i]
+      boxes[j, :len(r.boxes)], probs[j, :len(r.probs)], valid[j, :len(r.probs)] = (
+          r.boxes, r.probs, True)
+    scores = np.asarray(_support_photos(boxes, probs, valid, jnp.float32(iou_threshold),
+                                        needed))
+    for k, by_photo in zip(needed, scores):
+      for j, i in enumerate(part):
+        r, s = results[i], by_photo[j, :len(results[i].probs)]
+        best = int(np.argmax(s)) if len(s) else 0
+        best_prob = float(s[best]) if len(s) else 0.0
+        out[k][i] = r._replace(probs=s, best_box=r.boxes[best] if len(s) else r.best_box,
+                               best_prob=best_prob,
+                               face_present=bool(detected(best_prob, r.threshold)))
+  return out
 
 
 def with_support(results: Sequence[ScanResult], iou_threshold: float, min_neighbours: int,
                  chunk: int = 16) -> list[ScanResult]:
-  """Scans whose probabilities are replaced by :func:`support_scores` (1: unchanged).
-
-  The photos' windows are padded to one size and scored in vmapped chunks of ``chunk`` photos;
-  ``best_box`` / ``best_prob`` / ``face_present`` follow the new scores.
-  """
-  if min_neighbours == 1 or not results:
-    return list(results)
-  n = _bucket(max(len(r.boxes) for r in results))
-  score = jax.jit(jax.vmap(lambda b, p, iou, v: support_scores(b, p, iou, min_neighbours, v),
-                           in_axes=(0, 0, None, 0)))
-  out = []
-  for start in range(0, len(results), chunk):
-    part = results[start:start + chunk]
-    boxes = np.zeros((len(part), n, 3), np.int32)
-    probs = np.zeros((len(part), n), np.float32)
-    valid = np.zeros((len(part), n), bool)
-    for i, r in enumerate(part):
-      boxes[i, :len(r.boxes)], probs[i, :len(r.probs)], valid[i, :len(r.probs)] = (
-          r.boxes, r.probs, True)
-    scores = np.asarray(score(boxes, probs, jnp.float32(iou_threshold), valid))
-    for r, s in zip(part, scores):
-      s = s[:len(r.probs)]
-      best = int(np.argmax(s)) if len(s) else 0
-      best_prob = float(s[best]) if len(s) else 0.0
-      out.append(r._replace(probs=s, best_box=r.boxes[best] if len(s) else r.best_box,
-                            best_prob=best_prob,
-                            face_present=bool(detected(best_prob, r.threshold))))
-  return out
+  """Scans whose probabilities are replaced by :func:`support_scores` (1: unchanged); see
+  :func:`with_support_rules`."""
+  return with_support_rules(results, iou_threshold, (min_neighbours,), chunk)[min_neighbours]

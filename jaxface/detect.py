@@ -38,7 +38,7 @@ from PIL import Image
 from jaxface import models
 # Boxes, NMS and neighbour support are part of this module's interface.
 from jaxface.boxes import (box_corners, corner_iou, nms, nms_detections,  # noqa: F401
-                           support_scores, with_support)  # noqa: F401
+                           support_scores, with_support, with_support_rules)  # noqa: F401
 from jaxface.data import IMAGE_EXTENSIONS, DataError
 from jaxface.eval.operating_point import detected
 from jaxface.pyramid import cut_windows, make_atlas, pad_to_canvas, scan_layout, window_batches

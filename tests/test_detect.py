@@ -323,6 +323,13 @@ def test_support_needs_k_windows_above_the_threshold_around_a_face():
   many = detect.with_support([scan, lone] * 5, 0.3, 2, chunk=3)
   for got, want in zip(many, [two, lone_two] * 5):
     np.testing.assert_array_equal(got.probs, want.probs)
+  # Several rules in one pass are each rule alone.
+  rules = detect.with_support_rules([lone, scan, lone], 0.3, (3, 1, 2), chunk=2)
+  assert sorted(rules) == [1, 2, 3] and rules[1][1] is scan
+  for k in (2, 3):
+    for got, want in zip(rules[k], detect.with_support([lone, scan, lone], 0.3, k)):
+      np.testing.assert_array_equal(got.probs, want.probs)
+      assert got.best_prob == want.best_prob
 
 
 @pytest.mark.parametrize("impl", ["flax", "cpu_fast"])

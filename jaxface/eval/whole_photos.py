@@ -290,18 +290,24 @@ def _false_windows(scans: Mapping[str, detect.ScanResult], threshold: float,
           for key, r in worst]
 
 
-def _rule_figures(scans: Mapping[str, Mapping[str, detect.ScanResult]], faces: Mapping[str, Any],
-                  config: ml_collections.ConfigDict, min_neighbours: int,
-                  default_threshold: float) -> dict[str, Any]:
-  """The figures of one set under one ``min_neighbours`` rule, from finished scans.
+def _by_rule(scans: Mapping[str, Mapping[str, detect.ScanResult]], nms_iou: float,
+             rules: Sequence[int]) -> dict[int, dict[str, dict[str, detect.ScanResult]]]:
+  """``{rule: {part: {photo: scan scored under the rule}}}`` (one pass per part)."""
+  out: dict[int, dict[str, dict[str, detect.ScanResult]]] = {k: {} for k in rules}
+  for part, photos in scans.items():
+    for k, scored in detect.with_support_rules(list(photos.values()), nms_iou, rules).items():
+      out[k][part] = dict(zip(photos, scored))
+  return out
 
-  ``scans`` holds ``'test'`` (the portraits), ``'non_face_photos'`` and, where there are
+
+def _rule_figures(scored: Mapping[str, Mapping[str, detect.ScanResult]], faces: Mapping[str, Any],
+                  config: ml_collections.ConfigDict, default_threshold: float) -> dict[str, Any]:
+  """The figures of one set under one rule, from its scored scans (:func:`_by_rule`).
+
+  ``scored`` holds ``'test'`` (the portraits), ``'non_face_photos'`` and, where there are
   validation photos, ``'val'`` (portraits) and ``'val_non_face_photos'``.
   """
   nms_iou = float(setting(config, "nms_iou"))
-  scored = {part: dict(zip(photos, detect.with_support(list(photos.values()), nms_iou,
-                                                       min_neighbours)))
-            for part, photos in scans.items()}
   threshold = None
   if "val_non_face_photos" in scored:
     threshold, _ = threshold_at_fpr(list(_best_scores(scored["val_non_face_photos"]).values()),
@@ -369,8 +375,9 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
     if sets.val_photos:
       scans["val"], val_errors = detect.scan_files(variables, sets.val_photos[name], **scan)
       set_errors.update(val_errors)
-    by_rule = {k: _rule_figures(scans, sets.faces[name], config, k, sets.options.threshold)
-               for k in candidates}
+    by_rule = {k: _rule_figures(scored, sets.faces[name], config, sets.options.threshold)
+               for k, scored in _by_rule(scans, float(setting(config, "nms_iou")),
+                                         candidates).items()}
     chosen = _chosen(by_rule)
     figures = by_rule[chosen]
     figures.update(decision_rule=decision_rule(sets, config, chosen), n_photos=len(photos),
