@@ -604,7 +604,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--row", nargs="+", action="append", default=[],
                       metavar="NAME KIND FIELD=VALUE",
                       help="an extra row: name, 'cnn' or 'dbvae', config overrides, e.g. "
-                           "--row dbvae-pca dbvae resampling.signal=latent_pca (repeatable)")
+                           "--row dbvae-pca dbvae resampling.signal=latent_pca (repeatable); "
+                           "a row starts from jaxface.config's base config (a 'dbvae' row: the "
+                           "lab's 'latent' signal, no tempering), not from configs/dbvae.py, "
+                           "so give the fields of the setting you mean")
   parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                       help="config overrides for every row (before each row's own)")
   parser.add_argument("--ablation", action="store_true",
