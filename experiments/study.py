@@ -775,9 +775,9 @@ def run_or_load(spec: RunSpec, seed: int, manifest: str | None, workdir: Path,
   summary["seed"] = seed
   summary["test_sets"] = {name: test_set_summary(figures) for name, figures in
                           final["eval"].get("test_sets", {}).items()}
-  whole = final["eval"].get("whole_images") or study_scan.saved_scan(workdir)
-  if (spec.name in args.scan_rows and not args.aggregate_only
-      and not final["eval"].get("whole_images")
+  in_run = final["eval"].get("whole_images")
+  whole = in_run or study_scan.saved_scan(workdir)
+  if (not in_run and spec.name in args.scan_rows and not args.aggregate_only
       and (not whole or study_scan.is_stale(whole, scan_fields))):
     whole = study_scan.scan_run(workdir, scan_fields)
   summary["whole_images"] = {name: whole_image_summary(figures)

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
   from jaxface.detect import ScanResult
 
 
-
-
 def box_corners(boxes: Any, xp: Any = np) -> Any:
   """Boxes as corners: (..., 3) squares ``(x0, y0, side)`` or (..., 4) ``(x0, y0, x1, y1)``.
 
@@ -104,6 +102,18 @@ def _bucket(n: int) -> int:
   return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 
+def _padded(results: Sequence[ScanResult], n: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The scans' windows padded to ``n``: boxes (P, n, 3), probs (P, n), present (P, n)."""
+  boxes = np.zeros((len(results), n, 3), np.int32)
+  probs = np.zeros((len(results), n), np.float32)
+  present = np.zeros((len(results), n), bool)
+  for i, r in enumerate(results):
+    boxes[i, :len(r.boxes)], probs[i, :len(r.probs)], present[i, :len(r.probs)] = (
+        r.boxes, r.probs, True)
+  return boxes, probs, present
+
+
 def nms_detections(results: Sequence[ScanResult], iou_threshold: float,
                    threshold: float | None = None, max_out: int = 64
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -122,14 +132,10 @@ def nms_detections(results: Sequence[ScanResult], iou_threshold: float,
   """
   if not results:
     return []
-  n = _bucket(max(len(r.boxes) for r in results))
-  boxes = np.zeros((len(results), n, 3), np.int32)
-  probs = np.zeros((len(results), n), np.float32)
-  valid = np.zeros((len(results), n), bool)
-  for i, r in enumerate(results):
-    t = r.threshold if threshold is None else threshold
-    boxes[i, :len(r.boxes)], probs[i, :len(r.probs)] = r.boxes, r.probs
-    valid[i, :len(r.probs)] = detected(r.probs, t)
+  boxes, probs, present = _padded(results, _bucket(max(len(r.boxes) for r in results)))
+  thresholds = np.array([r.threshold if threshold is None else threshold for r in results],
+                        np.float64)
+  valid = present & detected(probs, thresholds[:, None])
   kept = np.asarray(_nms_photos(boxes, probs, valid, jnp.float32(iou_threshold), max_out))
   out = []
   for r, k in zip(results, kept):
@@ -225,13 +231,7 @@ def with_support_rules(results: Sequence[ScanResult], iou_threshold: float,
   for start in range(0, len(order), chunk):
     part = order[start:start + chunk]
     n = max(128, -(-max(len(results[i].boxes) for i in part) // 128) * 128)
-    boxes = np.zeros((len(part), n, 3), np.int32)
-    probs = np.zeros((len(part), n), np.float32)
-    valid = np.zeros((len(part), n), bool)
-    for j, i in enumerate(part):
-      r = results[i]
-      boxes[j, :len(r.boxes)], probs[j, :len(r.probs)], valid[j, :len(r.probs)] = (
-          r.boxes, r.probs, True)
+    boxes, probs, valid = _padded([results[i] for i in part], n)
     scores = np.asarray(_support_photos(boxes, probs, valid, jnp.float32(iou_threshold),
                                         needed))
     for k, by_photo in zip(needed, scores):

@@ -16,8 +16,9 @@ detection when its face probability is above the threshold
 (:func:`jaxface.eval.operating_point.detected`, the rule of every evaluation); greedy
 non-maximum suppression (:func:`nms`, jitted on padded arrays, vmapped over photos by
 :func:`nms_detections`) leaves one box per face, and :func:`support_scores` lets a detection
-need several overlapping windows (both in :mod:`jaxface.boxes`, re-exported here). Whole-photo evaluation (faces found on
-portraits at a threshold calibrated on non-face photos) is :mod:`jaxface.eval.whole_photos`.
+need several overlapping windows (both in :mod:`jaxface.boxes`, re-exported here). Whole-photo
+evaluation (faces found on portraits at a threshold calibrated on non-face photos) is
+:mod:`jaxface.eval.whole_photos`.
 """
 
 from __future__ import annotations

@@ -281,8 +281,9 @@ def reference_support(boxes: np.ndarray, probs: np.ndarray, iou_threshold: float
   corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1).astype(np.float64)
   out = np.zeros(len(probs), np.float32)
   for i in range(len(probs)):
-    iw = np.clip(np.minimum(corners[i, 2], corners[:, 2]) - np.maximum(corners[i, 0], corners[:, 0]), 0, None)
-    ih = np.clip(np.minimum(corners[i, 3], corners[:, 3]) - np.maximum(corners[i, 1], corners[:, 1]), 0, None)
+    x0, y0, x1, y1 = corners[i]
+    iw = np.clip(np.minimum(x1, corners[:, 2]) - np.maximum(x0, corners[:, 0]), 0, None)
+    ih = np.clip(np.minimum(y1, corners[:, 3]) - np.maximum(y0, corners[:, 1]), 0, None)
     inter = iw * ih
     union = boxes[i, 2] ** 2 + boxes[:, 2].astype(np.float64) ** 2 - inter
     neighbours = inter / union > iou_threshold

@@ -220,6 +220,26 @@ def load_whole_image_sets(config: ml_collections.ConfigDict, input_size: int,
 # ------------------------------------------------------------------------------ evaluation
 
 
+def scan_non_face_photos(variables: PyTree, photos: Sequence[str | os.PathLike],
+                         options: detect.ScanOptions = detect.ScanOptions(),
+                         mesh: Mesh | None = None, progress: bool = False, *,
+                         dtype: Any = jnp.float32, impl: str = "auto"
+                         ) -> tuple[dict[str, detect.ScanResult], dict[str, str]]:
+  """Scans non-face photos (:func:`jaxface.detect.scan_files`).
+
+  Returns:
+    ``(scans, errors)``: the readable photos' scans and the unreadable ones' messages, by path.
+
+  Raises:
+    DataError: none of the photos could be read.
+  """
+  scans, errors = detect.scan_files(variables, photos, options, mesh, progress=progress,
+                                    dtype=dtype, impl=impl)
+  if not scans:
+    raise DataError(f"none of the {len(photos)} non-face photos could be read")
+  return scans, errors
+
+
 def non_face_max_probs(variables: PyTree, photos: Sequence[str | os.PathLike],
                        options: detect.ScanOptions = detect.ScanOptions(),
                        mesh: Mesh | None = None, progress: bool = False, *,
@@ -234,11 +254,9 @@ def non_face_max_probs(variables: PyTree, photos: Sequence[str | os.PathLike],
   Raises:
     DataError: none of the photos could be read.
   """
-  scans, errors = detect.scan_files(variables, photos, options, mesh, progress=progress,
-                                    dtype=dtype, impl=impl)
-  if not scans:
-    raise DataError(f"none of the {len(photos)} non-face photos could be read")
-  return {Path(k).name: r.best_prob for k, r in scans.items()}, errors
+  scans, errors = scan_non_face_photos(variables, photos, options, mesh, progress,
+                                       dtype=dtype, impl=impl)
+  return _best_scores(scans), errors
 
 
 def setting(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -362,22 +380,24 @@ def evaluate_sets(variables: PyTree, sets: WholeImageSets, config: ml_collection
   for field, photos in (("val_non_face_photos", sets.val_non_face_photos),
                         ("non_face_photos", sets.non_face_photos)):
     if photos:
-      non_face_scans[field], field_errors = detect.scan_files(variables, photos, **scan)
-      if not non_face_scans[field]:
-        raise DataError(f"config.whole_images.{field}: none of the {len(photos)} non-face "
-                        "photos could be read")
+      try:
+        non_face_scans[field], field_errors = scan_non_face_photos(variables, photos, **scan)
+      except DataError as err:
+        raise DataError(f"config.whole_images.{field}: {err}") from None
       errors.update(field_errors)
   candidates = min_neighbours_candidates(config)
+  nms_iou = float(setting(config, "nms_iou"))
+  non_faces_by_rule = _by_rule(non_face_scans, nms_iou, candidates)  # shared by every set
   out = {}
   for name, photos in sets.photos.items():
-    scans = dict(non_face_scans)
+    scans = {}
     scans["test"], set_errors = detect.scan_files(variables, photos, **scan)
     if sets.val_photos:
       scans["val"], val_errors = detect.scan_files(variables, sets.val_photos[name], **scan)
       set_errors.update(val_errors)
-    by_rule = {k: _rule_figures(scored, sets.faces[name], config, sets.options.threshold)
-               for k, scored in _by_rule(scans, float(setting(config, "nms_iou")),
-                                         candidates).items()}
+    by_rule = {k: _rule_figures({**non_faces_by_rule[k], **scored}, sets.faces[name], config,
+                                sets.options.threshold)
+               for k, scored in _by_rule(scans, nms_iou, candidates).items()}
     chosen = _chosen(by_rule)
     figures = by_rule[chosen]
     figures.update(decision_rule=decision_rule(sets, config, chosen), n_photos=len(photos),
