@@ -2,8 +2,8 @@
 
 :func:`augment_batch` resamples every image of a batch through its own random axis-aligned
 affine map (zoom, translation, horizontal flip; bilinear) and then jitters its brightness,
-contrast and saturation. Faces and non-faces are treated alike, so no augmentation artefact
-(the zoom, the fill around a zoomed-out image, a colour shift) is a face cue.
+contrast, saturation and exposure. Faces and non-faces are treated alike, so no augmentation
+artefact (the zoom, the fill around a zoomed-out image, a colour shift) is a face cue.
 
 Zoom. ``scale`` is the side of the output's field of view over the input's: 1 keeps the
 framing, 1.5 zooms out (the content shrinks to 1 / 1.5 of the side and pixels from outside
@@ -79,6 +79,10 @@ def default_augment_config() -> ml_collections.ConfigDict:
     fill: what surrounds a zoomed-out or shifted image: 'reflect' or 'background'.
     non_face_scale_min: smallest zoom of the non-faces where below ``scale_min`` (see the
       module docstring); 0 uses ``scale_min`` for them too (then no labels are needed).
+    exposure_min, exposure_max: range of a factor multiplying every pixel value after the
+      other colour changes, drawn log-uniformly (a darker or brighter exposure of the same
+      scene; as sRGB is close to a power law, a factor on it is a factor on the light
+      too). 1, 1 (the default) leaves the exposure alone.
 
   Returns:
     A ConfigDict with the fields above.
@@ -94,6 +98,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
       "saturation": 0.2,
       "fill": "reflect",
       "non_face_scale_min": 0.5,
+      "exposure_min": 1.0,
+      "exposure_max": 1.0,
   })
 
 
@@ -113,6 +119,15 @@ def check_augment_config(config: ml_collections.ConfigDict) -> None:
   for field in ("contrast", "saturation"):
     if config[field] > 1:
       raise ValueError(f"augment.{field} = {config[field]!r}: must be <= 1 (factor >= 0)")
+  low, high = _exposure_range(config)
+  if not 0 < low <= high:
+    raise ValueError(f"augment.exposure_min, exposure_max = {low!r}, {high!r}: need "
+                     "0 < exposure_min <= exposure_max")
+
+
+def _exposure_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """``(exposure_min, exposure_max)``, 1 where a field is absent (configs saved before them)."""
+  return config.get("exposure_min", 1.0), config.get("exposure_max", 1.0)
 
 
 def layout_keys(key: Array, batch_size: int, num_shards: int = 1) -> Array:
@@ -259,15 +274,21 @@ def _augment_one(key: Array, image: Array, background: Array | None, is_face: Ar
   # Colour jitter of the resampled image: brightness (+ beta), contrast (x kappa around its mean
   # grey m) and saturation (x sigma around each pixel's grey), in this order. As the grey
   # weights sum to 1 this is one per-pixel affine map f(p) = sigma kappa p + (1 - sigma) kappa
-  # grey(p) + kappa beta + (1 - kappa) m.
+  # grey(p) + kappa beta + (1 - kappa) m, then multiplied by the exposure factor.
   b, c, s = config.brightness, config.contrast, config.saturation
   beta = jax.random.uniform(k_b, (), minval=-b, maxval=b)
   kappa = jax.random.uniform(k_c, (), minval=1 - c, maxval=1 + c)
   sigma = jax.random.uniform(k_s, (), minval=1 - s, maxval=1 + s)
+  gain = jnp.float32(1.0)
+  if (config.exposure_min, config.exposure_max) != (1.0, 1.0):
+    # A key of its own (not an eighth split), so the other draws stay as they were.
+    gain = jnp.exp(jax.random.uniform(jax.random.fold_in(key, 7), (),
+                                      minval=jnp.log(jnp.float32(config.exposure_min)),
+                                      maxval=jnp.log(jnp.float32(config.exposure_max))))
 
   def colour(pixels, mean_grey):
-    return (sigma * kappa * pixels + (1 - sigma) * kappa * _grey(pixels)
-            + (kappa * beta + (1 - kappa) * (mean_grey + beta)))
+    return gain * (sigma * kappa * pixels + (1 - sigma) * kappa * _grey(pixels)
+                   + (kappa * beta + (1 - kappa) * (mean_grey + beta)))
 
   if reflect:
     # The mirrored samples' weights sum to 1, so f(resample(image)) = resample(f(image)): f is
@@ -344,8 +365,11 @@ def non_face_scale_min(config: ml_collections.ConfigDict) -> float:
 
 def _params(config: ml_collections.ConfigDict) -> "_Params":
   """The hashable :class:`_Params` of a config (``non_face_scale_min`` the one in effect)."""
-  values = {field: config[field] for field in _Params._fields if field != "non_face_scale_min"}
-  return _Params(**values, non_face_scale_min=non_face_scale_min(config))
+  own = ("non_face_scale_min", "exposure_min", "exposure_max")
+  values = {field: config[field] for field in _Params._fields if field not in own}
+  low, high = _exposure_range(config)
+  return _Params(**values, non_face_scale_min=non_face_scale_min(config),
+                 exposure_min=float(low), exposure_max=float(high))
 
 
 class _Params(NamedTuple):
@@ -359,6 +383,8 @@ class _Params(NamedTuple):
   saturation: float
   fill: str
   non_face_scale_min: float
+  exposure_min: float
+  exposure_max: float
 
 
 @functools.partial(jax.jit, static_argnames=("params",))

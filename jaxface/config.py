@@ -357,8 +357,9 @@ def _validate_augment(config: ml_collections.ConfigDict, fail) -> None:
     if not isinstance(aug[field], bool):
       fail(f"augment.{field}", "must be True or False")
   for field in ("scale_min", "scale_max", "max_translate", "brightness", "contrast",
-                "saturation", "non_face_scale_min"):
-    value = aug[field]
+                "saturation", "non_face_scale_min", "exposure_min", "exposure_max"):
+    # The exposure fields are absent from configs saved before them (1: no change).
+    value = aug.get(field, 1.0) if field.startswith("exposure") else aug[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       fail(f"augment.{field}", "must be a number")
   if not isinstance(aug.fill, str):

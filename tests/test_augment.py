@@ -202,7 +202,8 @@ def test_non_face_scale_min_needs_the_labels():
 
 @pytest.mark.parametrize("field,value", [("fill", "zeros"), ("scale_min", 0.0),
                                          ("contrast", 1.5), ("brightness", -0.1),
-                                         ("non_face_scale_min", -0.5)])
+                                         ("non_face_scale_min", -0.5),
+                                         ("exposure_min", 0.0), ("exposure_max", 0.5)])
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     augment.augment_batch(jax.random.key(0), _images(2), None, _config(**{field: value}))
@@ -211,3 +212,37 @@ def test_bad_config_names_the_field(field, value):
 def test_background_fill_needs_a_background():
   with pytest.raises(ValueError, match="background"):
     augment.augment_batch(jax.random.key(0), _images(2), None, _config(fill="background"))
+
+
+def test_exposure_multiplies_each_image_by_one_factor_in_its_range():
+  x = _images(16) * 0.5  # below 1 / exposure_max: nothing clips
+  out = augment.augment_batch(jax.random.key(3), x, None,
+                              _degenerate(exposure_min=0.4, exposure_max=1.5))
+  ratio = np.asarray(out) / np.asarray(x)
+  per_image = ratio.reshape(16, -1)
+  np.testing.assert_allclose(per_image, np.broadcast_to(per_image[:, :1], per_image.shape),
+                             rtol=1e-4)  # one factor per image
+  factors = per_image[:, 0]
+  assert np.all((factors >= 0.4 - 1e-6) & (factors <= 1.5 + 1e-6))
+  assert np.ptp(factors) > 0.2  # the images drew different factors
+
+
+def test_exposure_leaves_the_other_draws_unchanged():
+  x = _images(8)
+  key = jax.random.key(5)
+  plain = np.asarray(augment.augment_batch(key, x, None, _config()))
+  darker = np.asarray(augment.augment_batch(key, x, None,
+                                            _config(exposure_min=0.5, exposure_max=0.5)))
+  # Without clipping, a fixed factor 0.5 halves the unchanged augmentation's pre-clip output.
+  unclipped = plain < 1.0 - 1e-6
+  np.testing.assert_allclose(darker[unclipped], 0.5 * plain[unclipped], rtol=1e-4, atol=1e-6)
+
+
+def test_config_without_exposure_fields_is_accepted():
+  config = _config()
+  del config["exposure_min"]
+  del config["exposure_max"]
+  out = augment.augment_batch(jax.random.key(0), _images(2), None, config)
+  np.testing.assert_array_equal(
+      np.asarray(out), np.asarray(augment.augment_batch(jax.random.key(0), _images(2), None,
+                                                        _config())))
