@@ -120,6 +120,8 @@ def _model_config() -> ml_collections.ConfigDict:
   model.kind = "dbvae"
   model.latent_dim = 100  # 0 for the CNN
   model.n_filters = 12
+  # Standardise each image before the first convolution (jaxface.models.Encoder.input_norm).
+  model.input_norm = False
   # 'auto' (cpu_fast on the CPU backend, else flax), 'flax' or 'cpu_fast' (jaxface.models)
   model.impl = "auto"
   return model
@@ -208,6 +210,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
     fail("model.n_filters", "must be >= 1")
   if config.model.impl not in MODEL_IMPLS:
     fail("model.impl", f"must be one of {MODEL_IMPLS}")
+  if not isinstance(config.model.get("input_norm", False), bool):
+    fail("model.input_norm", "must be True or False")
   _validate_resampling(config, fail, parts)
   if config.loss.recon not in ("l1", "l2"):
     fail("loss.recon", "must be 'l1' or 'l2'")

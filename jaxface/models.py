@@ -41,6 +41,10 @@ Array = jax.Array
 PyTree = Any
 ModuleDef = Any
 
+# The input norm's floor on an image's variance (pixels in [0, 1]): a standard deviation of
+# about 0.02, so a nearly flat window is not blown up into noise.
+INPUT_NORM_EPSILON = 4e-4
+INPUT_NORM = "InputNorm"  # its name in params['encoder']; its presence marks the architecture
 BN_MOMENTUM = 0.9  # running-statistics momentum of the encoder's batch norms (PyTorch's 0.1)
 BN_EPSILON = 1e-5
 IMPLS = ("auto", "flax", "cpu_fast")
@@ -105,6 +109,10 @@ class Encoder(nn.Module):
     split_batch: images (B, H, W, 3) -> the activation the first layer takes.
     join_batch: the last batch norm's activation, flattened -> (B, D) for the Dense layers.
     axis_name: batch-norm statistics also over this mapped axis (``pmap`` / ``shard_map``).
+    input_norm: standardise each image first: a layer norm over its pixels and channels
+      (``nn.LayerNorm`` named ``InputNorm``, a scale and offset per channel), so the
+      classifier sees the same input under any exposure and contrast of the photo, as a
+      cascade detector normalises each window by its standard deviation.
   """
   n_outputs: int
   n_filters: int = 12
@@ -114,6 +122,7 @@ class Encoder(nn.Module):
   split_batch: Callable[[Array], PyTree] = whole_batch
   join_batch: Callable[[PyTree], Array] = whole_batch
   axis_name: str | None = None
+  input_norm: bool = False
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -122,6 +131,9 @@ class Encoder(nn.Module):
                              kernel_init=lecun_normal)
     norm = functools.partial(self.norm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name)
+    if self.input_norm:
+      x = nn.LayerNorm(epsilon=INPUT_NORM_EPSILON, reduction_axes=(-3, -2, -1),
+                       feature_axes=-1, name=INPUT_NORM)(x.astype(jnp.float32))
     x = self.split_batch(x.astype(self.dtype))
     for i, (features, k) in enumerate(encoder_convs(self.n_filters)):
       x = conv(features, (k, k), name=f"Conv_{i}")(x)
@@ -219,7 +231,7 @@ def check_image_size(image_size: int) -> None:
 
 
 def init_variables(key: Array, *, latent_dim: int, n_filters: int = 12, image_size: int = 64,
-                   impl: str = "auto") -> PyTree:
+                   impl: str = "auto", input_norm: bool = False) -> PyTree:
   """Creates the variables of a standard CNN (``latent_dim=0``) or a VAE (``latent_dim>0``).
 
   Args:
@@ -228,6 +240,8 @@ def init_variables(key: Array, *, latent_dim: int, n_filters: int = 12, image_si
     n_filters: base number of convolution filters.
     image_size: input height and width (a multiple of 16).
     impl: one of :data:`IMPLS`; every implementation makes the same tree.
+    input_norm: standardise each image first (:class:`Encoder`); read back from the
+      parameters by :func:`input_norm_of`.
 
   Returns:
     ``{'params': {'encoder': ..., ['decoder': ...]}, 'batch_stats': {'encoder': ...}}``.
@@ -237,16 +251,18 @@ def init_variables(key: Array, *, latent_dim: int, n_filters: int = 12, image_si
     raise ValueError(f"latent_dim must be >= 0, got {latent_dim}")
   if n_filters < 1:
     raise ValueError(f"n_filters must be >= 1, got {n_filters}")
-  return _init_variables(key, latent_dim, n_filters, image_size, resolve_impl(impl))
+  return _init_variables(key, latent_dim, n_filters, image_size, resolve_impl(impl),
+                         bool(input_norm))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
 def _init_variables(key: Array, latent_dim: int, n_filters: int, image_size: int,
-                    impl: str) -> PyTree:
+                    impl: str, input_norm: bool) -> PyTree:
   # Jitted: one compile instead of one per initializer op.
   encoder_cls, decoder_cls = networks(impl)
   enc_key, dec_key = jax.random.split(key)
-  encoder = encoder_cls(n_outputs=2 * latent_dim + 1, n_filters=n_filters)
+  encoder = encoder_cls(n_outputs=2 * latent_dim + 1, n_filters=n_filters,
+                        input_norm=input_norm)
   enc_vars = encoder.init(enc_key, jnp.zeros((1, image_size, image_size, 3)), train=False)
   params = {"encoder": enc_vars["params"]}
   if latent_dim > 0:
@@ -264,6 +280,12 @@ def latent_dim_of(params: PyTree) -> int:
 def n_filters_of(params: PyTree) -> int:
   """Base filter count read from the encoder's first convolution."""
   return params["encoder"]["Conv_0"]["kernel"].shape[-1]
+
+
+def input_norm_of(params: PyTree) -> bool:
+  """Whether the encoder standardises its input (its ``InputNorm`` layer; absent from models
+  made before it, which do not)."""
+  return INPUT_NORM in params["encoder"]
 
 
 def image_size_of_decoder(params: PyTree) -> int:
@@ -290,7 +312,8 @@ def encode(variables: PyTree, x: Array, train: bool = False, *, dtype: Any = jnp
   encoder_cls, _ = networks(impl)
   params = variables["params"]
   k = latent_dim_of(params)
-  encoder = encoder_cls(n_outputs=2 * k + 1, n_filters=n_filters_of(params), dtype=dtype)
+  encoder = encoder_cls(n_outputs=2 * k + 1, n_filters=n_filters_of(params), dtype=dtype,
+                        input_norm=input_norm_of(params))
   enc_vars = {"params": params["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
   if train:
     out, updates = encoder.apply(enc_vars, x, train=True, mutable=["batch_stats"])

@@ -12,11 +12,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from jaxface import config as config_lib
-from jaxface import cpu_fast, models
+from jaxface import cpu_fast, models, train
 
 # One jitted forward for the whole module (one compilation per input shape / mode). XLA's
 # backend optimisations are turned down for these test-only jits: compilation, not execution,
@@ -596,3 +597,58 @@ def test_axis_name_pools_batch_norm_statistics_over_the_mapped_axis(impl):
     _rel_close(np.broadcast_to(a, b.shape), b)
   alone, _ = jax.vmap(lambda s: run(encoder_cls(n_outputs=5, n_filters=2), s))(shards)
   assert not np.allclose(whole, alone.reshape(whole.shape), atol=1e-4)
+
+
+def _standardised(x):
+  """NumPy reference of the input norm at its initial scale 1 and offset 0: each image less
+  its mean over pixels and channels, over sqrt(its variance + epsilon)."""
+  x = np.asarray(x, np.float64)
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  var = x.var(axis=(1, 2, 3), keepdims=True)
+  return ((x - mean) / np.sqrt(var + models.INPUT_NORM_EPSILON)).astype(np.float32)
+
+
+@pytest.mark.parametrize("impl", models.IMPLS)
+def test_input_norm_is_the_plain_encoder_on_standardised_images(impl):
+  variables = models.init_variables(jax.random.key(5), latent_dim=2, n_filters=4,
+                                    image_size=32, impl=impl, input_norm=True)
+  assert models.input_norm_of(variables["params"])
+  plain_params = dict(variables["params"])
+  plain_params["encoder"] = {name: layer for name, layer in variables["params"]["encoder"].items()
+                             if name != models.INPUT_NORM}
+  plain = {"params": plain_params, "batch_stats": variables["batch_stats"]}
+  assert not models.input_norm_of(plain["params"])
+  x = _images(6, 32, seed=4) * 0.3  # a dim batch
+  for train in (False, True):
+    got = models.encode(variables, x, train=train, impl=impl)
+    want = models.encode(plain, jnp.asarray(_standardised(x)), train=train, impl=impl)
+    np.testing.assert_allclose(np.asarray(got.y_logit), np.asarray(want.y_logit), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.z_mean), np.asarray(want.z_mean), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_input_norm_makes_the_classifier_blind_to_exposure_and_contrast():
+  variables = models.init_variables(jax.random.key(6), latent_dim=0, n_filters=4,
+                                    image_size=32, input_norm=True)
+  x = _images(4, 32, seed=7)
+  logit = np.asarray(models.encode(variables, x).y_logit)
+  darker = np.asarray(models.encode(variables, 0.4 * x + 0.05).y_logit)
+  np.testing.assert_allclose(darker, logit, rtol=2e-2, atol=2e-3)  # up to the epsilon floor
+  without = models.init_variables(jax.random.key(6), latent_dim=0, n_filters=4, image_size=32)
+  assert models.INPUT_NORM not in without["params"]["encoder"]
+  assert not np.allclose(np.asarray(models.encode(without, 0.4 * x + 0.05).y_logit),
+                         np.asarray(models.encode(without, x).y_logit), rtol=2e-2, atol=2e-3)
+
+
+def test_config_input_norm_builds_the_layer_and_must_be_a_bool():
+  config = config_lib.get_base_config()
+  config.model.kind, config.model.latent_dim, config.resampling.signal = "cnn", 0, "none"
+  config.model.n_filters, config.data.image_size = 4, 32
+  config.model.input_norm = True
+  state = train.create_train_state(jax.random.key(0), config, train.make_optimizer(config))
+  assert models.input_norm_of(state.params)
+  fields = config.to_dict()
+  fields["model"]["input_norm"] = "yes"  # e.g. from a hand-edited config.json
+  with pytest.raises(ValueError, match="config.model.input_norm"):
+    config_lib.validate_config(ml_collections.ConfigDict(fields), 1)

@@ -61,7 +61,8 @@ def create_train_state(key: jax.Array, config: ml_collections.ConfigDict,
   """A fresh state: the model initialised from ``key``, step 0, the optimizer's initial state."""
   variables = models.init_variables(key, latent_dim=config.model.latent_dim,
                                     n_filters=config.model.n_filters,
-                                    image_size=config.data.image_size)
+                                    image_size=config.data.image_size,
+                                    input_norm=config.model.get("input_norm", False))
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"],
                     opt_state=optimizer.init(variables["params"]))
