@@ -66,6 +66,7 @@ def run_identity(config: ml_collections.ConfigDict, steps_per_epoch: int, n_trai
       "model.kind": str(config.model.kind),
       "model.latent_dim": int(config.model.latent_dim),
       "model.n_filters": int(config.model.n_filters),
+      "model.input_norm": bool(config.model.get("input_norm", False)),
       "data.image_size": int(config.data.image_size),
       "n_train_faces": int(n_train_faces),
       "augment": _augment_identity(config),
@@ -85,8 +86,8 @@ def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | boo
   """The augmentation settings a resumed run must share (False when augmentation is off).
 
   ``non_face_scale_min`` is left out where it changes nothing (0, or at or above
-  ``scale_min``), so a run written before the field existed (with its augmentation) still
-  resumes.
+  ``scale_min``), and the exposure range where it is 1, 1, so a run written before these
+  fields existed (with its augmentation) still resumes.
   """
   aug = config.get("augment")
   if aug is None or not aug.get("enabled", False):
@@ -94,6 +95,9 @@ def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | boo
   identity = {key: aug[key] for key in sorted(aug.keys())}
   if augment.non_face_scale_min(aug) == aug.scale_min:
     identity.pop("non_face_scale_min", None)
+  if (aug.get("exposure_min", 1.0), aug.get("exposure_max", 1.0)) == (1.0, 1.0):
+    identity.pop("exposure_min", None)
+    identity.pop("exposure_max", None)
   return identity
 
 

@@ -201,3 +201,24 @@ def test_augment_identity_of_runs_before_and_after_non_face_scale_min():
   assert changed["augment"]["non_face_scale_min"] == 0.5
   with pytest.raises(ValueError, match="augment: checkpoint has"):
     checkpoints.check_resume(identity, changed, "/ckpt")
+
+
+def test_identity_of_runs_before_the_exposure_and_input_norm_fields():
+  from jaxface import config as config_lib
+
+  key = jax.random.key(0)
+  before = config_lib.get_base_config()
+  before.augment.unlock()
+  del before.augment["exposure_min"], before.augment["exposure_max"]
+  meta = checkpoints.run_identity(before, 10, 100, key)
+  del meta["model.input_norm"]  # a checkpoint written before the field: not compared
+  config = config_lib.get_base_config()
+  checkpoints.check_resume(meta, checkpoints.run_identity(config, 10, 100, key), "/ckpt")
+  config.augment.exposure_min = 0.5
+  with pytest.raises(ValueError, match="augment: checkpoint has"):
+    checkpoints.check_resume(meta, checkpoints.run_identity(config, 10, 100, key), "/ckpt")
+  plain = checkpoints.run_identity(config_lib.get_base_config(), 10, 100, key)
+  config = config_lib.get_base_config()
+  config.model.input_norm = True
+  with pytest.raises(ValueError, match="model.input_norm: checkpoint has False"):
+    checkpoints.check_resume(plain, checkpoints.run_identity(config, 10, 100, key), "/ckpt")
