@@ -1,11 +1,13 @@
-"""Standard face / not-face CNN (the lab's classifier) with augmentation: batch 32, Adam 5e-4
-on a cosine decay, 4 epochs; without data flags on the embedded planted-bias faces.
+"""Standard face / not-face CNN (the lab's classifier) with augmentation and each image
+standardised first (``model.input_norm``): batch 32, Adam 5e-4 on a cosine decay, 4 epochs;
+without data flags on the embedded planted-bias faces.
 
     python experiments/run.py --config=configs/cnn.py --workdir=/tmp/jaxface/cnn
     python experiments/run.py --config=configs/cnn.py:smoke --workdir=/tmp/jaxface/smoke
 
 Results (trained on the UTKFace bias set, tested on the PPB crops and whole portraits):
-experiments/results/study_utkface_ppb_scan_augment.md, summarised in docs/results.md. The lab's
+experiments/results/study_utkface_ppb_scan_augment.md and, for the input norm,
+experiments/results/study_input_norm.md, summarised in docs/results.md. The lab's
 recipe (2 epochs, constant rate, no augmentation): configs/cnn_lab.py.
 """
 

@@ -6,14 +6,16 @@ squares on the whitened ``z_mean``, 10 bins, alpha 1e-3), tempered to an effecti
 of 30% of the faces (``resampling.target_ess``); on the other side of the boundary the 5% of
 the training non-faces it scores most face-like are drawn 10 times as often
 (``resampling.non_face_upweight``). Uniform in the first epoch. Latent 100, batch 32, Adam 5e-4
-on a cosine decay, 4 epochs, augmentation on. Without data flags it trains on the embedded
+on a cosine decay, 4 epochs, augmentation on, each image standardised first
+(``model.input_norm``). Without data flags it trains on the embedded
 planted-bias faces (no download):
 
     python experiments/run.py --config=configs/dbvae.py --workdir=/tmp/jaxface/dbvae
     python experiments/run.py --config=configs/dbvae.py:smoke --workdir=/tmp/jaxface/smoke
 
 Results and how the setting was chosen (on validation data, at 1% false positives):
-experiments/results/study_non_faces_planted.md and study_latent_signals.md. Variants: the
+experiments/results/study_non_faces_planted.md and study_latent_signals.md; with the input
+norm, study_input_norm.md (planted and UTKFace -> PPB). Variants: the
 classifier's mistakes up-weighted without the latent, configs/dbvae_errors.py; the lab's
 per-dimension latent histograms, configs/dbvae_lab.py or ``--config.resampling.signal=latent``;
 the paper's product of densities, ``--config.resampling.signal=latent

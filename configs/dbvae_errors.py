@@ -1,7 +1,8 @@
 """DB-VAE resampled by the classifier's mistakes (JTT-style), not through its latent: faces
 misclassified at the end of the previous epoch are drawn 20 times as often
 (``resampling.signal='errors'``, ``error_upweight`` 20; uniform in the first epoch). Latent
-100, batch 32, Adam 5e-4 on a cosine decay, 4 epochs, augmentation on.
+100, batch 32, Adam 5e-4 on a cosine decay, 4 epochs, augmentation on, each image standardised
+first (``model.input_norm``).
 
     python experiments/run.py --config=configs/dbvae_errors.py --workdir=/tmp/jaxface/dbvae_errors
     python experiments/run.py --config=configs/dbvae_errors.py:smoke --workdir=/tmp/jaxface/smoke
