@@ -387,7 +387,8 @@ def apply_recommended_training(config: ml_collections.ConfigDict) -> ml_collecti
 
   The budget was chosen on the UTKFace validation split with augmentation, where the lab's 2
   epochs at a constant rate leave non-face accuracy below 99%; the input norm
-  (``model.input_norm``) on the standard CNN's PPB figures at 1% false positives (the
+  (``model.input_norm``) on validation data too: the UTKFace validation split at 1% false
+  positives and the whole-photo validation portraits, for the CNN and the DB-VAE (the
   comparisons are in experiments/results/README.md). ``configs/*_lab.py`` keep the lab's
   budget and network.
   """
