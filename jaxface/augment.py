@@ -119,13 +119,13 @@ def check_augment_config(config: ml_collections.ConfigDict) -> None:
   for field in ("contrast", "saturation"):
     if config[field] > 1:
       raise ValueError(f"augment.{field} = {config[field]!r}: must be <= 1 (factor >= 0)")
-  low, high = _exposure_range(config)
+  low, high = exposure_range(config)
   if not 0 < low <= high:
     raise ValueError(f"augment.exposure_min, exposure_max = {low!r}, {high!r}: need "
                      "0 < exposure_min <= exposure_max")
 
 
-def _exposure_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+def exposure_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
   """``(exposure_min, exposure_max)``, 1 where a field is absent (configs saved before them)."""
   return config.get("exposure_min", 1.0), config.get("exposure_max", 1.0)
 
@@ -367,7 +367,7 @@ def _params(config: ml_collections.ConfigDict) -> "_Params":
   """The hashable :class:`_Params` of a config (``non_face_scale_min`` the one in effect)."""
   own = ("non_face_scale_min", "exposure_min", "exposure_max")
   values = {field: config[field] for field in _Params._fields if field not in own}
-  low, high = _exposure_range(config)
+  low, high = exposure_range(config)
   return _Params(**values, non_face_scale_min=non_face_scale_min(config),
                  exposure_min=float(low), exposure_max=float(high))
 

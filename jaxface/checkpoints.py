@@ -95,7 +95,7 @@ def _augment_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | boo
   identity = {key: aug[key] for key in sorted(aug.keys())}
   if augment.non_face_scale_min(aug) == aug.scale_min:
     identity.pop("non_face_scale_min", None)
-  if (aug.get("exposure_min", 1.0), aug.get("exposure_max", 1.0)) == (1.0, 1.0):
+  if augment.exposure_range(aug) == (1.0, 1.0):
     identity.pop("exposure_min", None)
     identity.pop("exposure_max", None)
   return identity

@@ -355,15 +355,16 @@ def _validate_model_and_signal(config: ml_collections.ConfigDict, fail,
 
 def _validate_augment(config: ml_collections.ConfigDict, fail) -> None:
   """Checks ``config.augment`` (also when disabled); errors name ``config.augment.<field>``."""
-  from jaxface.augment import check_augment_config  # imports jax
+  from jaxface.augment import check_augment_config, exposure_range  # imports jax
   aug = config.augment
   for field in ("enabled", "flip"):
     if not isinstance(aug[field], bool):
       fail(f"augment.{field}", "must be True or False")
-  for field in ("scale_min", "scale_max", "max_translate", "brightness", "contrast",
-                "saturation", "non_face_scale_min", "exposure_min", "exposure_max"):
-    # The exposure fields are absent from configs saved before them (1: no change).
-    value = aug.get(field, 1.0) if field.startswith("exposure") else aug[field]
+  numbers = {field: aug[field] for field in ("scale_min", "scale_max", "max_translate",
+                                             "brightness", "contrast", "saturation",
+                                             "non_face_scale_min")}
+  numbers["exposure_min"], numbers["exposure_max"] = exposure_range(aug)
+  for field, value in numbers.items():
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       fail(f"augment.{field}", "must be a number")
   if not isinstance(aug.fill, str):
