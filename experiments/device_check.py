@@ -20,7 +20,6 @@ is rewritten after every row, so a run stopped early leaves what it measured.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ if str(HERE) not in sys.path:
 import bench_detect  # noqa: E402  (defines absl flags, never parsed here)
 from benchmark import interleaved_rates, reference_unavailable, shard  # noqa: E402
 from shared_paths import shared_bench_dir, torch_python  # noqa: E402
+from jaxface import config as config_lib  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
 from jaxface import detect, models, resampling, sharding, train  # noqa: E402
 from jaxface.train import equal_work  # noqa: E402
@@ -171,11 +171,7 @@ def median_seconds(fn: Callable[[], Any], rounds: int, calls: int = 1) -> float:
 def load_config(spec: str, overrides: dict[str, Any]):
   """``get_config(option)`` of a config file given as ``configs/x.py[:option]``, with the
   dotted fields of ``overrides`` set."""
-  path, _, option = spec.partition(":")
-  loader = importlib.util.spec_from_file_location("device_check_config", REPO / path)
-  module = importlib.util.module_from_spec(loader)
-  loader.loader.exec_module(module)
-  config = module.get_config(option or None)
+  config = config_lib.load_config_file(str(REPO / spec))
   config.update_from_flattened_dict(overrides)
   return config
 

@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from jaxface import augment, inference, sharding, train  # noqa: E402
+from jaxface import config as config_lib  # noqa: E402
 from jaxface import data as data_lib  # noqa: E402
 from jaxface.data import to_float  # noqa: E402
 
@@ -102,12 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  import importlib.util
-  path, _, option = args.config.partition(":")
-  spec = importlib.util.spec_from_file_location("config_module", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(option or None)
+  config = config_lib.load_config_file(args.config)
   config.augment.enabled = True
   config.augment.fill = args.fill
   config.seed = args.seed

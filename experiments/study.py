@@ -3,7 +3,7 @@
     python experiments/study.py [--manifest PATH/manifest.csv] [--workdir /tmp/jaxface-study]
         [--seeds 3] [--alphas 0.1 0.01 0.001] [--combines max product] [--quick]
         [--reference_log /tmp/peer_study.log] [--planted] [--ablation]
-        [--row NAME KIND FIELD=VALUE ...] [--data_root DIR]
+        [--row NAME KIND|CONFIG FIELD=VALUE ...] [--data_root DIR]
         [--train_sets NAME=MANIFEST ...] [--whole_images | --scan_rows ROW ...]
 
 Every run goes through ``jaxface.train.train_and_evaluate`` with the same seed, data and budget
@@ -15,7 +15,10 @@ the study can be re-run until it is complete.
 
 Extra rows: ``--ablation`` adds the DB-VAE's VAE trained without resampling (the same model and
 budget, so a difference is the resampling's own), and each ``--row`` a named config, e.g.
-``--row dbvae-pca dbvae resampling.signal=latent_pca resampling.target_ess=0.3``.
+``--row dbvae-pca dbvae resampling.signal=latent_pca resampling.target_ess=0.3``. A row of kind
+``cnn``, ``ssvae`` or ``dbvae`` starts from the base config; a row whose kind is a config file
+starts from it, e.g. ``--row mine configs/dbvae.py resampling.bins=20`` is the shipped DB-VAE
+with one field changed (the study still sets the data, seed, budget and evaluation).
 ``--planted`` studies the embedded planted-bias data instead of a manifest. The table has the
 validation split's E[A] and worst group beside the test set's: settings are chosen on those.
 
@@ -92,17 +95,29 @@ class RunSpec:
   signal: str = ""  # config.resampling.signal; '' = 'none' for the CNN, 'latent' for the DB-VAE
   group_power: float = 1.0  # config.resampling.group_power (signal 'groups')
   overrides: tuple[tuple[str, str], ...] = ()  # ('resampling.target_ess', '0.3'), ... last
+  config_file: str = ""  # configs/x.py[:option] the row starts from; '' = the base config
 
 
 def parse_row(words: Sequence[str]) -> RunSpec:
   """``['dbvae-pca', 'dbvae', 'resampling.signal=latent_pca', ...]`` -> a RunSpec.
 
   The kind is 'cnn', 'ssvae' (the DB-VAE's VAE trained without resampling: the ablation of the
-  resampling itself) or 'dbvae'.
+  resampling itself) or 'dbvae', and the row starts from the base config; or the kind is a
+  config file, ``configs/dbvae.py[:option]``, and the row starts from that config (its model
+  kind, resampling and training recipe).
   """
+  config_file = ""
+  if len(words) >= 2 and words[1].partition(":")[0].endswith(".py"):
+    from jaxface import config as config_lib
+
+    try:
+      kind = config_lib.load_config_file(words[1]).model.kind
+    except ValueError as e:
+      raise SystemExit(f"--row {words[0]}: {e}") from None
+    config_file, words = words[1], [words[0], kind, *words[2:]]
   if len(words) < 2 or words[1] not in ("cnn", "ssvae", "dbvae"):
-    raise SystemExit("--row wants NAME KIND [FIELD=VALUE ...] with KIND cnn, ssvae or dbvae, "
-                     f"got {' '.join(words)}")
+    raise SystemExit("--row wants NAME KIND [FIELD=VALUE ...] with KIND cnn, ssvae, dbvae or a "
+                     f"config file (configs/dbvae.py), got {' '.join(words)}")
   pairs = []
   for word in words[2:]:
     if "=" not in word:
@@ -110,7 +125,8 @@ def parse_row(words: Sequence[str]) -> RunSpec:
     key, value = word.split("=", 1)
     pairs.append((key, value))
   signal = dict(pairs).get("resampling.signal", "")
-  return RunSpec(words[0], words[1], signal=signal, overrides=tuple(pairs))
+  return RunSpec(words[0], words[1], signal=signal, overrides=tuple(pairs),
+                 config_file=config_file)
 
 
 def _set_field(config, dotted: str, text: str) -> None:
@@ -204,11 +220,16 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
   ``whole_images``: ``config.whole_images`` fields)."""
   from jaxface import config as config_lib
 
-  config = config_lib.get_base_config()
+  if spec.config_file:
+    config = config_lib.load_config_file(spec.config_file)
+  else:
+    config = config_lib.get_base_config()
   config.name = f"{spec.name}-s{seed}"
   config.seed = seed
   config.model.kind = spec.kind
-  if spec.kind == "cnn":
+  if spec.config_file:
+    pass  # the file's model and resampling stand
+  elif spec.kind == "cnn":
     config.model.latent_dim = 0
     config.resampling.signal = spec.signal or "none"
     config.resampling.group_power = spec.group_power
@@ -602,12 +623,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="one DB-VAE row (per-dimension histograms) per combine and alpha; "
                            "none with an empty list")
   parser.add_argument("--row", nargs="+", action="append", default=[],
-                      metavar="NAME KIND FIELD=VALUE",
+                      metavar="NAME KIND|CONFIG FIELD=VALUE",
                       help="an extra row: name, 'cnn' or 'dbvae', config overrides, e.g. "
                            "--row dbvae-pca dbvae resampling.signal=latent_pca (repeatable); "
-                           "a row starts from jaxface.config's base config (a 'dbvae' row: the "
-                           "lab's 'latent' signal, no tempering), not from configs/dbvae.py, "
-                           "so give the fields of the setting you mean")
+                           "with KIND cnn, ssvae or dbvae a row starts from jaxface.config's "
+                           "base config (a 'dbvae' row: the lab's 'latent' signal, no "
+                           "tempering); with KIND a config file (--row mine configs/dbvae.py "
+                           "FIELD=VALUE ...) it starts from that config. The study sets the "
+                           "data, seed, budget and evaluation on top of either")
   parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                       help="config overrides for every row (before each row's own)")
   parser.add_argument("--ablation", action="store_true",

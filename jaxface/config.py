@@ -7,7 +7,9 @@ before anything is compiled.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 
 import ml_collections
 
@@ -431,3 +433,30 @@ def with_options(config: ml_collections.ConfigDict, arg: str | None) -> ml_colle
   if "smoke" in parse_config_arg(arg):
     apply_smoke(config)
   return config
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of a file given as ``configs/x.py[:option]``, as ``--config`` reads it.
+
+  Args:
+    spec: the path of a config file (a module with ``get_config(arg)``), optionally followed by
+      ``:`` and its options (e.g. ``configs/dbvae.py:smoke``).
+
+  Returns:
+    ``get_config(option)`` of the file (``get_config(None)`` without an option).
+
+  Raises:
+    ValueError: the file does not exist, is not a ``.py`` module, or defines no
+      ``get_config``.
+  """
+  path, _, option = str(spec).partition(":")
+  if not Path(path).is_file():
+    raise ValueError(f"config file not found: {path}")
+  loader = importlib.util.spec_from_file_location(f"jaxface_config_{Path(path).stem}", path)
+  if loader is None:
+    raise ValueError(f"config file {path} is not a Python module (configs/x.py)")
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"config file {path} defines no get_config(arg)")
+  return module.get_config(option or None)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import load_experiment, shared_data_dir
+from helpers import REPO, load_experiment, shared_data_dir
 
 from jaxface import config as config_lib
 
@@ -205,6 +205,30 @@ def test_study_rows_ablation_and_planted_data(tmp_path):
   assert row["ess_pct"]["mean"] == pytest.approx(50.0, rel=1e-2)
   assert {"val_E_A", "val_worst_rate", "mass_dark"} <= set(row)
   assert "| dbvae-pca | 1 |" in (runs / "study.md").read_text()
+
+
+def test_study_row_starts_from_a_config_file():
+  study = _load("study")
+  shipped = config_lib.load_config_file(str(REPO / "configs" / "dbvae.py"))
+  spec = study.parse_row(["mine", str(REPO / "configs" / "dbvae.py"), "resampling.bins=20"])
+  assert (spec.kind, spec.config_file) == ("dbvae", str(REPO / "configs" / "dbvae.py"))
+  config = study.run_config(spec, 3, None, epochs=1, batch_size=16, learning_rate=1e-3,
+                            steps_per_epoch=5, val_fraction=0.2)
+  # the file's model, resampling and recipe, one field changed, the study's budget and seed
+  assert config.model.input_norm and config.lr_schedule == shipped.lr_schedule
+  assert config.resampling.signal == shipped.resampling.signal == "error_axis"
+  assert config.resampling.target_ess == shipped.resampling.target_ess
+  assert config.resampling.bins == 20 and shipped.resampling.bins == 10
+  assert (config.num_epochs, config.steps_per_epoch, config.seed) == (1, 5, 3)
+  assert config.name == "mine-s3"
+  config_lib.validate_config(config, 1)
+  # a kind row still starts from the base config
+  base = study.run_config(study.parse_row(["b", "dbvae"]), 0, None, epochs=1, batch_size=16,
+                          learning_rate=1e-3, steps_per_epoch=5, val_fraction=0.2)
+  assert base.resampling.signal == "latent" and not base.model.input_norm
+  assert study.parse_row(["c", str(REPO / "configs" / "cnn.py")]).kind == "cnn"
+  with pytest.raises(SystemExit, match="--row x: config file not found"):
+    study.parse_row(["x", "configs/nope.py"])
 
 
 def test_operating_point_script_rescores_runs_at_a_false_positive_rate(tmp_path, capsys):

@@ -458,22 +458,19 @@ def test_evaluate_runs_the_evaluators_the_config_lists_in_order():
 
 
 def test_config_files_and_smoke_option():
-  import importlib.util
   shipped = {}
   for name in ("cnn", "ssvae", "dbvae", "dbvae_errors"):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    path = REPO / "configs" / f"{name}.py"
+    config = config_lib.load_config_file(str(path))
     config_lib.validate_config(config, 1)
-    smoke = module.get_config("smoke")
+    smoke = config_lib.load_config_file(f"{path}:smoke")
     config_lib.validate_config(smoke, 1)
     assert smoke.steps_per_epoch * smoke.num_epochs < 200
-    assert "python experiments/run.py --config=configs/" in module.__doc__
+    assert smoke.name == f"{config.name}-smoke"
+    assert "python experiments/run.py --config=configs/" in path.read_text()
     with pytest.raises(ValueError, match="unknown config option"):
-      module.get_config("smok")
+      config_lib.load_config_file(f"{path}:smok")
     # the shipped budget: 4 epochs on a cosine decay, with augmentation
-    config = module.get_config()
     assert (config.num_epochs, config.lr_schedule, config.augment.enabled) == (4, "cosine", True)
     shipped[name] = config
   # the DB-VAE resamples through its latent; the mistakes alone have their own config
@@ -484,13 +481,21 @@ def test_config_files_and_smoke_option():
   errors = shipped["dbvae_errors"].resampling
   assert (errors.signal, errors.error_upweight) == ("errors", 20.0)
   for name in ("cnn_lab", "dbvae_lab"):  # the labs' recipes stay reachable
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    lab = module.get_config()
+    lab = config_lib.load_config_file(str(REPO / "configs" / f"{name}.py"))
     config_lib.validate_config(lab, 1)
     assert (lab.num_epochs, lab.lr_schedule, lab.augment.enabled) == (2, "constant", False)
   assert lab.resampling.signal == "latent" and lab.resampling.combine == "max"
+
+
+def test_load_config_file_names_a_bad_file(tmp_path):
+  with pytest.raises(ValueError, match="config file not found: .*nope.py"):
+    config_lib.load_config_file(str(tmp_path / "nope.py"))
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(ValueError, match="not a Python module"):
+    config_lib.load_config_file(str(tmp_path / "notes.txt"))
+  (tmp_path / "empty.py").write_text("X = 1\n")
+  with pytest.raises(ValueError, match="defines no get_config"):
+    config_lib.load_config_file(str(tmp_path / "empty.py"))
 
 
 EQUIVALENCE_SCRIPT = textwrap.dedent("""
