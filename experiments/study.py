@@ -210,26 +210,13 @@ def parse_named(entries: Sequence[str], flag: str) -> dict[str, str]:
   return named
 
 
-def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, batch_size: int,
-               learning_rate: float, steps_per_epoch: int, val_fraction: float,
-               bn_recalibration_batches: int | None = None,
-               test_sets: dict[str, str] | None = None,
-               test_attributes: dict[str, str] | None = None,
-               whole_images: dict[str, str] | None = None):
-  """The jaxface config of one run (``test_sets``: extra test sets, name -> path;
-  ``whole_images``: ``config.whole_images`` fields)."""
+def _base_row_config(spec: RunSpec):
+  """The base config with the model and resampling of a row of kind ``spec.kind``."""
   from jaxface import config as config_lib
 
-  if spec.config_file:
-    config = config_lib.load_config_file(spec.config_file)
-  else:
-    config = config_lib.get_base_config()
-  config.name = f"{spec.name}-s{seed}"
-  config.seed = seed
+  config = config_lib.get_base_config()
   config.model.kind = spec.kind
-  if spec.config_file:
-    pass  # the file's model and resampling stand
-  elif spec.kind == "cnn":
+  if spec.kind == "cnn":
     config.model.latent_dim = 0
     config.resampling.signal = spec.signal or "none"
     config.resampling.group_power = spec.group_power
@@ -241,6 +228,25 @@ def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, b
       config.resampling.alpha = spec.alpha
     if spec.combine is not None:
       config.resampling.combine = spec.combine
+  return config
+
+
+def run_config(spec: RunSpec, seed: int, manifest: str | None, *, epochs: int, batch_size: int,
+               learning_rate: float, steps_per_epoch: int, val_fraction: float,
+               bn_recalibration_batches: int | None = None,
+               test_sets: dict[str, str] | None = None,
+               test_attributes: dict[str, str] | None = None,
+               whole_images: dict[str, str] | None = None):
+  """The jaxface config of one run (``test_sets``: extra test sets, name -> path;
+  ``whole_images``: ``config.whole_images`` fields)."""
+  from jaxface import config as config_lib
+
+  if spec.config_file:  # the file's model and resampling stand
+    config = config_lib.load_config_file(spec.config_file)
+  else:
+    config = _base_row_config(spec)
+  config.name = f"{spec.name}-s{seed}"
+  config.seed = seed
   if manifest is not None:
     config.data.source = "manifest"
     config.data.path = str(manifest)

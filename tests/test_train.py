@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import logging
@@ -467,7 +468,8 @@ def test_config_files_and_smoke_option():
     config_lib.validate_config(smoke, 1)
     assert smoke.steps_per_epoch * smoke.num_epochs < 200
     assert smoke.name == f"{config.name}-smoke"
-    assert "python experiments/run.py --config=configs/" in path.read_text()
+    assert "python experiments/run.py --config=configs/" in ast.get_docstring(
+        ast.parse(path.read_text()))
     with pytest.raises(ValueError, match="unknown config option"):
       config_lib.load_config_file(f"{path}:smok")
     # the shipped budget: 4 epochs on a cosine decay, with augmentation
