@@ -72,6 +72,7 @@ def make_step(config, optimizer, aug_config):
   """A jitted step: augment the batch (if enabled), then ``train.train_step``."""
   step_fn = functools.partial(train.train_step, optimizer=optimizer,
                               kl_weight=config.loss.kl_weight, recon=config.loss.recon,
+                              vae_weight=config.loss.vae_weight,
                               dtype=train.compute_dtype(config))
 
   def step(state, images, labels, key):
@@ -213,6 +214,7 @@ def bench(args) -> None:
   state = train.create_train_state(jax.random.key(0), config, optimizer)
   step_fn = jax.jit(functools.partial(train.train_step, optimizer=optimizer,
                                       kl_weight=config.loss.kl_weight, recon=config.loss.recon,
+                                      vae_weight=config.loss.vae_weight,
                                       dtype=jnp.float32))
   encode = jax.jit(lambda v, x: models.encode(v, x, train=True).y_logit)
   for batch in args.batch_sizes:

@@ -80,6 +80,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.kl_weight = 5e-4
   config.loss.recon = "l1"  # 'l1' (labs) or 'l2' (paper)
+  # Weight of the faces' VAE loss beside the classification loss (> 0; 1 in the labs). Under
+  # Adam the decoder's and the latent heads' updates barely depend on it (each is fed by the
+  # VAE loss alone); what it sets is how much the VAE shapes the trunk the classifier shares.
+  config.loss.vae_weight = 1.0
 
   config.resampling = _resampling_config()
 
@@ -219,6 +223,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
     fail("loss.recon", "must be 'l1' or 'l2'")
   if not config.loss.kl_weight >= 0:
     fail("loss.kl_weight", "must be >= 0")
+  if not config.loss.vae_weight > 0:
+    fail("loss.vae_weight", "must be > 0 (the decoder and the latent learn from it alone)")
   if config.batch_size < 2 or config.batch_size % 2:
     fail("batch_size", "must be even and >= 2 (half faces, half non-faces)")
   if config.batch_size % (2 * num_devices):

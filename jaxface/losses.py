@@ -131,10 +131,10 @@ class DebiasingLoss(NamedTuple):
   """Total loss and its per-sample parts.
 
   Attributes:
-    total: scalar, mean over the batch of ``classification + face * vae``.
+    total: scalar, mean over the batch of ``per_sample``.
     classification: (B,) classification loss (every sample).
-    vae: (B,) VAE loss before masking.
-    per_sample: (B,) ``classification + face * vae``.
+    vae: (B,) VAE loss before masking and weighting.
+    per_sample: (B,) ``classification + vae_weight * face * vae``.
   """
   total: Array
   classification: Array
@@ -144,7 +144,7 @@ class DebiasingLoss(NamedTuple):
 
 def debiasing_loss(x: Array, x_recon: Array, labels: Array, y_logit: Array, z_mean: Array,
                    z_logvar: Array, kl_weight: float = 5e-4,
-                   recon_kind: str = "l1") -> DebiasingLoss:
+                   recon_kind: str = "l1", vae_weight: float = 1.0) -> DebiasingLoss:
   """SS-VAE / DB-VAE loss: classification for every sample, VAE loss for faces only.
 
   Args:
@@ -156,6 +156,8 @@ def debiasing_loss(x: Array, x_recon: Array, labels: Array, y_logit: Array, z_me
     z_logvar: (B, k).
     kl_weight: KL weight.
     recon_kind: ``"l1"`` or ``"l2"``.
+    vae_weight: weight of the faces' VAE loss beside the classification loss (1 in the labs
+      and the paper; ``config.loss.vae_weight``).
 
   Returns:
     :class:`DebiasingLoss`.
@@ -166,5 +168,5 @@ def debiasing_loss(x: Array, x_recon: Array, labels: Array, y_logit: Array, z_me
     raise ValueError(f"x {jnp.shape(x)} and y_logit {y_logit.shape} differ in batch size")
   cls = classification_loss(y_logit, face)
   vae = vae_loss(x, x_recon, z_mean, z_logvar, kl_weight, recon_kind)
-  per_sample = cls + face * vae
+  per_sample = cls + vae_weight * face * vae
   return DebiasingLoss(jnp.mean(per_sample), cls, vae, per_sample)

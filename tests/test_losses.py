@@ -143,7 +143,7 @@ def _batch(seed=0, b=4, s=4, k=3):
 
 
 def _numpy_debiasing(x, x_recon, labels, y_logit, z_mean, z_logvar, kl_weight=5e-4,
-                     recon_kind="l1"):
+                     recon_kind="l1", vae_weight=1.0):
   x, x_recon = np.asarray(x, np.float64), np.asarray(x_recon, np.float64)
   labels = np.asarray(labels, np.float64).reshape(-1)
   y_logit = np.asarray(y_logit, np.float64)
@@ -154,15 +154,15 @@ def _numpy_debiasing(x, x_recon, labels, y_logit, z_mean, z_logvar, kl_weight=5e
   err = np.abs(d) if recon_kind == "l1" else d ** 2
   rec = err.reshape(len(x), -1).mean(axis=1)
   vae = kl_weight * kl + rec
-  per = cls + labels * vae
+  per = cls + vae_weight * labels * vae
   return per.mean(), cls, vae, per
 
 
-@pytest.mark.parametrize("recon_kind", ["l1", "l2"])
-def test_debiasing_loss_total_and_parts(recon_kind):
+@pytest.mark.parametrize("recon_kind,vae_weight", [("l1", 1.0), ("l2", 1.0), ("l1", 0.1)])
+def test_debiasing_loss_total_and_parts(recon_kind, vae_weight):
   b = _batch()
-  out = losses.debiasing_loss(**b, recon_kind=recon_kind)
-  total, cls, vae, per = _numpy_debiasing(**b, recon_kind=recon_kind)
+  out = losses.debiasing_loss(**b, recon_kind=recon_kind, vae_weight=vae_weight)
+  total, cls, vae, per = _numpy_debiasing(**b, recon_kind=recon_kind, vae_weight=vae_weight)
   np.testing.assert_allclose(float(out.total), total, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(out.classification), cls, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(out.vae), vae, rtol=1e-5)

@@ -116,7 +116,7 @@ def _step_inputs(kind: str, batch: int):
   return config, optimizer, state, batch, settings
 
 
-def _reference_step(config, optimizer, state, batch, key):
+def _reference_step(config, optimizer, state, batch, key, vae_weight=1.0):
   """One step written out as the loss of the papers: every row decoded, faces first."""
   images = jnp.concatenate([batch.faces, batch.non_faces])
   labels = jnp.repeat(jnp.array([1.0, 0.0]), batch.faces.shape[0])
@@ -126,7 +126,8 @@ def _reference_step(config, optimizer, state, batch, key):
     out = models.forward({"params": params, "batch_stats": state.batch_stats}, images, step_key,
                          train=True)
     parts = losses.debiasing_loss(images, out.x_recon, labels, out.y_logit, out.z_mean,
-                                  out.z_logvar, config.loss.kl_weight, config.loss.recon)
+                                  out.z_logvar, config.loss.kl_weight, config.loss.recon,
+                                  vae_weight)
     return parts.total, (out.batch_stats, parts.vae)
 
   (loss, (batch_stats, vae)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -155,6 +156,29 @@ def test_step_decoding_faces_only_takes_the_step_of_decoding_every_row(kind, var
     np.testing.assert_allclose(flat_params(new_state.batch_stats), flat_params(ref_stats),
                                rtol=1e-5, atol=1e-6, err_msg=where)
   assert np.abs(flat_params(ref_params) - flat_params(state.params)).max() > 1e-4
+
+
+def test_vae_weight_scales_the_vae_term_of_the_step():
+  key = jax.random.key(3)
+  config, optimizer, state, batch, settings = _step_inputs("dbvae", 16)
+  steps = {}
+  for weight in (1.0, 0.1):
+    ref_loss, _, ref_params, _ = jax.jit(functools.partial(
+        _reference_step, config, optimizer, vae_weight=weight))(state, batch, key)
+    new_state, metrics = jax.jit(functools.partial(
+        train.train_step, vae_weight=weight, **settings))(state, batch, key)
+    np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=2e-5)
+    np.testing.assert_allclose(flat_params(new_state.params), flat_params(ref_params),
+                               rtol=1e-4, atol=1e-6)
+    steps[weight] = (float(metrics["loss"]), float(metrics["classification_loss"]),
+                     float(metrics["vae_loss_faces"]))
+  # Same classification and VAE losses before the step; only their weighting differs: the
+  # batch is half faces, so loss = cls + weight * vae / 2.
+  for weight, (loss, cls, vae) in steps.items():
+    np.testing.assert_allclose(loss, cls + weight * vae / 2, rtol=1e-5)
+  assert steps[1.0][1:] == pytest.approx(steps[0.1][1:], rel=1e-6)
+  with pytest.raises(ValueError, match=r"loss.vae_weight = 0.0: must be > 0"):
+    config_lib.validate_config(tiny_config("dbvae", **{"loss.vae_weight": 0.0}), 1)
 
 
 def test_recalibrated_batch_norm_is_the_mean_of_uniform_batch_statistics():

@@ -47,7 +47,7 @@ def train_step_decoding_every_row(
     state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
     optimizer: optax.GradientTransformation, kl_weight: float, recon: str, dtype: Any,
     num_shards: int = 1, augment: ml_collections.ConfigDict | None = None,
-    impl: str = "auto") -> tuple[TrainState, dict[str, jax.Array]]:
+    impl: str = "auto", vae_weight: float = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """:func:`jaxface.train.train_step` with the decoder run on every row (a VAE).
 
   Takes the same step (up to rounding) at the cost of decoding the non-faces too. Arguments
@@ -55,4 +55,5 @@ def train_step_decoding_every_row(
   """
   return step_with_vae_loss(state, batch, key, every_row_vae_loss, optimizer=optimizer,
                             kl_weight=kl_weight, recon=recon, dtype=dtype,
-                            num_shards=num_shards, augment=augment, impl=impl)
+                            num_shards=num_shards, augment=augment, impl=impl,
+                            vae_weight=vae_weight)

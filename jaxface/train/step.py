@@ -155,11 +155,12 @@ def step_with_vae_loss(state: TrainState, batch: data_lib.Batch, key: jax.Array,
                        vae_loss: VaeLoss, *, optimizer: optax.GradientTransformation,
                        kl_weight: float, recon: str, dtype: Any, num_shards: int,
                        augment: ml_collections.ConfigDict | None,
-                       impl: str) -> tuple[TrainState, dict[str, jax.Array]]:
+                       impl: str, vae_weight: float = 1.0
+                       ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step whose VAE term is ``vae_loss`` (see :func:`train_step`).
 
-  The loss is the batch's classification losses plus ``vae_loss``'s sum, over the batch size
-  (the mean classification loss for the CNN, which has no VAE term).
+  The loss is the batch's classification losses plus ``vae_weight`` times ``vae_loss``'s sum,
+  over the batch size (the mean classification loss for the CNN, which has no VAE term).
   """
   step_key = jax.random.fold_in(key, state.step)
   is_vae = models.latent_dim_of(state.params) > 0
@@ -174,7 +175,7 @@ def step_with_vae_loss(state: TrainState, batch: data_lib.Batch, key: jax.Array,
       return jnp.mean(cls), (enc.batch_stats, enc.y_logit, cls, jnp.zeros((n_faces,)))
     vae_sum, vae = vae_loss(params, enc, inputs, step_key, kl_weight=kl_weight, recon=recon,
                             dtype=dtype, impl=impl, num_shards=num_shards)
-    total = (jnp.sum(cls) + vae_sum) / inputs.labels.shape[0]
+    total = (jnp.sum(cls) + vae_weight * vae_sum) / inputs.labels.shape[0]
     return total, (enc.batch_stats, enc.y_logit, cls, vae)
 
   (loss, (batch_stats, y_logit, cls, vae)), grads = jax.value_and_grad(
@@ -187,7 +188,8 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
                optimizer: optax.GradientTransformation, kl_weight: float, recon: str,
                dtype: Any, num_shards: int = 1,
                augment: ml_collections.ConfigDict | None = None,
-               impl: str = "auto") -> tuple[TrainState, dict[str, jax.Array]]:
+               impl: str = "auto", vae_weight: float = 1.0
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step of the CNN (latent_dim 0) or the SS-/DB-VAE.
 
   With ``augment`` enabled, every image of the joined batch, face or non-face, is first
@@ -219,13 +221,16 @@ def train_step(state: TrainState, batch: data_lib.Batch, key: jax.Array, *,
     augment: fields of :func:`jaxface.augment.default_augment_config` (read at trace time);
       None or ``enabled=False`` trains on the batch as it is.
     impl: the model implementation (:data:`jaxface.models.IMPLS`).
+    vae_weight: weight of the faces' VAE loss beside the classification loss
+      (``config.loss.vae_weight``).
 
   Returns:
     The new state and scalar metrics (loss, classification, vae, accuracy).
   """
   return step_with_vae_loss(state, batch, key, faces_vae_loss, optimizer=optimizer,
                             kl_weight=kl_weight, recon=recon, dtype=dtype,
-                            num_shards=num_shards, augment=augment, impl=impl)
+                            num_shards=num_shards, augment=augment, impl=impl,
+                            vae_weight=vae_weight)
 
 
 def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
@@ -249,7 +254,8 @@ def make_train_step(config: ml_collections.ConfigDict, optimizer: optax.Gradient
   """
   step = functools.partial(
       step_fn, optimizer=optimizer, kl_weight=config.loss.kl_weight,
-      recon=config.loss.recon, dtype=compute_dtype(config), num_shards=mesh.devices.size,
+      recon=config.loss.recon, vae_weight=config.loss.vae_weight,
+      dtype=compute_dtype(config), num_shards=mesh.devices.size,
       impl=config.model.impl, augment=ml_collections.FrozenConfigDict(config.augment))
   repl, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
   return jax.jit(step, in_shardings=(repl, batch, repl), out_shardings=(repl, repl),
