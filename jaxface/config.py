@@ -169,6 +169,9 @@ def _resampling_config() -> ml_collections.ConfigDict:
   # Each epoch's probabilities: momentum * the previous epoch's + (1 - momentum) * the signal's,
   # in [0, 1) (0 = the signal alone).
   resampling.momentum = 0.0
+  # The last epoch at whose start the signal is computed afresh; later epochs keep those
+  # probabilities (an identification model kept fixed, as in JTT). -1: every epoch.
+  resampling.last_update_epoch = -1
   # Blends ('a+b'): comma-separated weights, one per signal ('' = equal weights).
   resampling.blend_weights = ""
   # After the signal: temper the probabilities (p ** t) so that the Kish effective sample size
@@ -306,6 +309,10 @@ def _validate_resampling(config: ml_collections.ConfigDict, fail, parts: list[st
     fail("resampling.error_axes", "must be an integer >= 1")
   if isinstance(rs.momentum, bool) or not 0 <= rs.momentum < 1:
     fail("resampling.momentum", "must be in [0, 1) (0 = no momentum)")
+  last = rs.last_update_epoch
+  if isinstance(last, bool) or not isinstance(last, int) or not (last == -1 or last >= 1):
+    fail("resampling.last_update_epoch",
+         "must be -1 (every epoch) or an epoch >= 1 (epoch 0 has no trained model to read)")
 
 
 def _validate_evaluators(config: ml_collections.ConfigDict, fail) -> None:

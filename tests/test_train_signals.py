@@ -111,6 +111,32 @@ def test_a_run_with_momentum_resumes_exactly(tmp_path):
   np.testing.assert_allclose(params_resumed, params_full, rtol=1e-6, atol=1e-7)
 
 
+def test_last_update_epoch_keeps_that_epochs_probabilities_and_resumes(tmp_path):
+  settings = {"resampling.signal": "latent", "num_epochs": 3}
+  kept = tiny_config("dbvae", **settings, **{"resampling.last_update_epoch": 1})
+  datasets = data_lib.load_datasets(kept.data)
+  full = train.train_and_evaluate(kept, tmp_path / "kept", datasets).metrics
+  assert [r["epoch"] for r in full["resampling"]] == [0, 1]
+  # Epoch 2 draws from what epoch 1 computed: the last probabilities of a 2-epoch run.
+  two = tiny_config("dbvae", **{**settings, "num_epochs": 2})
+  train.train_and_evaluate(two, tmp_path / "two", datasets)
+  every = tiny_config("dbvae", **settings)
+  train.train_and_evaluate(every, tmp_path / "every", datasets)
+  probs_kept, params_kept = _last_checkpoint(tmp_path / "kept", kept)
+  probs_two, _ = _last_checkpoint(tmp_path / "two", two)
+  probs_every, params_every = _last_checkpoint(tmp_path / "every", every)
+  np.testing.assert_array_equal(probs_kept, probs_two)
+  assert np.abs(probs_every - probs_kept).max() > 1e-6
+  assert np.abs(params_every - params_kept).max() > 1e-6
+  # Killed inside epoch 2 (step 14 of 6 per epoch): resumed, it keeps drawing from epoch 1's.
+  train.train_and_evaluate(kept, tmp_path / "resumed", datasets, stop_at_step=14)
+  resumed = train.train_and_evaluate(kept, tmp_path / "resumed", datasets).metrics
+  assert resumed["resampling"] == full["resampling"]
+  probs_resumed, params_resumed = _last_checkpoint(tmp_path / "resumed", kept)
+  np.testing.assert_array_equal(probs_resumed, probs_kept)
+  np.testing.assert_allclose(params_resumed, params_kept, rtol=1e-6, atol=1e-7)
+
+
 def test_a_cnn_trains_with_the_errors_signal(tmp_path):
   config = tiny_config("cnn", **{"resampling.signal": "errors", "num_epochs": 2})
   metrics = train.train_and_evaluate(config, tmp_path).metrics
@@ -133,6 +159,8 @@ def test_a_cnn_trains_with_the_errors_signal(tmp_path):
     ("resampling.error_axes", 0, "integer >= 1"),
     ("resampling.momentum", 1.0, r"\[0, 1\)"),
     ("resampling.momentum", -0.1, r"\[0, 1\)"),
+    ("resampling.last_update_epoch", 0, "-1 .every epoch. or an epoch >= 1"),
+    ("resampling.last_update_epoch", -2, "-1 .every epoch. or an epoch >= 1"),
 ])
 def test_bad_signal_settings_are_refused_by_field(field, value, message):
   config = tiny_config("dbvae", **{"resampling.signal": "latent_pca+errors", field: value})

@@ -147,16 +147,25 @@ def _resample_non_faces(run: Run, position: Position) -> None:
       config.resampling.non_face_upweight))
 
 
+def updates_signal(resampling: ml_collections.ConfigDict, epoch: int) -> bool:
+  """Whether the faces' probabilities are computed afresh at ``epoch``'s start (else the batcher
+  keeps those of ``resampling.last_update_epoch``, checkpointed with the state)."""
+  last = resampling.get("last_update_epoch", -1)  # runs configured before it have none
+  return last == -1 or epoch <= last
+
+
 def _train_epoch(run: Run, position: Position, log: metric_log.StepLog,
                  stop_at_step: int | None) -> int | None:
   """The rest of the current epoch's steps; the global step it stopped at, or None.
 
-  Resamples the faces first at an epoch's start; checkpoints every
+  Resamples the faces first at an epoch's start (up to ``resampling.last_update_epoch``);
+  checkpoints every
   ``config.checkpoint_every_steps`` steps (but not at the epoch's last step, which
   :func:`_end_epoch` saves after the evaluation).
   """
   config, steps_per_epoch = run.config, run.batcher.steps_per_epoch
-  if position.step_in_epoch == 0 and config.resampling.signal != "none":
+  if (position.step_in_epoch == 0 and config.resampling.signal != "none"
+      and updates_signal(config.resampling, position.epoch)):
     _resample(run, position)
   if config.resampling.non_face_upweight > 1:
     _resample_non_faces(run, position)
