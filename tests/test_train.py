@@ -504,6 +504,7 @@ def test_config_files_and_smoke_option():
   assert (dbvae.signal, dbvae.error_axes, dbvae.alpha, dbvae.target_ess) == (
       "error_axis", 1, 1e-3, 0.3)
   assert (dbvae.non_face_upweight, dbvae.non_face_top) == (10.0, 0.05)
+  assert dbvae.last_update_epoch == 1  # the first epoch's model identifies, as in JTT
   errors = shipped["dbvae_errors"].resampling
   assert (errors.signal, errors.error_upweight) == ("errors", 20.0)
   for name in ("cnn_lab", "dbvae_lab"):  # the labs' recipes stay reachable

@@ -116,7 +116,12 @@ def test_last_update_epoch_keeps_that_epochs_probabilities_and_resumes(tmp_path)
   kept = tiny_config("dbvae", **settings, **{"resampling.last_update_epoch": 1})
   datasets = data_lib.load_datasets(kept.data)
   full = train.train_and_evaluate(kept, tmp_path / "kept", datasets).metrics
-  assert [r["epoch"] for r in full["resampling"]] == [0, 1]
+  # One record per epoch; epoch 2 logs the mass of the probabilities it kept.
+  records = full["resampling"]
+  assert [r["epoch"] for r in records] == [0, 1, 2]
+  assert "kept_from_epoch" not in records[1] and records[2]["kept_from_epoch"] == 1
+  assert records[2]["mass_by_group"] == records[1]["mass_by_group"]
+  assert records[2]["ess"] == pytest.approx(records[1]["ess"])
   # Epoch 2 draws from what epoch 1 computed: the last probabilities of a 2-epoch run.
   two = tiny_config("dbvae", **{**settings, "num_epochs": 2})
   train.train_and_evaluate(two, tmp_path / "two", datasets)

@@ -43,7 +43,8 @@ from jaxface.eval import whole_photos
 from jaxface.sharding import shard_batch
 from jaxface.train import metric_log
 from jaxface.train.batch_norm import recalibrate_batch_norm
-from jaxface.train.resample import hard_non_faces, non_face_weights, resampling_probabilities
+from jaxface.train.resample import (hard_non_faces, non_face_weights, probability_summary,
+                                    resampling_probabilities)
 from jaxface.train.start import Position, Run, start_run
 
 PyTree = Any
@@ -114,11 +115,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 def _resample(run: Run, position: Position) -> None:
-  """The epoch-start pass: new face probabilities for the batcher, logged and kept."""
+  """The epoch-start pass: new face probabilities for the batcher (or, after
+  ``resampling.last_update_epoch``, the ones it holds), logged and kept."""
   epoch = position.epoch
-  probs, info = resampling_probabilities(run.config, position.state.variables, run.train_faces,
-                                         run.mesh, epoch, previous=run.batcher.face_probabilities)
-  run.batcher.set_face_probabilities(probs)
+  if updates_signal(run.config.resampling, epoch):
+    probs, info = resampling_probabilities(run.config, position.state.variables,
+                                           run.train_faces, run.mesh, epoch,
+                                           previous=run.batcher.face_probabilities)
+    run.batcher.set_face_probabilities(probs)
+  else:
+    info = probability_summary(run.batcher.face_probabilities, run.train_faces)
+    info["kept_from_epoch"] = int(run.config.resampling.last_update_epoch)
   info["epoch"] = epoch
   position.history["resampling"].append(info)
   logging.info("epoch %d resampling: effective sample size %.0f of %d (%.1f%%)%s", epoch,
@@ -158,14 +165,13 @@ def _train_epoch(run: Run, position: Position, log: metric_log.StepLog,
                  stop_at_step: int | None) -> int | None:
   """The rest of the current epoch's steps; the global step it stopped at, or None.
 
-  Resamples the faces first at an epoch's start (up to ``resampling.last_update_epoch``);
-  checkpoints every
+  Resamples the faces first at an epoch's start (after ``resampling.last_update_epoch``, logs
+  the probabilities kept); checkpoints every
   ``config.checkpoint_every_steps`` steps (but not at the epoch's last step, which
   :func:`_end_epoch` saves after the evaluation).
   """
   config, steps_per_epoch = run.config, run.batcher.steps_per_epoch
-  if (position.step_in_epoch == 0 and config.resampling.signal != "none"
-      and updates_signal(config.resampling, position.epoch)):
+  if position.step_in_epoch == 0 and config.resampling.signal != "none":
     _resample(run, position)
   if config.resampling.non_face_upweight > 1:
     _resample_non_faces(run, position)

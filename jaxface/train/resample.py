@@ -52,19 +52,26 @@ def resampling_probabilities(config: ml_collections.ConfigDict, variables: PyTre
                                   recon=config.loss.recon, impl=config.model.impl))
   p, info = resampling.face_probabilities(rs, inputs, epoch=epoch, seed=config.seed,
                                           previous=previous)
-  info.update(ess=resampling.effective_sample_size(p), n_faces=int(p.size))
-  info["ess_fraction"] = info["ess"] / p.size
+  info.update(probability_summary(p, train_faces))
   if info["ess"] < max(0.01 * p.size, config.batch_size // 2):  # < 1%, or < one batch's faces
     logging.warning(
         "resampling puts almost all sampling mass on a few faces (effective sample size %.1f "
         "of %d): training will see little but them. combine='product' over many latent "
         "dimensions does this; combine='max' or a larger alpha spreads the mass.",
         info["ess"], p.size)
+  return p, info
+
+
+def probability_summary(p: np.ndarray, train_faces: data_lib.FaceData) -> dict[str, Any]:
+  """The effective sample size (Kish) of the face probabilities ``p`` (n_faces,) and, when the
+  faces carry group labels, each group's share of the mass next to its share of the faces."""
+  info: dict[str, Any] = {"ess": resampling.effective_sample_size(p), "n_faces": int(p.size)}
+  info["ess_fraction"] = info["ess"] / p.size
   groups = train_faces.groups
   if any(groups):
     info["mass_by_group"] = {g: float(p[groups == g].sum()) for g in train_faces.group_names}
     info["share_by_group"] = {g: float(np.mean(groups == g)) for g in train_faces.group_names}
-  return p, info
+  return info
 
 
 def hard_non_faces(config: ml_collections.ConfigDict, variables: PyTree,
