@@ -118,14 +118,14 @@ def _resample(run: Run, position: Position) -> None:
   """The epoch-start pass: new face probabilities for the batcher (or, after
   ``resampling.last_update_epoch``, the ones it holds), logged and kept."""
   epoch = position.epoch
-  if updates_signal(run.config.resampling, epoch):
+  if _updates_signal(run.config.resampling, epoch):
     probs, info = resampling_probabilities(run.config, position.state.variables,
                                            run.train_faces, run.mesh, epoch,
                                            previous=run.batcher.face_probabilities)
     run.batcher.set_face_probabilities(probs)
   else:
     info = probability_summary(run.batcher.face_probabilities, run.train_faces)
-    info["kept_from_epoch"] = int(run.config.resampling.last_update_epoch)
+    info["kept_from_epoch"] = run.config.resampling.last_update_epoch
   info["epoch"] = epoch
   position.history["resampling"].append(info)
   logging.info("epoch %d resampling: effective sample size %.0f of %d (%.1f%%)%s", epoch,
@@ -154,10 +154,10 @@ def _resample_non_faces(run: Run, position: Position) -> None:
       config.resampling.non_face_upweight))
 
 
-def updates_signal(resampling: ml_collections.ConfigDict, epoch: int) -> bool:
+def _updates_signal(resampling: ml_collections.ConfigDict, epoch: int) -> bool:
   """Whether the faces' probabilities are computed afresh at ``epoch``'s start (else the batcher
   keeps those of ``resampling.last_update_epoch``, checkpointed with the state)."""
-  last = resampling.get("last_update_epoch", -1)  # runs configured before it have none
+  last = resampling.last_update_epoch  # validated by start_run: -1 or >= 1
   return last == -1 or epoch <= last
 
 
