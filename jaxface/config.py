@@ -172,6 +172,10 @@ def _resampling_config() -> ml_collections.ConfigDict:
   # The last epoch at whose start the signal is computed afresh; later epochs keep those
   # probabilities (an identification model kept fixed, as in JTT). -1: every epoch.
   resampling.last_update_epoch = -1
+  # Cross-fitting for the error signals (needs last_update_epoch = 1): this share of the faces
+  # is held out of the first epoch, and the second epoch's signal reads their errors alone
+  # (generalisation errors, not the fitted faces'), then is kept. 0 = off.
+  resampling.heldout_fraction = 0.0
   # Blends ('a+b'): comma-separated weights, one per signal ('' = equal weights).
   resampling.blend_weights = ""
   # After the signal: temper the probabilities (p ** t) so that the Kish effective sample size
@@ -313,6 +317,18 @@ def _validate_resampling(config: ml_collections.ConfigDict, fail, parts: list[st
   if isinstance(last, bool) or not isinstance(last, int) or not (last == -1 or last >= 1):
     fail("resampling.last_update_epoch",
          "must be -1 (every epoch) or an epoch >= 1 (epoch 0 has no trained model to read)")
+  fraction = rs.heldout_fraction
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+      0 <= fraction < 1):
+    fail("resampling.heldout_fraction", "must be in [0, 1) (0 = no faces held out)")
+  if fraction:
+    errors = [name for name, s in signal_registry.SIGNALS.items() if s.uniform_in_first_epoch]
+    if not all(part in errors for part in parts):
+      fail("resampling.heldout_fraction", f"needs a signal that reads the classifier's errors "
+           f"({' / '.join(errors)}), got {rs.signal!r}")
+    if last != 1:
+      fail("resampling.heldout_fraction", "needs resampling.last_update_epoch = 1 (the held-out "
+           "faces are trained on from the second epoch on, so only its signal reads them unseen)")
 
 
 def _validate_evaluators(config: ml_collections.ConfigDict, fail) -> None:

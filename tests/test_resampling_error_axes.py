@@ -11,6 +11,7 @@ import pytest
 from helpers import tiny_config
 
 from jaxface import config as config_lib
+from jaxface import data as data_lib
 from jaxface import resampling
 from jaxface.resampling import error_axes
 
@@ -33,11 +34,14 @@ def _codes(n=N, seed=0):
   return z.astype(np.float32), face_prob.astype(np.float32), rare
 
 
-def _reference(z, face_prob, n_axes, bins, alpha, combine, kind, threshold=1e-2):
-  """The signal in float64 NumPy, step by step as the module docstring says."""
+def _reference(z, face_prob, n_axes, bins, alpha, combine, kind, threshold=1e-2, mask=None):
+  """The signal in float64 NumPy, step by step as the module docstring says; with ``mask``, the
+  axes fitted to the masked faces alone (the others score as correct)."""
   z = np.asarray(z, np.float64)
   n = z.shape[0]
   p = np.asarray(face_prob, np.float64).reshape(-1)
+  if mask is not None:
+    p = np.where(mask, p, 1.0)
   if kind == "mistakes":
     y = (p <= 0.5).astype(np.float64)
   else:
@@ -49,8 +53,13 @@ def _reference(z, face_prob, n_axes, bins, alpha, combine, kind, threshold=1e-2)
   values, vectors = np.linalg.eigh(centred.T @ centred / n)
   u = centred @ vectors[:, ::-1][:, :m] / np.sqrt(values[::-1][:m])
   eye = np.eye(m)
-  beta = np.linalg.solve(u.T @ u / n + error_axes.RIDGE * eye, u.T @ (y - y.mean()) / n)
+  fit_u, fit_y = (u, y) if mask is None else (u[mask] - u[mask].mean(axis=0), y[mask])
+  k = len(fit_y)
+  beta = np.linalg.solve(fit_u.T @ fit_u / k + error_axes.RIDGE * eye,
+                         fit_u.T @ (fit_y - fit_y.mean()) / k)
   axes = [beta / np.linalg.norm(beta)]
+  if mask is not None:
+    u = u - u[mask].mean(axis=0)  # the fit's centre: projections shift, densities do not change
   if n_axes > 1:
     w = y / y.sum()
     c = u - w @ u
@@ -224,3 +233,86 @@ def test_momentum_mixes_in_the_previous_probabilities():
   rs.momentum = 1.0
   with pytest.raises(ValueError, match=r"resampling.momentum must be in \[0, 1\)"):
     resampling.face_probabilities(rs, inputs, epoch=1, seed=0)
+
+
+@pytest.mark.parametrize("n_axes,kind", [(1, "mistakes"), (2, "loss")])
+def test_axes_fitted_to_held_out_faces_match_the_numpy_reference(n_axes, kind):
+  z, face_prob, _ = _codes()
+  mask = np.random.default_rng(3).random(N) < 0.4
+  got = np.asarray(resampling.error_axis_probabilities(z, face_prob, n_axes, kind=kind,
+                                                       fit_mask=mask))
+  want = _reference(z, face_prob, n_axes, 10, 1e-3, "max", kind, mask=mask)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-9)
+  # Only the masked faces' errors count: changing the others' p(face) changes nothing.
+  other = np.where(mask, face_prob, 0.05).astype(np.float32)
+  np.testing.assert_allclose(
+      resampling.error_axis_probabilities(z, other, n_axes, kind=kind, fit_mask=mask), got,
+      rtol=1e-6)
+  # Every face in the mask is the plain fit, up to centring codes that already have mean 0.
+  np.testing.assert_allclose(
+      resampling.error_axis_probabilities(z, face_prob, n_axes, kind=kind,
+                                          fit_mask=np.ones(N, bool)),
+      resampling.error_axis_probabilities(z, face_prob, n_axes, kind=kind), rtol=1e-4)
+
+
+def test_held_out_errors_with_no_mistake_fall_back_to_uniform_and_bad_masks_are_refused(caplog):
+  z, face_prob, rare = _codes()
+  mask = ~rare & (face_prob > 0.5)  # every held-out face correct
+  with caplog.at_level(logging.WARNING):
+    p = np.asarray(resampling.error_axis_probabilities(z, face_prob, fit_mask=mask))
+  np.testing.assert_allclose(p, 1 / N)
+  assert "every face it is fitted on" in caplog.text
+  with pytest.raises(ValueError, match="fit_mask must be a"):
+    resampling.error_axis_probabilities(z, face_prob, fit_mask=np.zeros(N, bool))
+  with pytest.raises(ValueError, match="fit_mask must be a"):
+    resampling.error_axis_probabilities(z, face_prob, fit_mask=np.ones(N - 1, bool))
+
+
+def test_the_held_out_faces_are_a_seeded_fold_of_the_asked_size():
+  mask = resampling.held_out_faces(1000, 0.25, seed=3)
+  assert mask.dtype == bool and mask.shape == (1000,) and mask.sum() == 250
+  np.testing.assert_array_equal(mask, resampling.held_out_faces(1000, 0.25, seed=3))
+  assert (mask != resampling.held_out_faces(1000, 0.25, seed=4)).any()
+  for fraction in (0.0, 1.0, -0.1):
+    with pytest.raises(ValueError, match=r"heldout_fraction must be in \(0, 1\)"):
+      resampling.held_out_faces(100, fraction, 0)
+  with pytest.raises(ValueError, match="holds out 0 of the 10"):
+    resampling.held_out_faces(10, 0.01, 0)
+
+
+@pytest.mark.parametrize("signal", ["errors", "error_axis"])
+def test_a_held_out_fold_is_skipped_in_epoch_0_and_read_alone_in_epoch_1(signal):
+  z, face_prob, _ = _codes()
+  rs = config_lib.get_base_config().resampling
+  rs.update(signal=signal, error_upweight=20.0, target_ess=0.3, last_update_epoch=1,
+            heldout_fraction=0.5)
+  inputs = {"z_mean": z, "face_prob": face_prob}
+  mask = resampling.held_out_faces(N, 0.5, seed=7)
+  # Epoch 0: none of the held-out faces, the others uniform, untouched by the tempering.
+  first, details = resampling.face_probabilities(rs, inputs, epoch=0, seed=7)
+  np.testing.assert_array_equal(first[mask], 0.0)
+  np.testing.assert_allclose(first[~mask], 1 / (~mask).sum(), rtol=1e-12)
+  assert details == {"held_out_faces": N // 2}
+  # The batcher never draws them.
+  labels = np.r_[np.ones(N, np.int32), np.zeros(10, np.int32)]  # the faces first
+  train_set = data_lib.FaceData(images=np.zeros((N + 10, 8, 8, 3), np.uint8), labels=labels,
+                                groups=np.array([""] * (N + 10)))
+  batcher = data_lib.Batcher(train_set, batch_size=8, seed=0)
+  batcher.set_face_probabilities(first)
+  drawn = np.concatenate([batcher.batch_indices(0, step)[:4] for step in range(40)])
+  assert drawn.max() < N and not mask[drawn].any()
+  # Epoch 1: the held-out faces' errors alone, then the tempering.
+  p, details = resampling.face_probabilities(rs, inputs, epoch=1, seed=7)
+  assert details["held_out_faces"] == N // 2
+  assert details["held_out_mistakes_face_prob"] == int(np.sum(face_prob[mask] <= 0.5))
+  plain = (resampling.error_probabilities(face_prob, 20.0, "mistakes", mask) if signal == "errors"
+           else resampling.error_axis_probabilities(z, face_prob, fit_mask=mask))
+  tempered, _ = resampling.temper_to_ess(plain, 0.3)
+  np.testing.assert_allclose(p, np.asarray(tempered, np.float64) / np.sum(tempered), rtol=1e-6)
+  if signal == "errors":  # a trained-on face weighs as a correct one, whatever its p(face)
+    w = np.asarray(resampling.error_probabilities(face_prob, 20.0, "mistakes", mask))
+    np.testing.assert_allclose(w[~mask], w[~mask & (face_prob > 0.5)][0], rtol=1e-6)
+  # Later epochs read every face (a run keeps epoch 1's; the config insists on it).
+  later, details = resampling.face_probabilities(rs, inputs, epoch=2, seed=7)
+  assert "held_out_faces" not in details
+  assert np.abs(later - p).max() > 1e-6

@@ -142,6 +142,37 @@ def test_last_update_epoch_keeps_that_epochs_probabilities_and_resumes(tmp_path)
   np.testing.assert_allclose(params_resumed, params_kept, rtol=1e-6, atol=1e-7)
 
 
+def test_a_held_out_fold_skips_the_first_epoch_and_resumes(tmp_path):
+  config = tiny_config("dbvae", **{"resampling.signal": "error_axis", "num_epochs": 2,
+                                   "resampling.last_update_epoch": 1,
+                                   "resampling.heldout_fraction": 0.5})
+  datasets = data_lib.load_datasets(config.data)
+  full = train.train_and_evaluate(config, tmp_path / "full", datasets).metrics
+  first, second = full["resampling"]
+  n = first["n_faces"]
+  assert first["held_out_faces"] == second["held_out_faces"] == n // 2
+  assert first["ess"] == pytest.approx(n - n // 2)  # uniform over the faces trained on
+  assert 0 <= second["held_out_mistakes_face_prob"] <= n // 2
+  # Killed inside epoch 0 (step 5 of 6, after the checkpoint of step 4): it resumes drawing
+  # from the fold's probabilities, to the same records and parameters.
+  train.train_and_evaluate(config, tmp_path / "resumed", datasets, stop_at_step=5)
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed", datasets).metrics
+  assert resumed["resampling"] == full["resampling"]
+  _, params_full = _last_checkpoint(tmp_path / "full", config)
+  _, params_resumed = _last_checkpoint(tmp_path / "resumed", config)
+  np.testing.assert_allclose(params_resumed, params_full, rtol=1e-6, atol=1e-7)
+  # Without the fold the first epoch trains on other faces.
+  plain = tiny_config("dbvae", **{"resampling.signal": "error_axis", "num_epochs": 2,
+                                  "resampling.last_update_epoch": 1})
+  train.train_and_evaluate(plain, tmp_path / "plain", datasets)
+  _, params_plain = _last_checkpoint(tmp_path / "plain", plain)
+  assert np.abs(params_plain - params_full).max() > 1e-6
+  # The fold needs the signal kept after epoch 1.
+  with pytest.raises(ValueError, match="heldout_fraction.*needs resampling.last_update_epoch = 1"):
+    config_lib.validate_config(tiny_config("dbvae", **{"resampling.signal": "errors",
+                                                       "resampling.heldout_fraction": 0.5}), 1)
+
+
 def test_a_cnn_trains_with_the_errors_signal(tmp_path):
   config = tiny_config("cnn", **{"resampling.signal": "errors", "num_epochs": 2})
   metrics = train.train_and_evaluate(config, tmp_path).metrics
@@ -166,6 +197,8 @@ def test_a_cnn_trains_with_the_errors_signal(tmp_path):
     ("resampling.momentum", -0.1, r"\[0, 1\)"),
     ("resampling.last_update_epoch", 0, "-1 .every epoch. or an epoch >= 1"),
     ("resampling.last_update_epoch", -2, "-1 .every epoch. or an epoch >= 1"),
+    ("resampling.heldout_fraction", 1.0, r"\[0, 1\)"),
+    ("resampling.heldout_fraction", 0.3, "needs a signal that reads the classifier's errors"),
 ])
 def test_bad_signal_settings_are_refused_by_field(field, value, message):
   config = tiny_config("dbvae", **{"resampling.signal": "latent_pca+errors", field: value})

@@ -28,4 +28,5 @@ from jaxface.resampling.registry import (SIGNALS, Signal, blend_weights, face_pr
 from jaxface.resampling.weights import (ERROR_KINDS, blend, blend_probabilities, cap_weights,
                                         effective_sample_size, epistemic_probabilities,
                                         epistemic_score, error_probabilities, error_score,
-                                        group_balanced_probabilities, temper_to_ess)
+                                        group_balanced_probabilities, held_out_faces,
+                                        temper_to_ess)

@@ -43,7 +43,10 @@ class Signal:
     needs_latent: whether it needs a VAE's latent space (the standard CNN is refused).
     blendable: whether it can be one part of a blend ``'a+b'``.
     uniform_in_first_epoch: whether epoch 0 samples uniformly instead, because the signal
-      reads a model that has not learnt anything yet.
+      reads a model that has not learnt anything yet. These signals read the classifier's
+      errors, and can read them on faces held out of that epoch
+      (``resampling.heldout_fraction``: ``inputs['held_out']``, (n_faces,) bool, at the second
+      epoch's start).
   """
   probabilities: Callable[[Inputs, ml_collections.ConfigDict, int], Any]
   outputs: tuple[str, ...] = ()
@@ -76,25 +79,32 @@ def _clusters(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
                                            rs.active_variance, seed=seed)
 
 
+# The error signals read inputs.get(HELD_OUT): the faces held out of the first epoch
+# (resampling.heldout_fraction; only at the second epoch's start), whose errors they read alone.
+HELD_OUT = "held_out"
+
+
 def _errors(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
-  return weights.error_probabilities(inputs["face_prob"], rs.error_upweight, rs.error_kind)
+  return weights.error_probabilities(inputs["face_prob"], rs.error_upweight, rs.error_kind,
+                                     inputs.get(HELD_OUT))
 
 
 def _error_axis(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
   return error_axes.error_axis_probabilities(inputs["z_mean"], inputs["face_prob"], rs.error_axes,
                                              rs.bins, rs.alpha, rs.combine, rs.error_kind,
-                                             rs.active_variance)
+                                             rs.active_variance, inputs.get(HELD_OUT))
 
 
 def _shift_errors(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
   return weights.error_probabilities(inputs["face_prob_shifted"], rs.error_upweight,
-                                     rs.error_kind)
+                                     rs.error_kind, inputs.get(HELD_OUT))
 
 
 def _shift_error_axis(inputs: Inputs, rs: ml_collections.ConfigDict, seed: int):
   return error_axes.error_axis_probabilities(inputs["z_mean"], inputs["face_prob_shifted"],
                                              rs.error_axes, rs.bins, rs.alpha, rs.combine,
-                                             rs.error_kind, rs.active_variance)
+                                             rs.error_kind, rs.active_variance,
+                                             inputs.get(HELD_OUT))
 
 
 SIGNALS: Mapping[str, Signal] = types.MappingProxyType({
@@ -216,7 +226,10 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
   :attr:`Signal.uniform_in_first_epoch`), the parts are blended with
   ``resampling.blend_weights`` (:func:`jaxface.resampling.blend`), tempered to
   ``resampling.target_ess`` (:func:`jaxface.resampling.temper_to_ess`) and capped at
-  ``resampling.max_weight`` (:func:`jaxface.resampling.cap_weights`) when those are set. With
+  ``resampling.max_weight`` (:func:`jaxface.resampling.cap_weights`) when those are set.
+  With ``resampling.heldout_fraction`` f > 0 (error signals only), epoch 0 draws none of the
+  faces :func:`jaxface.resampling.held_out_faces` holds out (uniform over the others) and at
+  epoch 1 the signals read those faces' errors alone. With
   ``resampling.momentum`` m > 0 the result is ``normalize(m * previous + (1 - m) * p)``: the
   mixture keeps the cap (both sides are under it) but not the tempering's exact ESS.
 
@@ -233,8 +246,10 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
 
   Returns:
     ``(n_faces,)`` float64 probabilities summing to 1 (float64 NumPy: the batcher draws from
-    them on the host, and the group and uniform signals are exact in float64), and
-    ``{'power': t}``, the tempering power, when ``target_ess`` is set (else ``{}``).
+    them on the host, and the group and uniform signals are exact in float64), and details:
+    ``'power'``, the tempering power, when ``target_ess`` is set; with
+    ``resampling.heldout_fraction`` (epochs 0 and 1), ``'held_out_faces'`` and, at epoch 1,
+    the held-out faces' mistakes (``'held_out_mistakes_face_prob'``, p(face) <= 0.5).
 
   Raises:
     ValueError: an unknown signal, a blend of a signal that cannot be blended, inputs that
@@ -244,11 +259,25 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
   """
   signals = _parts(resampling.signal, registry)
   n = _n_faces(inputs, signals)
+  details: dict[str, float] = {}
+  fraction = resampling.get("heldout_fraction", 0.0)  # runs configured before it have none
+  held_out = weights.held_out_faces(n, fraction, seed) if fraction and epoch <= 1 else None
+  if held_out is not None:
+    details["held_out_faces"] = int(held_out.sum())
+    if epoch == 0 and all(s.uniform_in_first_epoch for s in signals):
+      # The first epoch trains on the other faces only: no tempering, cap or momentum, which
+      # would hand the held-out faces some mass.
+      return _normalised(np.where(held_out, 0.0, 1.0), resampling.signal), details
+    if epoch == 1:
+      inputs = {**inputs, HELD_OUT: held_out}
+      for name in ("face_prob", "face_prob_shifted"):
+        if name in inputs:
+          details[f"held_out_mistakes_{name}"] = int(np.sum(
+              np.reshape(np.asarray(inputs[name]), -1)[held_out] <= 0.5))
   per_signal = [np.full(n, 1.0 / n) if epoch == 0 and s.uniform_in_first_epoch
                 else s.probabilities(inputs, resampling, seed) for s in signals]
   p = (per_signal[0] if len(per_signal) == 1 else
        weights.blend(np.stack([np.asarray(q) for q in per_signal]), blend_weights(resampling)))
-  details: dict[str, float] = {}
   if resampling.target_ess:
     p, power = weights.temper_to_ess(p, resampling.target_ess)
     details["power"] = float(power)

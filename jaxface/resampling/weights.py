@@ -139,7 +139,42 @@ def error_score(face_prob: Array, kind: str = "mistakes") -> Array:
   return bce / jnp.maximum(jnp.max(bce), 1e-12)
 
 
-def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mistakes") -> Array:
+HELD_OUT_STREAM = 0x686F6C64  # the fold's own random stream, apart from the batcher's
+
+
+def held_out_faces(n: int, fraction: float, seed: int) -> np.ndarray:
+  """The faces held out of the first epoch, whose errors at its end are generalisation errors.
+
+  Cross-fitting in one run: the first epoch (uniform, before any signal) trains on the other
+  faces only; at the second epoch's start the classifier's errors on the held-out faces say
+  which faces it fails to generalise to, which its training errors (the faces it has fitted)
+  do not. ``round(fraction * n)`` faces, drawn by the run's seed.
+
+  Args:
+    n: number of training faces.
+    fraction: the share held out, in (0, 1).
+    seed: the run's seed.
+
+  Returns:
+    (n,) bool, True for a held-out face.
+
+  Raises:
+    ValueError: a fraction outside (0, 1), or one that holds out no face or every face.
+  """
+  if not 0 < fraction < 1:
+    raise ValueError(f"resampling.heldout_fraction must be in (0, 1), got {fraction}")
+  k = int(round(fraction * n))
+  if not 0 < k < n:
+    raise ValueError(f"resampling.heldout_fraction={fraction} holds out {k} of the {n} training "
+                     "faces: at least one must be held out and one trained on")
+  rng = np.random.Generator(np.random.PCG64([seed, HELD_OUT_STREAM]))
+  mask = np.zeros(n, bool)
+  mask[rng.permutation(n)[:k]] = True
+  return mask
+
+
+def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mistakes",
+                        mask: Array | None = None) -> Array:
   """Sampling probabilities that favour the faces the classifier gets wrong (JTT-style).
 
   Just Train Twice (Liu et al., 2021) up-weights the training errors of an earlier model. Here
@@ -153,12 +188,17 @@ def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mi
       a correct one; with ``kind='loss'``, weights are ``1 + (upweight - 1) * bce / max(bce)``
       with ``bce = -log p(face)``.
     kind: ``'mistakes'`` or ``'loss'``.
+    mask: (N,) bool, the faces whose errors are read (e.g. those held out of training); the
+      others weigh 1, as a correct face does. None reads every face.
 
   Returns:
     (N,) float32 probabilities summing to 1.
   """
   if not isinstance(upweight, jax.core.Tracer) and not upweight >= 1:
     raise ValueError(f"upweight must be >= 1, got {upweight}")
+  if mask is not None:  # a face outside the mask scores as correct (p = 1): weight 1
+    face_prob = jnp.where(jnp.asarray(mask), jnp.reshape(jnp.asarray(face_prob, jnp.float32), -1),
+                          1.0)
   score = error_score(face_prob, kind)
   if kind == "mistakes":
     w = jnp.where(score > 0, upweight, 1.0)
