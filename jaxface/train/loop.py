@@ -128,8 +128,12 @@ def _resample(run: Run, position: Position) -> None:
     info["kept_from_epoch"] = run.config.resampling.last_update_epoch
   info["epoch"] = epoch
   position.history["resampling"].append(info)
-  logging.info("epoch %d resampling: effective sample size %.0f of %d (%.1f%%)%s", epoch,
-               info["ess"], info["n_faces"], 100 * info["ess_fraction"],
+  held_out = ("" if "held_out_faces" not in info else
+              f"; {info['held_out_faces']} faces held out of epoch 0" + (
+                  f", {info['held_out_mistakes_face_prob']} of them mistaken"
+                  if "held_out_mistakes_face_prob" in info else ""))
+  logging.info("epoch %d resampling: effective sample size %.0f of %d (%.1f%%)%s%s", epoch,
+               info["ess"], info["n_faces"], 100 * info["ess_fraction"], held_out,
                "".join(f"; {g} {100 * m:.1f}% of mass ({100 * info['share_by_group'][g]:.1f}%"
                        " of faces)" for g, m in info.get("mass_by_group", {}).items()))
   run.writer.write(int(jax.device_get(position.state.step)), "resampling",
