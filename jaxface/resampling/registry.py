@@ -249,7 +249,8 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
     them on the host, and the group and uniform signals are exact in float64), and details:
     ``'power'``, the tempering power, when ``target_ess`` is set; with
     ``resampling.heldout_fraction`` (epochs 0 and 1), ``'held_out_faces'`` and, at epoch 1,
-    the held-out faces' mistakes (``'held_out_mistakes_face_prob'``, p(face) <= 0.5).
+    the held-out faces' mistakes (``'held_out_mistakes_face_prob'``, p(face) <= 0.5; by
+    group, ``'..._by_group'``, when ``inputs`` hold labelled ``'groups'``).
 
   Raises:
     ValueError: an unknown signal, a blend of a signal that cannot be blended, inputs that
@@ -270,10 +271,14 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
       return _normalised(np.where(held_out, 0.0, 1.0), resampling.signal), details
     if epoch == 1:
       inputs = {**inputs, HELD_OUT: held_out}
+      groups = np.asarray(inputs.get("groups", np.array([""] * n)))
       for name in ("face_prob", "face_prob_shifted"):
         if name in inputs:
-          details[f"held_out_mistakes_{name}"] = int(np.sum(
-              np.reshape(np.asarray(inputs[name]), -1)[held_out] <= 0.5))
+          mistaken = held_out & (np.reshape(np.asarray(inputs[name]), -1) <= 0.5)
+          details[f"held_out_mistakes_{name}"] = int(mistaken.sum())
+          if groups.any():  # labels read for the record only, as the mass by group is
+            details[f"held_out_mistakes_{name}_by_group"] = {
+                str(g): int(np.sum(mistaken & (groups == g))) for g in np.unique(groups[groups != ""])}
   per_signal = [np.full(n, 1.0 / n) if epoch == 0 and s.uniform_in_first_epoch
                 else s.probabilities(inputs, resampling, seed) for s in signals]
   p = (per_signal[0] if len(per_signal) == 1 else
