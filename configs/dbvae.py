@@ -18,7 +18,9 @@ Results and how the setting was chosen (on validation data, at 1% false positive
 experiments/results/study_fixed_signal.md (the signal kept after the first epoch),
 study_non_faces_planted.md and study_latent_signals.md; with the input norm,
 study_input_norm.md (planted and UTKFace -> PPB). Variants: the signal recomputed every epoch,
-``--config.resampling.last_update_epoch=-1``; the classifier's mistakes up-weighted without the
+``--config.resampling.last_update_epoch=-1``; the axis fitted to the mistakes of a half of the
+faces held out of the first epoch, ``--config.resampling.heldout_fraction=0.5``
+(study_heldout_fold.md); the classifier's mistakes up-weighted without the
 latent, configs/dbvae_errors.py; the lab's per-dimension latent histograms, recomputed every
 epoch, configs/dbvae_lab.py or ``--config.resampling.signal=latent``;
 the paper's product of densities, ``--config.resampling.signal=latent
