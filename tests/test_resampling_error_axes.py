@@ -310,7 +310,7 @@ def test_a_held_out_fold_is_skipped_in_epoch_0_and_read_alone_in_epoch_1(signal)
   _, labelled = resampling.face_probabilities(rs, {**inputs, "groups": groups}, epoch=1, seed=7)
   mistaken = mask & (face_prob <= 0.5)
   assert labelled["held_out_mistakes_face_prob_by_group"] == {
-      "DF": int(np.sum(mistaken & (groups == "DF"))), "LM": int(np.sum(mistaken & (groups == "LM")))}
+      g: int(np.sum(mistaken & (groups == g))) for g in ("DF", "LM")}
   plain = (resampling.error_probabilities(face_prob, 20.0, "mistakes", mask) if signal == "errors"
            else resampling.error_axis_probabilities(z, face_prob, fit_mask=mask))
   tempered, _ = resampling.temper_to_ess(plain, 0.3)

@@ -217,9 +217,25 @@ def _with_momentum(p: np.ndarray, previous: Any, momentum: float) -> np.ndarray:
                      + (1.0 - momentum) * p, "momentum")
 
 
+def _held_out_mistakes(inputs: Inputs, held_out: np.ndarray) -> dict[str, Any]:
+  """For the record: how many held-out faces each p(face) input mistakes (p <= 0.5), and, when
+  the faces carry group labels (read for the record only, as the mass by group is), by group."""
+  groups = np.asarray(inputs.get("groups", np.array([""] * len(held_out))))
+  labelled = np.unique(groups[groups != ""])
+  record: dict[str, Any] = {}
+  for name in ("face_prob", "face_prob_shifted"):
+    if name in inputs:
+      mistaken = held_out & (np.reshape(np.asarray(inputs[name]), -1) <= 0.5)
+      record[f"held_out_mistakes_{name}"] = int(mistaken.sum())
+      if len(labelled):
+        record[f"held_out_mistakes_{name}_by_group"] = {
+            str(g): int(np.sum(mistaken & (groups == g))) for g in labelled}
+  return record
+
+
 def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *, epoch: int,
                        seed: int, registry: Mapping[str, Signal] = SIGNALS,
-                       previous: Any = None) -> tuple[np.ndarray, dict[str, float]]:
+                       previous: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
   """The faces' sampling probabilities for an epoch: signal, blend, tempering, cap, momentum.
 
   Each part of ``resampling.signal`` is computed (uniform in epoch 0 for a signal that is
@@ -260,7 +276,7 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
   """
   signals = _parts(resampling.signal, registry)
   n = _n_faces(inputs, signals)
-  details: dict[str, float] = {}
+  details: dict[str, Any] = {}
   fraction = resampling.get("heldout_fraction", 0.0)  # runs configured before it have none
   held_out = weights.held_out_faces(n, fraction, seed) if fraction and epoch <= 1 else None
   if held_out is not None:
@@ -271,14 +287,7 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
       return _normalised(np.where(held_out, 0.0, 1.0), resampling.signal), details
     if epoch == 1:
       inputs = {**inputs, HELD_OUT: held_out}
-      groups = np.asarray(inputs.get("groups", np.array([""] * n)))
-      for name in ("face_prob", "face_prob_shifted"):
-        if name in inputs:
-          mistaken = held_out & (np.reshape(np.asarray(inputs[name]), -1) <= 0.5)
-          details[f"held_out_mistakes_{name}"] = int(mistaken.sum())
-          if groups.any():  # labels read for the record only, as the mass by group is
-            details[f"held_out_mistakes_{name}_by_group"] = {
-                str(g): int(np.sum(mistaken & (groups == g))) for g in np.unique(groups[groups != ""])}
+      details.update(_held_out_mistakes(inputs, held_out))
   per_signal = [np.full(n, 1.0 / n) if epoch == 0 and s.uniform_in_first_epoch
                 else s.probabilities(inputs, resampling, seed) for s in signals]
   p = (per_signal[0] if len(per_signal) == 1 else
