@@ -305,12 +305,15 @@ def test_a_held_out_fold_is_skipped_in_epoch_0_and_read_alone_in_epoch_1(signal)
   p, details = resampling.face_probabilities(rs, inputs, epoch=1, seed=7)
   assert details["held_out_faces"] == N // 2
   assert details["held_out_mistakes_face_prob"] == int(np.sum(face_prob[mask] <= 0.5))
+  assert details["mistakes_face_prob"] == int(np.sum(face_prob <= 0.5))  # every face's
   assert "held_out_mistakes_face_prob_by_group" not in details  # no labels in the inputs
   groups = np.where(np.arange(N) % 3 == 0, "DF", "LM")
   _, labelled = resampling.face_probabilities(rs, {**inputs, "groups": groups}, epoch=1, seed=7)
   mistaken = mask & (face_prob <= 0.5)
   assert labelled["held_out_mistakes_face_prob_by_group"] == {
       g: int(np.sum(mistaken & (groups == g))) for g in ("DF", "LM")}
+  assert labelled["mistakes_face_prob_by_group"] == {
+      g: int(np.sum((face_prob <= 0.5) & (groups == g))) for g in ("DF", "LM")}
   plain = (resampling.error_probabilities(face_prob, 20.0, "mistakes", mask) if signal == "errors"
            else resampling.error_axis_probabilities(z, face_prob, fit_mask=mask))
   tempered, _ = resampling.temper_to_ess(plain, 0.3)
@@ -320,5 +323,5 @@ def test_a_held_out_fold_is_skipped_in_epoch_0_and_read_alone_in_epoch_1(signal)
     np.testing.assert_allclose(w[~mask], w[~mask & (face_prob > 0.5)][0], rtol=1e-6)
   # Later epochs read every face (a run keeps epoch 1's; the config insists on it).
   later, details = resampling.face_probabilities(rs, inputs, epoch=2, seed=7)
-  assert "held_out_faces" not in details
+  assert "held_out_faces" not in details and "held_out_mistakes_face_prob" not in details
   assert np.abs(later - p).max() > 1e-6

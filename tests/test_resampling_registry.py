@@ -27,6 +27,17 @@ def _inputs(n=N, seed=0):
           "groups": rng.choice(np.array(["DF", "DM", "LF", "LM"]), size=n)}
 
 
+def _mistake_record(inputs, names):
+  """The record of the mistakes (p(face) <= 0.5) of the p(face) inputs ``names``, by group too."""
+  record = {}
+  for name in names:
+    wrong = np.asarray(inputs[name]) <= 0.5
+    record[f"mistakes_{name}"] = int(wrong.sum())
+    record[f"mistakes_{name}_by_group"] = {
+        g: int(np.sum(wrong & (inputs["groups"] == g))) for g in ("DF", "DM", "LF", "LM")}
+  return record
+
+
 def _resampling(**fields):
   rs = config_lib.get_base_config().resampling
   rs.update(fields)
@@ -81,7 +92,9 @@ def test_each_entry_is_the_function_it_wraps_bit_for_bit():
     got = resampling.SIGNALS[name].probabilities(inputs, rs, 3)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
     p, details = resampling.face_probabilities(rs, inputs, epoch=1, seed=3)
-    assert p.dtype == np.float64 and details == {}
+    # The record counts the mistakes of the p(face) the signal reads, nothing else.
+    read = [o for o in resampling.SIGNALS[name].outputs if o.startswith("face_prob")]
+    assert p.dtype == np.float64 and details == _mistake_record(inputs, read), name
     np.testing.assert_array_equal(p, _float64(want), err_msg=name)
 
 
@@ -121,7 +134,7 @@ def test_blend_temper_and_cap_compose_in_that_order():
       np.asarray(resampling.error_probabilities(inputs["face_prob"], 5.0))]), [3.0, 1.0])
   tempered, power = resampling.temper_to_ess(mix, 0.6)
   np.testing.assert_array_equal(p, _float64(resampling.cap_weights(tempered, 1.5)))
-  assert details == {"power": float(power)}
+  assert details == {"power": float(power), **_mistake_record(inputs, ["face_prob"])}
   assert p.max() <= 1.5 / N * (1 + 1e-5)
 
 

@@ -217,18 +217,19 @@ def _with_momentum(p: np.ndarray, previous: Any, momentum: float) -> np.ndarray:
                      + (1.0 - momentum) * p, "momentum")
 
 
-def _held_out_mistakes(inputs: Inputs, held_out: np.ndarray) -> dict[str, Any]:
-  """For the record: how many held-out faces each p(face) input mistakes (p <= 0.5), and, when
-  the faces carry group labels (read for the record only, as the mass by group is), by group."""
-  groups = np.asarray(inputs.get("groups", np.array([""] * len(held_out))))
+def _mistakes(inputs: Inputs, read: set[str], faces: np.ndarray, prefix: str) -> dict[str, Any]:
+  """For the record: how many of ``faces`` ((n,) bool) each p(face) input in ``read`` mistakes
+  (p <= 0.5), under ``prefix + 'mistakes_' + name``, and, when the faces carry group labels
+  (read for the record only, as the mass by group is), by group."""
+  groups = np.asarray(inputs.get("groups", np.array([""] * len(faces))))
   labelled = np.unique(groups[groups != ""])
   record: dict[str, Any] = {}
   for name in ("face_prob", "face_prob_shifted"):
-    if name in inputs:
-      mistaken = held_out & (np.reshape(np.asarray(inputs[name]), -1) <= 0.5)
-      record[f"held_out_mistakes_{name}"] = int(mistaken.sum())
+    if name in read:
+      mistaken = faces & (np.reshape(np.asarray(inputs[name]), -1) <= 0.5)
+      record[f"{prefix}mistakes_{name}"] = int(mistaken.sum())
       if len(labelled):
-        record[f"held_out_mistakes_{name}_by_group"] = {
+        record[f"{prefix}mistakes_{name}_by_group"] = {
             str(g): int(np.sum(mistaken & (groups == g))) for g in labelled}
   return record
 
@@ -265,8 +266,9 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
     them on the host, and the group and uniform signals are exact in float64), and details:
     ``'power'``, the tempering power, when ``target_ess`` is set; with
     ``resampling.heldout_fraction`` (epochs 0 and 1), ``'held_out_faces'`` and, at epoch 1,
-    the held-out faces' mistakes (``'held_out_mistakes_face_prob'``, p(face) <= 0.5; by
-    group, ``'..._by_group'``, when ``inputs`` hold labelled ``'groups'``).
+    the held-out faces' mistakes (``'held_out_mistakes_face_prob'``, p(face) <= 0.5); after
+    epoch 0, for a signal that reads p(face), every face's (``'mistakes_face_prob'``); each by
+    group (``'..._by_group'``) when ``inputs`` hold labelled ``'groups'``.
 
   Raises:
     ValueError: an unknown signal, a blend of a signal that cannot be blended, inputs that
@@ -285,9 +287,12 @@ def face_probabilities(resampling: ml_collections.ConfigDict, inputs: Inputs, *,
       # The first epoch trains on the other faces only: no tempering, cap or momentum, which
       # would hand the held-out faces some mass.
       return _normalised(np.where(held_out, 0.0, 1.0), resampling.signal), details
-    if epoch == 1:
-      inputs = {**inputs, HELD_OUT: held_out}
-      details.update(_held_out_mistakes(inputs, held_out))
+  read = {name for s in signals for name in s.outputs}
+  if held_out is not None and epoch == 1:
+    inputs = {**inputs, HELD_OUT: held_out}
+    details.update(_mistakes(inputs, read, held_out, "held_out_"))
+  if epoch > 0:
+    details.update(_mistakes(inputs, read, np.ones(n, bool), ""))
   per_signal = [np.full(n, 1.0 / n) if epoch == 0 and s.uniform_in_first_epoch
                 else s.probabilities(inputs, resampling, seed) for s in signals]
   p = (per_signal[0] if len(per_signal) == 1 else
