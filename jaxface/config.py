@@ -203,6 +203,17 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
       _check_keys(config[key], schema[key], name + ".")
 
 
+def _check_missing(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                   prefix: str = "") -> None:
+  for key in schema.keys():
+    name = f"{prefix}{key}"
+    if key not in config:
+      raise ValueError(f"config field '{name}' is missing (a config written before the field "
+                       f"existed?): start from jaxface.config.get_base_config(), or set it")
+    if isinstance(schema[key], ml_collections.ConfigDict):
+      _check_missing(config[key], schema[key], name + ".")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
                     registry: Mapping[str, signal_registry.Signal] = signal_registry.SIGNALS
                     ) -> None:
@@ -213,7 +224,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
     num_devices: the number of devices the batch is sharded over.
     registry: the resampling signals by name (``jaxface.resampling.SIGNALS``).
   """
-  _check_keys(config, get_base_config())
+  schema = get_base_config()
+  _check_keys(config, schema)
+  _check_missing(config, schema)
 
   def fail(field, why):
     raise ValueError(f"config.{field} = {config_get(config, field)!r}: {why}")

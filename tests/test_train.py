@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -439,6 +440,17 @@ def test_bad_config_fails_before_compile(tmp_path, field, value, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     train.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_config_missing_a_field_is_refused_by_name():
+  # e.g. an older run's config.json, written before the field existed, loaded by hand.
+  fields = tiny_config("dbvae").to_dict()
+  del fields["resampling"]["heldout_fraction"]
+  with pytest.raises(ValueError, match="config field 'resampling.heldout_fraction' is missing"):
+    config_lib.validate_config(ml_collections.ConfigDict(fields), 1)
+  del fields["augment"]
+  with pytest.raises(ValueError, match="config field 'augment' is missing"):
+    config_lib.validate_config(ml_collections.ConfigDict(fields), 1)
 
 
 def test_unknown_field_and_indivisible_batch():
