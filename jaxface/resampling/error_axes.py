@@ -168,8 +168,7 @@ def error_axis_probabilities(z_mean: Array, face_prob: Array, n_axes: int = 1, b
     if fit_mask.shape != (z.shape[0],) or fit_mask.dtype != bool or not fit_mask.any():
       raise ValueError(f"fit_mask must be a (N,) = ({z.shape[0]},) bool mask with a face in it, "
                        f"got shape {fit_mask.shape}, dtype {fit_mask.dtype}")
-    # Faces outside the mask score as correct (p = 1) before error_score's normalisation.
-    face_prob = np.where(fit_mask, np.reshape(np.asarray(face_prob, np.float32), -1), 1.0)
+    face_prob = weights.read_only(face_prob, fit_mask)  # before error_score's normalisation
   score = np.asarray(weights.error_score(face_prob, kind))
   fitted = score if fit_mask is None else score[fit_mask]
   active = latent_axes.active_dimensions(z_mean, threshold)

@@ -139,6 +139,12 @@ def error_score(face_prob: Array, kind: str = "mistakes") -> Array:
   return bce / jnp.maximum(jnp.max(bce), 1e-12)
 
 
+def read_only(face_prob: Array, mask: Array) -> Array:
+  """``face_prob`` (N,) or (N, 1) as (N,) float32, with every face outside ``mask`` (N,) bool
+  scored as correct (p = 1): the error signals then read the masked faces' errors alone."""
+  return jnp.where(jnp.asarray(mask), jnp.reshape(jnp.asarray(face_prob, jnp.float32), -1), 1.0)
+
+
 HELD_OUT_STREAM = 0x686F6C64  # the fold's own random stream, apart from the batcher's
 
 
@@ -196,9 +202,8 @@ def error_probabilities(face_prob: Array, upweight: float = 5.0, kind: str = "mi
   """
   if not isinstance(upweight, jax.core.Tracer) and not upweight >= 1:
     raise ValueError(f"upweight must be >= 1, got {upweight}")
-  if mask is not None:  # a face outside the mask scores as correct (p = 1): weight 1
-    face_prob = jnp.where(jnp.asarray(mask), jnp.reshape(jnp.asarray(face_prob, jnp.float32), -1),
-                          1.0)
+  if mask is not None:  # a face outside the mask weighs 1, as a correct one
+    face_prob = read_only(face_prob, mask)
   score = error_score(face_prob, kind)
   if kind == "mistakes":
     w = jnp.where(score > 0, upweight, 1.0)
