@@ -40,9 +40,6 @@ def get_config(arg: str | None = None):
   config.resampling.error_axes = 1
   config.resampling.bins = 10
   config.resampling.alpha = 1e-3
-  config.resampling.target_ess = 0.3
-  config.resampling.non_face_upweight = 10.0
-  config.resampling.non_face_top = 0.05
-  config.resampling.last_update_epoch = 1
+  config_lib.apply_recommended_resampling(config)
   config_lib.apply_recommended_training(config)
   return config_lib.with_options(config, arg)

@@ -494,6 +494,17 @@ def test_evaluate_runs_the_evaluators_the_config_lists_in_order():
   assert train.evaluate(variables, datasets, mesh, config) == {}
 
 
+def _flat_fields(tree: dict, prefix: str = "") -> dict:
+  """{'a.b': value} for every leaf of a nested config dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat_fields(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
 def test_config_files_and_smoke_option():
   shipped = {}
   for name in ("cnn", "ssvae", "dbvae", "dbvae_errors"):
@@ -519,6 +530,12 @@ def test_config_files_and_smoke_option():
   assert dbvae.last_update_epoch == 1  # the first epoch's model identifies, as in JTT
   errors = shipped["dbvae_errors"].resampling
   assert (errors.signal, errors.error_upweight) == ("errors", 20.0)
+  # the mistakes' config is the latent's ablation: the same run but for the signal's fields
+  latent_only = {"name", "resampling.signal", "resampling.error_kind", "resampling.error_axes",
+                 "resampling.bins", "resampling.alpha", "resampling.error_upweight"}
+  flat = {name: _flat_fields(shipped[name].to_dict()) for name in ("dbvae", "dbvae_errors")}
+  differ = {k for k in flat["dbvae"] if flat["dbvae"][k] != flat["dbvae_errors"][k]}
+  assert differ and differ <= latent_only, differ - latent_only
   for name in ("cnn_lab", "dbvae_lab"):  # the labs' recipes stay reachable
     lab = config_lib.load_config_file(str(REPO / "configs" / f"{name}.py"))
     config_lib.validate_config(lab, 1)
