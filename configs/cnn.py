@@ -1,5 +1,5 @@
 """Standard face / not-face CNN (the lab's classifier) with augmentation and each image
-standardised first (``model.input_norm``): batch 32, Adam 5e-4 on a cosine decay, 4 epochs;
+standardised first (``model.input_norm``): batch 32, Adam 5e-4 on a cosine decay, 8 epochs;
 without data flags on the embedded planted-bias faces.
 
     python experiments/run.py --config=configs/cnn.py --workdir=/tmp/jaxface/cnn

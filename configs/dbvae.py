@@ -8,14 +8,14 @@ rest of the run (``resampling.last_update_epoch=1``: the identification model is
 epoch's, as in JTT, so the mass does not swing); on the other side of the boundary the 5% of
 the training non-faces it scores most face-like at each epoch's start are drawn 10 times as
 often (``resampling.non_face_upweight``). Latent 100, batch 32, Adam 5e-4 on a cosine decay,
-4 epochs, augmentation on, each image standardised first (``model.input_norm``). Without data
+8 epochs, augmentation on, each image standardised first (``model.input_norm``). Without data
 flags it trains on the embedded planted-bias faces (no download):
 
     python experiments/run.py --config=configs/dbvae.py --workdir=/tmp/jaxface/dbvae
     python experiments/run.py --config=configs/dbvae.py:smoke --workdir=/tmp/jaxface/smoke
 
 Results and how the setting was chosen (on validation data, at 1% false positives):
-experiments/results/study_fixed_signal.md (the signal kept after the first epoch),
+experiments/results/study_budget_8epochs.md (the budget), study_fixed_signal.md (the signal kept after the first epoch),
 study_non_faces_planted.md and study_latent_signals.md; with the input norm,
 study_input_norm.md (planted and UTKFace -> PPB). Variants: the signal recomputed every epoch,
 ``--config.resampling.last_update_epoch=-1``; the axis fitted to the mistakes of a half of the

@@ -4,7 +4,7 @@ After a first epoch of uniform sampling, the faces misclassified at its end are 
 as often (``resampling.signal='errors'``, ``error_upweight`` 20), tempered to an effective
 sample size of 30% of the faces and kept for the rest of the run (``last_update_epoch`` 1); the
 5% of the non-faces scored most face-like are drawn 10 times as often. Latent 100, batch 32,
-Adam 5e-4 on a cosine decay, 4 epochs, augmentation on, each image standardised first
+Adam 5e-4 on a cosine decay, 8 epochs, augmentation on, each image standardised first
 (``model.input_norm``).
 
     python experiments/run.py --config=configs/dbvae_errors.py --workdir=/tmp/jaxface/dbvae_errors

@@ -1,5 +1,5 @@
 """SS-VAE for bias diagnosis (MIT 6.S191 lab 2, 2023): latent 32, uniform sampling; batch 32,
-Adam 5e-4 on a cosine decay, 4 epochs, augmentation on, each image standardised first
+Adam 5e-4 on a cosine decay, 8 epochs, augmentation on, each image standardised first
 (``model.input_norm``).
 
     python experiments/run.py --config=configs/ssvae.py --workdir=/tmp/jaxface/ssvae

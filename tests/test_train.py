@@ -519,8 +519,8 @@ def test_config_files_and_smoke_option():
         ast.parse(path.read_text()))
     with pytest.raises(ValueError, match="unknown config option"):
       config_lib.load_config_file(f"{path}:smok")
-    # the shipped budget: 4 epochs on a cosine decay, with augmentation
-    assert (config.num_epochs, config.lr_schedule, config.augment.enabled) == (4, "cosine", True)
+    # the shipped budget: 8 epochs on a cosine decay, with augmentation
+    assert (config.num_epochs, config.lr_schedule, config.augment.enabled) == (8, "cosine", True)
     shipped[name] = config
   # the DB-VAE resamples through its latent; the mistakes alone have their own config
   dbvae = shipped["dbvae"].resampling
