@@ -175,6 +175,28 @@ def default_test_sets(ppb: Path) -> tuple[dict[str, str], dict[str, str]]:
   return sets, ({name: str(table) for name in sets} if table.is_file() else {})
 
 
+def resolve_test_sets(args: argparse.Namespace, data_root: Path
+                      ) -> tuple[dict[str, str], dict[str, str]]:
+  """The study's extra test sets: ``--test_set`` (with ``--test_attributes``), else the PPB
+  crops under ``data_root`` unless ``--no_test_sets``. When the PPB crops are looked for and
+  missing, one line on stderr says so, so a study that reads no PPB figures is never silent
+  about it.
+
+  Returns:
+    ``({name: folder}, {name: attribute table})``.
+  """
+  test_sets = parse_named(args.test_set, "--test_set")
+  test_attributes = parse_named(args.test_attributes, "--test_attributes")
+  if not test_sets and not args.no_test_sets:
+    test_sets, default_tables = default_test_sets(data_root / PPB)
+    test_attributes = {**default_tables, **test_attributes}
+    if not test_sets:
+      print(f"study: no PPB crops in {data_root / PPB} (set --data_root or "
+            "$JAXFACE_SHARED_DATA; --no_test_sets silences this): the runs are evaluated on "
+            "their own test split only", file=sys.stderr, flush=True)
+  return test_sets, test_attributes
+
+
 def default_whole_images(data_root: Path) -> dict[str, str]:
   """``config.whole_images`` fields for the PPB portraits of ``data_root`` (SystemExit naming
   ``--data_root`` when they or the non-face photos are absent).
@@ -734,11 +756,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if unknown_rows:
     raise SystemExit(f"--scan_rows {unknown_rows[0]}: no study row of that name")
   scan_fields = default_whole_images(data_root) if args.scan_rows else None
-  test_sets = parse_named(args.test_set, "--test_set")
-  test_attributes = parse_named(args.test_attributes, "--test_attributes")
-  if not test_sets and not args.no_test_sets:
-    test_sets, default_tables = default_test_sets(data_root / PPB)
-    test_attributes = {**default_tables, **test_attributes}
+  test_sets, test_attributes = resolve_test_sets(args, data_root)
   unknown = sorted(set(test_attributes) - set(test_sets))
   if unknown:
     raise SystemExit(f"--test_attributes {unknown[0]}: no --test_set of that name")

@@ -178,6 +178,21 @@ def test_default_test_sets_are_the_ppb_crops_where_present(tmp_path):
   assert tables == {name: str(ppb / "faces.csv") for name in sets}
 
 
+def test_missing_ppb_crops_are_named_not_skipped_silently(tmp_path, capsys):
+  study = _load("study")
+  args = study.parse_args(["--data_root", str(tmp_path)])
+  assert study.resolve_test_sets(args, tmp_path) == ({}, {})
+  notice = capsys.readouterr().err.strip().splitlines()
+  assert len(notice) == 1 and str(tmp_path / study.PPB) in notice[0]
+  assert "--data_root" in notice[0] and "--no_test_sets" in notice[0]
+  quiet = study.parse_args(["--data_root", str(tmp_path), "--no_test_sets"])
+  assert study.resolve_test_sets(quiet, tmp_path) == ({}, {})
+  (tmp_path / study.PPB / "tight").mkdir(parents=True)
+  found = study.resolve_test_sets(study.parse_args([]), tmp_path)
+  assert found == ({"ppb_tight": str(tmp_path / study.PPB / "tight")}, {})
+  assert capsys.readouterr().err == ""
+
+
 def test_study_rows_ablation_and_planted_data(tmp_path):
   study = _load("study")
   argv = ["--planted", "--workdir", str(tmp_path / "runs"), "--seeds", "1", "--combines",
