@@ -191,27 +191,21 @@ def _resampling_config() -> ml_collections.ConfigDict:
   return resampling
 
 
-def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
-                prefix: str = "") -> None:
+def _check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                  prefix: str = "") -> None:
+  """Refuses a field ``schema`` lacks, a group given as a value, or a field ``config`` lacks."""
   for key in config.keys():
-    name = f"{prefix}{key}"
     if key not in schema:
-      raise ValueError(f"unknown config field '{name}'")
-    if isinstance(schema[key], ml_collections.ConfigDict):
-      if not isinstance(config[key], ml_collections.ConfigDict):
-        raise ValueError(f"config field '{name}' must be a group of fields")
-      _check_keys(config[key], schema[key], name + ".")
-
-
-def _check_missing(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
-                   prefix: str = "") -> None:
+      raise ValueError(f"unknown config field '{prefix}{key}'")
   for key in schema.keys():
     name = f"{prefix}{key}"
     if key not in config:
       raise ValueError(f"config field '{name}' is missing (a config written before the field "
                        f"existed?): start from jaxface.config.get_base_config(), or set it")
     if isinstance(schema[key], ml_collections.ConfigDict):
-      _check_missing(config[key], schema[key], name + ".")
+      if not isinstance(config[key], ml_collections.ConfigDict):
+        raise ValueError(f"config field '{name}' must be a group of fields")
+      _check_fields(config[key], schema[key], name + ".")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
@@ -224,9 +218,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *,
     num_devices: the number of devices the batch is sharded over.
     registry: the resampling signals by name (``jaxface.resampling.SIGNALS``).
   """
-  schema = get_base_config()
-  _check_keys(config, schema)
-  _check_missing(config, schema)
+  _check_fields(config, get_base_config())
 
   def fail(field, why):
     raise ValueError(f"config.{field} = {config_get(config, field)!r}: {why}")
