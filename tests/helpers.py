@@ -68,6 +68,19 @@ def run_on_four_devices(script: str, timeout: int = 600) -> dict:
   return json.loads(proc.stdout.split("RESULT", 1)[1])
 
 
+def assert_one_and_four_devices_agree(result: dict) -> None:
+  """Checks the '1' and '4' runs of a :func:`run_on_four_devices` result: the same number of
+  logged losses, losses and the first parameters within float32 reduction-order noise, and
+  validation accuracies within 2 points."""
+  import numpy as np
+  one, four = result["1"], result["4"]
+  assert len(one["losses"]) == len(four["losses"]) > 0
+  np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(four["params"], one["params"], rtol=1e-3, atol=1e-5)
+  if "acc" in one:
+    assert abs(four["acc"] - one["acc"]) < 0.02
+
+
 def load_experiment(name: str, module_name: str):
   """Imports ``experiments/<name>.py`` as ``module_name`` (registered in ``sys.modules``)."""
   import importlib.util
