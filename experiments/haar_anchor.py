@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shared_paths import shared_data_root  # noqa: E402
 
 CASCADE = "haarcascade_frontalface_default.xml"
+OPENCV_MIN_NEIGHBOURS = 3  # detectMultiScale's default: keeps detections of more than 3 windows
 
 
 def cascade_scan(rects: np.ndarray, neighbours: np.ndarray) -> detect.ScanResult:
@@ -75,18 +76,25 @@ def scan_with_cascade(cascade, path: Path, min_frac: float) -> detect.ScanResult
 def evaluate(scans: dict[str, dict[str, detect.ScanResult]], faces: dict, max_false_rate: float,
              min_iou: float) -> dict:
   """The anchor's figures from its scans of ``'test'`` / ``'val'`` portraits and
-  ``'non_face_photos'`` / ``'val_non_face_photos'``: the threshold at ``max_false_rate`` of the
-  validation non-face photos, faces found per group and the false-photo rates at it."""
-  best = {part: {k: r.best_prob for k, r in photos.items()} for part, photos in scans.items()}
-  threshold, val_rate = threshold_at_fpr(np.array(list(best["val_non_face_photos"].values())),
+  ``'non_face_photos'`` / ``'val_non_face_photos'``.
+
+  The threshold leaves ``max_false_rate`` of the validation non-face photos with a detection;
+  the test figures are :func:`jaxface.eval.photo_figures.whole_image_figures` at it (the
+  networks' figures, with OpenCV's default ``minNeighbors`` as the default threshold), and
+  ``'val'`` holds the validation portraits found and the validation photos' false rate.
+  """
+  best = {part: {Path(k).name: r.best_prob for k, r in photos.items()}
+          for part, photos in scans.items()}
+  threshold, val_rate = threshold_at_fpr(list(best["val_non_face_photos"].values()),
                                          max_false_rate)
-  out = {"threshold_neighbours": threshold, "val_false_rate": val_rate}
-  for part in ("test", "val"):
-    found = photo_figures.faces_found(scans[part], faces, threshold, min_iou)
-    out[part] = {"n_photos": len(scans[part]), "faces_found": found,
-                 "summary": photo_figures.group_figures(found["all"])}
-  out["false_detections"] = photo_figures.false_detections(best["non_face_photos"], threshold)
-  return out
+  figures = photo_figures.whole_image_figures(scans["test"], faces, best["non_face_photos"],
+                                              OPENCV_MIN_NEIGHBOURS, max_false_rate, min_iou,
+                                              threshold=threshold)
+  found = photo_figures.faces_found(scans["val"], faces, threshold, min_iou)
+  figures["val"] = {"n_photos": len(scans["val"]), "faces_found": found,
+                    "summary": photo_figures.group_figures(found["all"]),
+                    "false_rate": val_rate}
+  return figures
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -132,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   figures["setting"] = {"cascade": CASCADE, "min_frac": args.min_frac, "scale_factor": 1.1,
                         "cv2": cv2.__version__, "max_false_rate": float(config.max_false_rate),
                         "min_iou": float(config.min_iou)}
-  test_found = figures["test"]["faces_found"]["all"]
-  print(f"threshold: more than {figures['threshold_neighbours']:g} merged windows "
-        f"({100 * figures['val_false_rate']:.1f}% of {len(val_non_faces)} validation non-face "
+  test_found = figures["faces_found"]["all"]
+  print(f"threshold: more than {figures['threshold']:g} merged windows "
+        f"({100 * figures['val']['false_rate']:.1f}% of {len(val_non_faces)} validation non-face "
         "photos with a detection)")
   print("test portraits found: " + ", ".join(
       f"{g} {100 * test_found[g]['rate']:.1f}% ({test_found[g]['found']}/{test_found[g]['n']})"

@@ -40,9 +40,9 @@ def test_evaluate_thresholds_on_validation_photos_and_counts_test_faces():
            "non_face_photos": {"n0.jpg": elsewhere, "n1.jpg": weak},
            "val_non_face_photos": val_non_faces}
   figures = haar.evaluate(scans, faces, max_false_rate=0.05, min_iou=0.3)
-  assert figures["threshold_neighbours"] == 3.0 and figures["val_false_rate"] == 0.05
-  dm = figures["test"]["faces_found"]["all"]["DM"]
+  assert figures["threshold"] == 3.0 and figures["val"]["false_rate"] == 0.05
+  dm = figures["faces_found"]["all"]["DM"]
   assert (dm["n"], dm["found"]) == (2, 1)  # the detection off the face box does not count
-  assert figures["test"]["faces_found"]["missed"] == ["0002_6_m_SE.jpg"]
+  assert figures["faces_found"]["missed"] == ["0002_6_m_SE.jpg"]
   assert figures["val"]["faces_found"]["all"]["DM"]["found"] == 0  # 2 windows: under it
   assert figures["false_detections"]["n_with_detection"] == 1
