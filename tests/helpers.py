@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from jaxface import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +74,6 @@ def assert_one_and_four_devices_agree(result: dict) -> None:
   """Checks the '1' and '4' runs of a :func:`run_on_four_devices` result: the same number of
   logged losses, losses and the first parameters within float32 reduction-order noise, and
   validation accuracies within 2 points."""
-  import numpy as np
   one, four = result["1"], result["4"]
   assert len(one["losses"]) == len(four["losses"]) > 0
   np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4, atol=1e-5)
